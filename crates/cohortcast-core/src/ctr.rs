@@ -1,0 +1,195 @@
+//! Click-through rate of a push plan, measured on a click log.
+//!
+//! For each notification, the users pushed it (all cohorts pushed the same
+//! notification combined) and, of those, the distinct users who clicked it:
+//! `ctr = users_clicked / users_pushed`. Over the plan, the overall CTR is
+//! all clicks by pushed users over all pushes (each user is pushed at most
+//! once, so this is the user-weighted mean), and the mean CTR is the
+//! unweighted mean over the notifications pushed. Where the generator's
+//! ground truth is known, the expected CTR is the mean true click
+//! probability over the pushes: the figure the realised CTR estimates.
+
+use serde::Serialize;
+
+use crate::targeting::PushPlan;
+
+/// The click log, by notification: sorted, distinct user indices.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Clicks {
+    by_notification: Vec<Vec<u32>>,
+}
+
+impl Clicks {
+    /// Builds the log from `(notification, user)` index pairs; duplicates
+    /// (the same user clicking twice) count once.
+    pub fn new(notifications: usize, pairs: impl IntoIterator<Item = (u32, u32)>) -> Self {
+        let mut by_notification = vec![Vec::new(); notifications];
+        for (n, u) in pairs {
+            by_notification[n as usize].push(u);
+        }
+        for v in &mut by_notification {
+            v.sort_unstable();
+            v.dedup();
+        }
+        Clicks { by_notification }
+    }
+
+    /// Number of notifications.
+    pub fn notifications(&self) -> usize {
+        self.by_notification.len()
+    }
+
+    /// The distinct users who clicked notification `n`.
+    pub fn clickers(&self, n: usize) -> &[u32] {
+        &self.by_notification[n]
+    }
+
+    /// Whether user `u` clicked notification `n`.
+    pub fn clicked(&self, n: usize, u: u32) -> bool {
+        self.by_notification[n].binary_search(&u).is_ok()
+    }
+}
+
+/// CTR of one notification under a plan.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NotificationCtr {
+    /// Notification index.
+    pub notification: u32,
+    /// Distinct cohorts among the users pushed it.
+    pub cohorts: usize,
+    /// Distinct users pushed it.
+    pub users_pushed: usize,
+    /// Of those, users who clicked it.
+    pub users_clicked: usize,
+    /// `users_clicked / users_pushed`.
+    pub ctr: f64,
+    /// Mean true click probability of the pushed users, when known.
+    pub expected_ctr: Option<f64>,
+}
+
+/// The CTR figures of one plan.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CtrReport {
+    /// Policy name.
+    pub policy: String,
+    /// One row per notification pushed to at least one user, by index.
+    pub per_notification: Vec<NotificationCtr>,
+    /// Users pushed (each at most once).
+    pub pushes: usize,
+    /// Pushed users who clicked what they were pushed.
+    pub clicks: usize,
+    /// `clicks / pushes`.
+    pub overall_ctr: f64,
+    /// Unweighted mean of the per-notification CTRs.
+    pub mean_ctr: f64,
+    /// Mean true click probability over the pushes, when known.
+    pub expected_ctr: Option<f64>,
+    /// Users the plan did not push.
+    pub users_not_pushed: usize,
+}
+
+/// Measures `plan` on `clicks`. `labels` gives each user's cohort (for the
+/// cohort counts); `truth`, when given, is a row-major users × notifications
+/// matrix of true click probabilities (NaN where unknown).
+pub fn evaluate(plan: &PushPlan, labels: &[u32], clicks: &Clicks, truth: Option<&[f32]>) -> CtrReport {
+    let nn = clicks.notifications();
+    let mut pushed = vec![0usize; nn];
+    let mut clicked = vec![0usize; nn];
+    let mut cohorts: Vec<Vec<u32>> = vec![Vec::new(); nn];
+    let mut exp_sum = vec![0f64; nn];
+    let mut exp_n = vec![0usize; nn];
+    for (u, p) in plan.user_push.iter().enumerate() {
+        let Some(n) = *p else { continue };
+        let n = n as usize;
+        pushed[n] += 1;
+        if clicks.clicked(n, u as u32) {
+            clicked[n] += 1;
+        }
+        if let Some(&l) = labels.get(u) {
+            cohorts[n].push(l);
+        }
+        if let Some(t) = truth {
+            let v = t[u * nn + n];
+            if !v.is_nan() {
+                exp_sum[n] += v as f64;
+                exp_n[n] += 1;
+            }
+        }
+    }
+    let per_notification: Vec<NotificationCtr> = (0..nn)
+        .filter(|&n| pushed[n] > 0)
+        .map(|n| {
+            let c = &mut cohorts[n];
+            c.sort_unstable();
+            c.dedup();
+            NotificationCtr {
+                notification: n as u32,
+                cohorts: c.len(),
+                users_pushed: pushed[n],
+                users_clicked: clicked[n],
+                ctr: clicked[n] as f64 / pushed[n] as f64,
+                expected_ctr: (exp_n[n] > 0).then(|| exp_sum[n] / exp_n[n] as f64),
+            }
+        })
+        .collect();
+    let pushes: usize = pushed.iter().sum();
+    let clicks_total: usize = clicked.iter().sum();
+    let ratio = |a: f64, b: usize| if b > 0 { a / b as f64 } else { 0.0 };
+    let exp_total_n: usize = exp_n.iter().sum();
+    CtrReport {
+        policy: plan.policy.to_string(),
+        mean_ctr: ratio(per_notification.iter().map(|r| r.ctr).sum(), per_notification.len()),
+        per_notification,
+        pushes,
+        clicks: clicks_total,
+        overall_ctr: ratio(clicks_total as f64, pushes),
+        expected_ctr: truth.map(|_| ratio(exp_sum.iter().sum(), exp_total_n)),
+        users_not_pushed: plan.users_not_pushed(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hand_checked_example_with_combined_cohorts() {
+        // 6 users in 3 cohorts; cohorts 0 and 2 are both pushed notification 1.
+        let labels = [0, 0, 1, 1, 2, 2];
+        let plan = PushPlan {
+            policy: "expected-ctr",
+            user_push: vec![Some(1), Some(1), Some(0), Some(0), Some(1), Some(1)],
+            cohort_push: Some(vec![Some(1), Some(0), Some(1)]),
+        };
+        // Clicks: user 0 and 4 clicked n1 (user 4 twice), user 2 clicked n1
+        // (not what they were pushed), user 3 clicked n0.
+        let clicks = Clicks::new(2, [(1, 0), (1, 4), (1, 4), (1, 2), (0, 3)]);
+        let truth = [0.0, 0.5, 0.0, 0.1, 0.2, 0.3, 0.4, 0.0, 0.0, 0.2, 0.0, 0.6];
+        let r = evaluate(&plan, &labels, &clicks, Some(&truth));
+        assert_eq!(r.per_notification.len(), 2);
+        let n0 = &r.per_notification[0];
+        assert_eq!((n0.cohorts, n0.users_pushed, n0.users_clicked), (1, 2, 1));
+        assert_eq!(n0.ctr, 0.5);
+        assert!((n0.expected_ctr.unwrap() - 0.3).abs() < 1e-6);
+        let n1 = &r.per_notification[1];
+        assert_eq!((n1.cohorts, n1.users_pushed, n1.users_clicked), (2, 4, 2));
+        assert_eq!(n1.ctr, 0.5);
+        assert_eq!((r.pushes, r.clicks), (6, 3));
+        assert_eq!(r.overall_ctr, 0.5);
+        assert_eq!(r.mean_ctr, 0.5);
+        // users 0,1,4,5 pushed n1 (0.5, 0.1, 0.2, 0.6); users 2,3 pushed n0 (0.2, 0.4).
+        let want = (0.5 + 0.1 + 0.2 + 0.4 + 0.2 + 0.6) / 6.0;
+        assert!((r.expected_ctr.unwrap() - want).abs() < 1e-6, "{:?}", r.expected_ctr);
+    }
+
+    #[test]
+    fn unequal_notifications_separate_overall_and_mean() {
+        let plan = PushPlan { policy: "x", user_push: vec![Some(0), Some(0), Some(0), Some(1), None], cohort_push: None };
+        let clicks = Clicks::new(2, [(0, 0), (1, 3)]);
+        let r = evaluate(&plan, &[0, 0, 0, 1, 1], &clicks, None);
+        assert!((r.overall_ctr - 0.5).abs() < 1e-12);
+        assert!((r.mean_ctr - (1.0 / 3.0 + 1.0) / 2.0).abs() < 1e-12);
+        assert_eq!(r.users_not_pushed, 1);
+        assert_eq!(r.expected_ctr, None);
+    }
+}

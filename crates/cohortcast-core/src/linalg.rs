@@ -1,0 +1,181 @@
+//! Small dense linear algebra: Gram matrices through a real GEMM, and the
+//! dense Cholesky solve used by the reference ALS solver and the fold-in.
+
+/// `C = A · B` for row-major `A` (`m × k`) and `B` (`k × n`), through
+/// matrixmultiply's packed SGEMM kernels.
+pub fn matmul(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+    assert_eq!(a.len(), m * k);
+    assert_eq!(b.len(), k * n);
+    let mut c = vec![0f32; m * n];
+    if m == 0 || n == 0 || k == 0 {
+        return c;
+    }
+    // SAFETY: the slices hold exactly the elements the strides address.
+    unsafe {
+        matrixmultiply::sgemm(
+            m, k, n, 1.0, a.as_ptr(), k as isize, 1, b.as_ptr(), n as isize, 1, 0.0,
+            c.as_mut_ptr(), n as isize, 1,
+        );
+    }
+    c
+}
+
+/// `C = A · Bᵀ` for row-major `A` (`m × k`) and `B` (`n × k`).
+pub fn matmul_t(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+    assert_eq!(a.len(), m * k);
+    assert_eq!(b.len(), n * k);
+    let mut c = vec![0f32; m * n];
+    if m == 0 || n == 0 || k == 0 {
+        return c;
+    }
+    // SAFETY: Bᵀ is addressed with row stride 1 and column stride k.
+    unsafe {
+        matrixmultiply::sgemm(
+            m, k, n, 1.0, a.as_ptr(), k as isize, 1, b.as_ptr(), 1, k as isize, 0.0,
+            c.as_mut_ptr(), n as isize, 1,
+        );
+    }
+    c
+}
+
+/// Rows per parallel part when `rows` rows are split into at most
+/// `max_parts` parts of whole `align`-row blocks. Parts are fixed by the
+/// sizes alone, so sums reduced part by part in order are bit-for-bit
+/// repeatable whatever the thread scheduling.
+pub fn part_rows(rows: usize, max_parts: usize, align: usize) -> usize {
+    let per = rows.div_ceil(max_parts.max(1)).max(1);
+    per.div_ceil(align) * align
+}
+
+/// Parts used by the deterministic parallel reductions.
+pub const MAX_PARTS: usize = 64;
+
+/// The Gram matrix `Yᵀ Y` (`f × f`) of a row-major `rows × f` matrix, summed
+/// over fixed parts in parallel, then in order (repeatable).
+pub fn gram(y: &[f32], rows: usize, f: usize) -> Vec<f32> {
+    use rayon::prelude::*;
+    if rows == 0 || f == 0 {
+        return vec![0f32; f * f];
+    }
+    let per = part_rows(rows, MAX_PARTS, 256);
+    let parts: Vec<Vec<f32>> = y
+        .par_chunks(per * f)
+        .map(|part| {
+            let r = part.len() / f;
+            let mut c = vec![0f32; f * f];
+            // SAFETY: Aᵀ of a row-major r × f block: row stride 1, col stride f.
+            unsafe {
+                matrixmultiply::sgemm(
+                    f, r, f, 1.0, part.as_ptr(), 1, f as isize, part.as_ptr(), f as isize, 1, 0.0,
+                    c.as_mut_ptr(), f as isize, 1,
+                );
+            }
+            c
+        })
+        .collect();
+    let mut out = vec![0f32; f * f];
+    for p in parts {
+        out.iter_mut().zip(p).for_each(|(a, b)| *a += b);
+    }
+    out
+}
+
+/// Dot product, written so the compiler vectorises it.
+#[inline]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let chunks = a.len() / 8;
+    for c in 0..chunks {
+        for l in 0..8 {
+            acc[l] += a[c * 8 + l] * b[c * 8 + l];
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for i in chunks * 8..a.len() {
+        s += a[i] * b[i];
+    }
+    s
+}
+
+/// `y += a * x`.
+#[inline]
+pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+    for (yi, xi) in y.iter_mut().zip(x) {
+        *yi += a * xi;
+    }
+}
+
+/// Solves `A x = b` in place (`b` becomes `x`) for a symmetric positive
+/// definite `n × n` row-major `A`, by Cholesky factorisation in f64. Returns
+/// false when `A` is not positive definite.
+pub fn cholesky_solve(a: &mut [f64], b: &mut [f64], n: usize) -> bool {
+    for j in 0..n {
+        let mut d = a[j * n + j];
+        for k in 0..j {
+            d -= a[j * n + k] * a[j * n + k];
+        }
+        if d <= 0.0 || !d.is_finite() {
+            return false;
+        }
+        let d = d.sqrt();
+        a[j * n + j] = d;
+        for i in j + 1..n {
+            let mut s = a[i * n + j];
+            for k in 0..j {
+                s -= a[i * n + k] * a[j * n + k];
+            }
+            a[i * n + j] = s / d;
+        }
+    }
+    for i in 0..n {
+        let mut s = b[i];
+        for k in 0..i {
+            s -= a[i * n + k] * b[k];
+        }
+        b[i] = s / a[i * n + i];
+    }
+    for i in (0..n).rev() {
+        let mut s = b[i];
+        for k in i + 1..n {
+            s -= a[k * n + i] * b[k];
+        }
+        b[i] = s / a[i * n + i];
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matmul_variants_agree_with_naive() {
+        let (m, k, n) = (3, 4, 2);
+        let a: Vec<f32> = (0..m * k).map(|v| v as f32 * 0.5 - 2.0).collect();
+        let b: Vec<f32> = (0..k * n).map(|v| (v as f32).sin()).collect();
+        let c = matmul(&a, &b, m, k, n);
+        let bt: Vec<f32> = (0..n * k).map(|idx| b[(idx % k) * n + idx / k]).collect();
+        let c2 = matmul_t(&a, &bt, m, k, n);
+        for i in 0..m {
+            for j in 0..n {
+                let want: f32 = (0..k).map(|l| a[i * k + l] * b[l * n + j]).sum();
+                assert!((c[i * n + j] - want).abs() < 1e-5);
+                assert!((c2[i * n + j] - want).abs() < 1e-5);
+            }
+        }
+        let g = gram(&a, m, k);
+        let want: f32 = (0..m).map(|r| a[r * k + 1] * a[r * k + 3]).sum();
+        assert!((g[k + 3] - want).abs() < 1e-5);
+    }
+
+    #[test]
+    fn cholesky_solves_and_rejects_indefinite() {
+        let mut a = vec![4.0, 2.0, 2.0, 3.0];
+        let mut b = vec![2.0, 1.0];
+        assert!(cholesky_solve(&mut a, &mut b, 2));
+        assert!((4.0 * b[0] + 2.0 * b[1] - 2.0).abs() < 1e-12);
+        assert!((2.0 * b[0] + 3.0 * b[1] - 1.0).abs() < 1e-12);
+        let mut bad = vec![1.0, 2.0, 2.0, 1.0];
+        assert!(!cholesky_solve(&mut bad, &mut [1.0, 1.0], 2));
+    }
+}

@@ -1,0 +1,183 @@
+//! Compressed sparse row matrices of play counts and confidences.
+
+use crate::error::DataError;
+
+/// A sparse matrix in compressed sparse row form, with `f32` values.
+///
+/// Rows are users and columns artists for the play matrix; [`Csr::transpose`]
+/// gives the artist-by-user view that the item half-step of ALS walks.
+/// Within a row, column indices are sorted and unique.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Csr {
+    rows: usize,
+    cols: usize,
+    indptr: Vec<usize>,
+    indices: Vec<u32>,
+    data: Vec<f32>,
+}
+
+impl Csr {
+    /// Builds a matrix from `(row, col, value)` triplets. Duplicate cells are
+    /// summed; explicit zeros are kept out.
+    pub fn from_triplets(
+        rows: usize,
+        cols: usize,
+        triplets: &[(u32, u32, f32)],
+    ) -> Result<Self, DataError> {
+        let mut counts = vec![0usize; rows + 1];
+        for &(r, c, v) in triplets {
+            if r as usize >= rows || c as usize >= cols {
+                return Err(DataError::OutOfBounds { row: r as usize, col: c as usize, rows, cols });
+            }
+            if !v.is_finite() {
+                return Err(DataError::NonFinite { row: r as usize, col: c as usize });
+            }
+            counts[r as usize + 1] += 1;
+        }
+        for i in 0..rows {
+            counts[i + 1] += counts[i];
+        }
+        let mut next = counts.clone();
+        let mut cells = vec![(0u32, 0f32); triplets.len()];
+        for &(r, c, v) in triplets {
+            cells[next[r as usize]] = (c, v);
+            next[r as usize] += 1;
+        }
+        let mut indptr = Vec::with_capacity(rows + 1);
+        let mut indices = Vec::with_capacity(triplets.len());
+        let mut data = Vec::with_capacity(triplets.len());
+        indptr.push(0);
+        for r in 0..rows {
+            let row = &mut cells[counts[r]..counts[r + 1]];
+            row.sort_unstable_by_key(|&(c, _)| c);
+            for &(c, v) in row.iter() {
+                if indices.len() > *indptr.last().unwrap() && *indices.last().unwrap() == c {
+                    *data.last_mut().unwrap() += v;
+                } else {
+                    indices.push(c);
+                    data.push(v);
+                }
+            }
+            // Drop cells that summed to zero.
+            let start = *indptr.last().unwrap();
+            let mut w = start;
+            for k in start..indices.len() {
+                if data[k] != 0.0 {
+                    indices[w] = indices[k];
+                    data[w] = data[k];
+                    w += 1;
+                }
+            }
+            indices.truncate(w);
+            data.truncate(w);
+            indptr.push(indices.len());
+        }
+        Ok(Csr { rows, cols, indptr, indices, data })
+    }
+
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Number of columns.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Number of stored (non-zero) cells.
+    pub fn nnz(&self) -> usize {
+        self.data.len()
+    }
+
+    /// The column indices and values of one row.
+    pub fn row(&self, r: usize) -> (&[u32], &[f32]) {
+        let (a, b) = (self.indptr[r], self.indptr[r + 1]);
+        (&self.indices[a..b], &self.data[a..b])
+    }
+
+    /// The value at `(r, c)`, zero when not stored.
+    pub fn get(&self, r: usize, c: u32) -> f32 {
+        let (idx, val) = self.row(r);
+        idx.binary_search(&c).map(|k| val[k]).unwrap_or(0.0)
+    }
+
+    /// The same shape and pattern with every value mapped through `f`.
+    pub fn map_values(&self, f: impl Fn(f32) -> f32) -> Csr {
+        Csr { data: self.data.iter().map(|&v| f(v)).collect(), ..self.clone() }
+    }
+
+    /// Values of the matrix, row by row.
+    pub fn values(&self) -> &[f32] {
+        &self.data
+    }
+
+    /// Replaces the values (same pattern); `values.len()` must equal `nnz()`.
+    pub fn with_values(&self, values: Vec<f32>) -> Csr {
+        assert_eq!(values.len(), self.nnz());
+        Csr { data: values, ..self.clone() }
+    }
+
+    /// Sum of each row.
+    pub fn row_sums(&self) -> Vec<f32> {
+        (0..self.rows).map(|r| self.row(r).1.iter().sum()).collect()
+    }
+
+    /// Number of non-zeros in each column.
+    pub fn col_counts(&self) -> Vec<usize> {
+        let mut n = vec![0usize; self.cols];
+        for &c in &self.indices {
+            n[c as usize] += 1;
+        }
+        n
+    }
+
+    /// The transposed matrix (columns become rows), rows sorted.
+    pub fn transpose(&self) -> Csr {
+        let mut counts = vec![0usize; self.cols + 1];
+        for &c in &self.indices {
+            counts[c as usize + 1] += 1;
+        }
+        for i in 0..self.cols {
+            counts[i + 1] += counts[i];
+        }
+        let mut next = counts.clone();
+        let mut indices = vec![0u32; self.nnz()];
+        let mut data = vec![0f32; self.nnz()];
+        for r in 0..self.rows {
+            let (idx, val) = self.row(r);
+            for (&c, &v) in idx.iter().zip(val) {
+                let k = next[c as usize];
+                indices[k] = r as u32;
+                data[k] = v;
+                next[c as usize] += 1;
+            }
+        }
+        Csr { rows: self.cols, cols: self.rows, indptr: counts, indices, data }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn triplets_sum_duplicates_sort_and_transpose() {
+        let m = Csr::from_triplets(3, 4, &[(0, 3, 1.0), (0, 1, 2.0), (2, 0, 5.0), (0, 3, 4.0), (1, 2, 1.0), (1, 2, -1.0)])
+            .unwrap();
+        assert_eq!(m.row(0), (&[1u32, 3][..], &[2.0f32, 5.0][..]));
+        assert_eq!(m.row(1).0.len(), 0, "cells summing to zero are dropped");
+        assert_eq!(m.nnz(), 3);
+        let t = m.transpose();
+        assert_eq!((t.rows(), t.cols()), (4, 3));
+        assert_eq!(t.get(3, 0), 5.0);
+        assert_eq!(t.get(0, 2), 5.0);
+        assert_eq!(t.transpose(), m);
+    }
+
+    #[test]
+    fn out_of_bounds_is_an_error() {
+        assert!(Csr::from_triplets(2, 2, &[(2, 0, 1.0)]).is_err());
+        assert!(Csr::from_triplets(2, 2, &[(0, 0, f32::NAN)]).is_err());
+    }
+}

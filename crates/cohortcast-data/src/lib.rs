@@ -1,1 +1,16 @@
-//! placeholder
+//! # cohortcast-data
+//!
+//! Reading and writing for cohortcast: the Saavn inputs through DataFusion
+//! ([`ingest`]), and the files a run leaves behind ([`files`], [`model`]),
+//! each written under a temporary name and renamed when complete.
+
+#![warn(missing_docs)]
+
+pub mod error;
+pub mod files;
+pub mod ingest;
+pub mod inputs;
+pub mod samples;
+pub mod stages;
+
+pub use error::{IoError, Result};

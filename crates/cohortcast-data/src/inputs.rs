@@ -1,0 +1,228 @@
+//! Finding the files of each input, and refusing the wrong file early.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use cohortcast_core::saavn::Input;
+
+use crate::error::{IoError, Result};
+
+/// The four inputs, each a file, a folder of `part-*` files, or a glob.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct InputPaths {
+    /// Plays.
+    pub clickstream: Option<String>,
+    /// Song → artists.
+    pub metadata: Option<String>,
+    /// Notification → artists.
+    pub notification_actor: Option<String>,
+    /// Who clicked (optional: needed only to measure CTR).
+    pub notification_clicks: Option<String>,
+}
+
+impl InputPaths {
+    /// The `--data DIR` layout: one sub-folder per input. Clicks are taken
+    /// only when the folder exists.
+    pub fn from_data_dir(dir: &Path) -> Self {
+        let sub = |name: &str| dir.join(name).to_string_lossy().into_owned();
+        let clicks = dir.join(Input::NotificationClicks.name());
+        InputPaths {
+            clickstream: Some(sub(Input::Clickstream.name())),
+            metadata: Some(sub(Input::Metadata.name())),
+            notification_actor: Some(sub(Input::NotificationActor.name())),
+            notification_clicks: clicks.exists().then(|| clicks.to_string_lossy().into_owned()),
+        }
+    }
+
+    /// The path given for `input`.
+    pub fn get(&self, input: Input) -> Option<&str> {
+        match input {
+            Input::Clickstream => self.clickstream.as_deref(),
+            Input::Metadata => self.metadata.as_deref(),
+            Input::NotificationActor => self.notification_actor.as_deref(),
+            Input::NotificationClicks => self.notification_clicks.as_deref(),
+        }
+    }
+}
+
+/// How an input's files are encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    /// Headerless CSV text.
+    Csv,
+    /// Parquet with the layout's column names.
+    Parquet,
+}
+
+/// The resolved files of one input.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InputFiles {
+    /// Which input.
+    pub input: Input,
+    /// Files, sorted by path.
+    pub files: Vec<PathBuf>,
+    /// Their encoding (by extension: `.parquet` or anything else as CSV).
+    pub encoding: Encoding,
+}
+
+fn is_data_file(p: &Path) -> bool {
+    let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    p.is_file() && !name.starts_with('.') && !name.starts_with('_') && !name.ends_with(".crc")
+}
+
+/// Resolves a file, folder (its data files, recursively) or glob (`*`, `?`
+/// in the last component) to a sorted list of files.
+pub fn resolve(input: Input, spec: &str) -> Result<InputFiles> {
+    let path = Path::new(spec);
+    let mut files = Vec::new();
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    if name.contains('*') || name.contains('?') {
+        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let entries = std::fs::read_dir(dir).map_err(|_| IoError::Missing { input: input.name().into(), path: dir.display().to_string() })?;
+        for e in entries.flatten() {
+            let fname = e.file_name().to_string_lossy().into_owned();
+            if glob_match(&name, &fname) && is_data_file(&e.path()) {
+                files.push(e.path());
+            }
+        }
+    } else if path.is_dir() {
+        collect_dir(path, &mut files).map_err(|e| IoError::io(path, e))?;
+    } else if path.is_file() {
+        files.push(path.to_path_buf());
+    } else {
+        return Err(IoError::Missing { input: input.name().into(), path: spec.into() });
+    }
+    files.sort();
+    if files.is_empty() {
+        return Err(IoError::NoFiles { input: input.name().into(), path: spec.into() });
+    }
+    let parquet = files.iter().filter(|f| f.extension().is_some_and(|e| e == "parquet")).count();
+    let encoding = if parquet == files.len() {
+        Encoding::Parquet
+    } else if parquet == 0 {
+        Encoding::Csv
+    } else {
+        return Err(IoError::NotTheLayout {
+            input: input.name().into(),
+            path: path.to_path_buf(),
+            layout: input.layout().into(),
+            detail: format!("mixes {parquet} Parquet files with {} other files; keep one format per input", files.len() - parquet),
+        });
+    };
+    Ok(InputFiles { input, files, encoding })
+}
+
+fn collect_dir(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for e in std::fs::read_dir(dir)? {
+        let p = e?.path();
+        let hidden = p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(['.', '_']));
+        if p.is_dir() && !hidden {
+            collect_dir(&p, out)?;
+        } else if is_data_file(&p) {
+            out.push(p);
+        }
+    }
+    Ok(())
+}
+
+/// `*` matches any run, `?` one character.
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
+    let (mut pi, mut ni, mut star, mut mark) = (0, 0, None, 0);
+    while ni < n.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
+            pi += 1;
+            ni += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            pi += 1;
+            mark = ni;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ni = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+/// Lines checked at the head of the first file before any work starts.
+pub const SNIFF_LINES: usize = 20;
+
+/// Refuses an input whose first file is plainly not the layout: more than
+/// half of its first [`SNIFF_LINES`] lines break the row rules. A file of
+/// occasional bad rows passes (those are counted later, not fatal).
+pub fn sniff(files: &InputFiles) -> Result<()> {
+    if files.encoding != Encoding::Csv {
+        return Ok(());
+    }
+    let Some(first) = files.files.iter().find(|f| f.metadata().map(|m| m.len() > 0).unwrap_or(false)) else {
+        return Ok(());
+    };
+    let mut buf = Vec::with_capacity(64 * 1024);
+    std::fs::File::open(first)
+        .and_then(|f| f.take(64 * 1024).read_to_end(&mut buf))
+        .map_err(|e| IoError::io(first, e))?;
+    let text = String::from_utf8_lossy(&buf);
+    let mut lines: Vec<&str> = text.split('\n').collect();
+    if buf.len() == 64 * 1024 {
+        lines.pop(); // the last line may be cut
+    }
+    let lines: Vec<(usize, &str)> = lines.into_iter().enumerate().filter(|(_, l)| !l.trim().is_empty()).take(SNIFF_LINES).collect();
+    let bad: Vec<(usize, &str, cohortcast_core::saavn::Reject)> =
+        lines.iter().filter_map(|&(i, l)| files.input.check(l).err().map(|r| (i + 1, l, r))).collect();
+    if !lines.is_empty() && bad.len() * 2 > lines.len() {
+        let (line, text, reason) = bad[0];
+        return Err(IoError::NotTheLayout {
+            input: files.input.name().into(),
+            path: first.clone(),
+            layout: files.input.layout().into(),
+            detail: format!(
+                "{} of the first {} lines are malformed; line {line}: {} (`{}`)",
+                bad.len(),
+                lines.len(),
+                reason.describe(files.input, text),
+                text.chars().take(80).collect::<String>()
+            ),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("part-*", "part-00000-abc.csv"));
+        assert!(glob_match("*.csv", "x.csv"));
+        assert!(!glob_match("*.csv", "x.csv.crc"));
+        assert!(glob_match("p?rt*", "part"));
+        assert!(!glob_match("part-*", "_SUCCESS"));
+    }
+
+    #[test]
+    fn folders_skip_markers_and_the_wrong_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("part-00000"), "n1,a1\n").unwrap();
+        std::fs::write(d.join("part-00001.csv"), "n2,a2\n").unwrap();
+        std::fs::write(d.join("_SUCCESS"), "").unwrap();
+        std::fs::write(d.join(".part-00000.crc"), "xx").unwrap();
+        let f = resolve(Input::NotificationActor, d.to_str().unwrap()).unwrap();
+        assert_eq!(f.files.len(), 2);
+        assert_eq!(f.encoding, Encoding::Csv);
+        sniff(&f).unwrap();
+        // The same files passed as the clickstream: every line has 2 fields.
+        let wrong = InputFiles { input: Input::Clickstream, ..f };
+        let err = sniff(&wrong).unwrap_err().to_string();
+        assert!(err.contains("clickstream") && err.contains("part-00000") && err.contains("line 1"), "{err}");
+        let missing = resolve(Input::Metadata, d.join("nope").to_str().unwrap()).unwrap_err().to_string();
+        assert!(missing.contains("metadata") && missing.contains("does not exist"), "{missing}");
+        let none = resolve(Input::Metadata, d.join("*.parquet").to_str().unwrap()).unwrap_err().to_string();
+        assert!(none.contains("no data files"), "{none}");
+    }
+}

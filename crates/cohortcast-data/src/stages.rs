@@ -1,0 +1,191 @@
+//! What each stage leaves for the next: the ingest folder and the model
+//! folder. Every file is plain: CSV lists, Parquet for the play counts,
+//! `.npy` for matrices, JSON for parameters and reports.
+//!
+//! ```text
+//! ingest/  users.csv artists.csv plays.parquet (user, artist, plays as
+//!          indices into the two lists) notifications.csv clicks.csv report.json
+//! model/   params.json users.csv artists.csv user_factors.npy
+//!          artist_factors.npy centroids.npy cohorts.npy
+//! ```
+
+use std::path::Path;
+use std::sync::Arc;
+
+use cohortcast_core::als::{AlsModel, AlsParams};
+use cohortcast_core::kmeans::{Cohorts, KMeansParams};
+use cohortcast_core::sparse::Csr;
+use datafusion::arrow::array::{Array, AsArray, Float32Array, RecordBatch, UInt32Array};
+use datafusion::arrow::datatypes::{DataType, Field, Float32Type, Schema, UInt32Type};
+use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use datafusion::parquet::arrow::ArrowWriter;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{IoError, Result};
+use crate::files::{read_json, read_lines, read_npy_f32, read_npy_u32, write_atomic, write_json, write_lines, write_npy_f32, write_npy_u32};
+use crate::ingest::{IngestReport, Ingested, RawNotification};
+
+const NOTIFICATIONS_HEADER: &str = "notification_id,artist_id";
+const CLICKS_HEADER: &str = "notification_id,user_id";
+
+/// Writes the ingest folder.
+pub fn save_ingested(dir: &Path, ing: &Ingested) -> Result<()> {
+    write_lines(&dir.join("users.csv"), None, &ing.users)?;
+    write_lines(&dir.join("artists.csv"), None, &ing.artists)?;
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("user", DataType::UInt32, false),
+        Field::new("artist", DataType::UInt32, false),
+        Field::new("plays", DataType::Float32, false),
+    ]));
+    let (mut u, mut a, mut p) = (Vec::new(), Vec::new(), Vec::new());
+    for r in 0..ing.plays.rows() {
+        let (idx, val) = ing.plays.row(r);
+        for (&i, &v) in idx.iter().zip(val) {
+            u.push(r as u32);
+            a.push(i);
+            p.push(v);
+        }
+    }
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![Arc::new(UInt32Array::from(u)), Arc::new(UInt32Array::from(a)), Arc::new(Float32Array::from(p))],
+    )
+    .map_err(|e| IoError::engine("building the play table", e.into()))?;
+    let path = dir.join("plays.parquet");
+    let mut buf = Vec::new();
+    (|| -> std::result::Result<(), datafusion::parquet::errors::ParquetError> {
+        let mut writer = ArrowWriter::try_new(&mut buf, schema.clone(), None)?;
+        writer.write(&batch)?;
+        writer.close()?;
+        Ok(())
+    })()
+    .map_err(|e| IoError::Parquet { path: path.clone(), source: e })?;
+    write_atomic(&path, |w| w.write_all(&buf))?;
+    let notes: Vec<String> = ing.notifications.iter().flat_map(|n| n.artists.iter().map(move |a| format!("{},{a}", n.id))).collect();
+    write_lines(&dir.join("notifications.csv"), Some(NOTIFICATIONS_HEADER), notes)?;
+    if let Some(c) = &ing.clicks {
+        write_lines(&dir.join("clicks.csv"), Some(CLICKS_HEADER), c.iter().map(|(n, u)| format!("{n},{u}")))?;
+    }
+    write_json(&dir.join("report.json"), &ing.report)
+}
+
+fn split2(path: &Path, line_no: usize, l: &str) -> Result<(String, String)> {
+    l.split_once(',')
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .ok_or_else(|| IoError::Malformed { path: path.into(), line: line_no, detail: format!("expected two fields, found `{l}`") })
+}
+
+/// Reads the ingest folder written by [`save_ingested`].
+pub fn load_ingested(dir: &Path) -> Result<Ingested> {
+    let users = read_lines(&dir.join("users.csv"), None)?;
+    let artists = read_lines(&dir.join("artists.csv"), None)?;
+    let path = dir.join("plays.parquet");
+    let file = std::fs::File::open(&path).map_err(|e| IoError::io(&path, e))?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .and_then(|b| b.build())
+        .map_err(|e| IoError::Parquet { path: path.clone(), source: e })?;
+    let mut triplets = Vec::new();
+    for batch in reader {
+        let batch = batch.map_err(|e| IoError::engine(format!("reading {}", path.display()), e.into()))?;
+        let u = batch.column(0).as_primitive::<UInt32Type>();
+        let a = batch.column(1).as_primitive::<UInt32Type>();
+        let p = batch.column(2).as_primitive::<Float32Type>();
+        for i in 0..batch.num_rows() {
+            triplets.push((u.value(i), a.value(i), p.value(i)));
+        }
+        debug_assert_eq!(u.null_count(), 0);
+    }
+    let plays = Csr::from_triplets(users.len(), artists.len(), &triplets)?;
+    let npath = dir.join("notifications.csv");
+    let mut notifications: Vec<RawNotification> = Vec::new();
+    for (i, l) in read_lines(&npath, Some(NOTIFICATIONS_HEADER))?.iter().enumerate() {
+        let (n, a) = split2(&npath, i + 2, l)?;
+        match notifications.last_mut() {
+            Some(last) if last.id == n => last.artists.push(a),
+            _ => notifications.push(RawNotification { id: n, artists: vec![a] }),
+        }
+    }
+    let cpath = dir.join("clicks.csv");
+    let clicks = if cpath.exists() {
+        let mut c = Vec::new();
+        for (i, l) in read_lines(&cpath, Some(CLICKS_HEADER))?.iter().enumerate() {
+            c.push(split2(&cpath, i + 2, l)?);
+        }
+        Some(c)
+    } else {
+        None
+    };
+    let report: IngestReport = read_json(&dir.join("report.json"))?;
+    Ok(Ingested { users, artists, plays, notifications, clicks, report })
+}
+
+/// Parameters stored beside the factors.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelParams {
+    /// ALS hyperparameters.
+    pub als: AlsParams,
+    /// k-means hyperparameters.
+    pub kmeans: KMeansParams,
+    /// Loss after each ALS iteration.
+    pub loss_history: Vec<f64>,
+    /// k-means inertia.
+    pub inertia: f64,
+}
+
+/// A trained model: factors, ids and cohorts.
+#[derive(Debug, Clone)]
+pub struct StoredModel {
+    /// Users, in factor-row order.
+    pub users: Vec<String>,
+    /// Artists, in factor-row order.
+    pub artists: Vec<String>,
+    /// The factors.
+    pub als: AlsModel,
+    /// Centroids and each user's cohort.
+    pub cohorts: Cohorts,
+    /// The cohort of each user.
+    pub labels: Vec<u32>,
+    /// Parameters and fit diagnostics.
+    pub params: ModelParams,
+}
+
+/// Writes the model folder (as a whole: a failed write leaves the old one).
+pub fn save_model(dir: &Path, m: &StoredModel) -> Result<()> {
+    crate::files::write_dir_atomic(dir, |tmp| {
+        write_json(&tmp.join("params.json"), &m.params)?;
+        write_lines(&tmp.join("users.csv"), None, &m.users)?;
+        write_lines(&tmp.join("artists.csv"), None, &m.artists)?;
+        let f = m.als.factors();
+        write_npy_f32(&tmp.join("user_factors.npy"), m.als.user_factors(), m.als.users(), f)?;
+        write_npy_f32(&tmp.join("artist_factors.npy"), m.als.item_factors(), m.als.items(), f)?;
+        write_npy_f32(&tmp.join("centroids.npy"), m.cohorts.centroids(), m.cohorts.k(), m.cohorts.dim())?;
+        write_npy_u32(&tmp.join("cohorts.npy"), &m.labels)
+    })
+}
+
+/// Reads the model folder, checking that its parts agree.
+pub fn load_model(dir: &Path) -> Result<StoredModel> {
+    let params: ModelParams = read_json(&dir.join("params.json"))?;
+    let users = read_lines(&dir.join("users.csv"), None)?;
+    let artists = read_lines(&dir.join("artists.csv"), None)?;
+    let (uf, ur, uc) = read_npy_f32(&dir.join("user_factors.npy"))?;
+    let (af, ar, ac) = read_npy_f32(&dir.join("artist_factors.npy"))?;
+    let (cf, _, cc) = read_npy_f32(&dir.join("centroids.npy"))?;
+    let labels = read_npy_u32(&dir.join("cohorts.npy"))?;
+    let mismatch = |detail: String| IoError::Malformed { path: dir.into(), line: 0, detail };
+    if ur != users.len() || ar != artists.len() || uc != params.als.factors || ac != params.als.factors || cc != uc || labels.len() != ur {
+        return Err(mismatch(format!(
+            "model parts disagree: {} users, user factors {ur}x{uc}, {} artists, artist factors {ar}x{ac}, centroids of width {cc}, {} cohort labels, {} factors in params.json",
+            users.len(),
+            artists.len(),
+            labels.len(),
+            params.als.factors
+        )));
+    }
+    let als = AlsModel::from_factors(params.als.clone(), uf, af)?;
+    let cohorts = Cohorts::from_centroids(cf, cc)?;
+    if let Some(&bad) = labels.iter().find(|&&l| l as usize >= cohorts.k()) {
+        return Err(mismatch(format!("cohort label {bad} but only {} centroids", cohorts.k())));
+    }
+    Ok(StoredModel { users, artists, als, cohorts, labels, params })
+}

@@ -1,0 +1,290 @@
+//! Command-line arguments, parsed into validated parameters in one place.
+
+mod pipeline;
+mod progress;
+mod report;
+mod synth;
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use cohortcast_core::als::{AlsParams, Solver};
+use cohortcast_core::confidence::Weighting;
+use cohortcast_core::kmeans::KMeansParams;
+use cohortcast_data::inputs::InputPaths;
+
+/// Behavioural cohorts for music-release notifications: learn taste from
+/// plays (implicit ALS), group listeners into cohorts (k-means), push each
+/// cohort the notification it is most likely to open, and measure the
+/// click-through rate against baselines.
+#[derive(Debug, Parser)]
+#[command(name = "cohortcast", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Generate a dataset (default: ~50k users) and run the whole job on it,
+    /// printing the CTR table against the baselines and the oracle.
+    Demo(DemoArgs),
+    /// The whole job: ingest, train, target, evaluate.
+    Run(RunArgs),
+    /// Read and check the inputs; write OUT/ingest/.
+    Ingest(IngestArgs),
+    /// Fit ALS and k-means on OUT/ingest/; write OUT/model/.
+    Train(TrainArgs),
+    /// Choose a notification per cohort from OUT/model/; write the pushes.
+    Target(TargetArgs),
+    /// Measure CTR of OUT/pushes.csv and the baselines on the click log.
+    Evaluate(EvaluateArgs),
+    /// Write realistic generated data in the Saavn layout, with ground truth.
+    Synth(synth::SynthArgs),
+}
+
+/// Where the four inputs are.
+#[derive(Debug, Args, Clone)]
+pub struct InputArgs {
+    /// Folder holding clickstream/, metadata/, notification_actor/ and
+    /// (optionally) notification_clicks/ (and truth/ from `synth`).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Plays: user_id,timestamp,song_id,date (file, folder or glob).
+    #[arg(long)]
+    clickstream: Option<String>,
+    /// Songs: song_id,artist_id[,artist_id...].
+    #[arg(long)]
+    metadata: Option<String>,
+    /// Notifications: notification_id,artist_id.
+    #[arg(long)]
+    notification_actor: Option<String>,
+    /// Clicks: notification_id,user_id,date (optional; needed for CTR).
+    #[arg(long)]
+    notification_clicks: Option<String>,
+    /// Ground truth folder from `synth` (click_probability.npy), for
+    /// expected CTR and the oracle. Default: DATA/truth when it exists.
+    #[arg(long)]
+    truth: Option<PathBuf>,
+}
+
+impl InputArgs {
+    fn paths(&self) -> Result<InputPaths> {
+        let mut p = match &self.data {
+            Some(d) => {
+                if !d.is_dir() {
+                    bail!("--data `{}` is not a folder", d.display());
+                }
+                InputPaths::from_data_dir(d)
+            }
+            None => InputPaths::default(),
+        };
+        if let Some(v) = &self.clickstream {
+            p.clickstream = Some(v.clone());
+        }
+        if let Some(v) = &self.metadata {
+            p.metadata = Some(v.clone());
+        }
+        if let Some(v) = &self.notification_actor {
+            p.notification_actor = Some(v.clone());
+        }
+        if let Some(v) = &self.notification_clicks {
+            p.notification_clicks = Some(v.clone());
+        }
+        for (name, v) in [("--clickstream", &p.clickstream), ("--metadata", &p.metadata), ("--notification-actor", &p.notification_actor)] {
+            if v.is_none() {
+                bail!("{name} is required (or --data DIR with the Saavn folder layout)");
+            }
+        }
+        Ok(p)
+    }
+
+    fn truth_dir(&self) -> Option<PathBuf> {
+        self.truth.clone().or_else(|| self.data.as_ref().map(|d| d.join("truth")).filter(|t| t.join("click_probability.npy").exists()))
+    }
+}
+
+/// Model hyperparameters.
+#[derive(Debug, Args, Clone)]
+pub struct ModelArgs {
+    /// Latent factors per user and artist.
+    #[arg(long, default_value_t = AlsParams::default().factors)]
+    factors: usize,
+    /// ALS iterations.
+    #[arg(long, default_value_t = AlsParams::default().iterations)]
+    iterations: usize,
+    /// L2 regularization λ.
+    #[arg(long, default_value_t = AlsParams::default().regularization)]
+    regularization: f32,
+    /// Confidence scale: c = 1 + alpha * w(plays).
+    #[arg(long, default_value_t = AlsParams::default().alpha)]
+    alpha: f32,
+    /// How plays become confidence w(plays): linear, log or bm25.
+    #[arg(long, default_value = "log")]
+    weighting: WeightingArg,
+    /// Conjugate-gradient steps per row (the exact solver ignores it).
+    #[arg(long, default_value_t = AlsParams::default().cg_steps)]
+    cg_steps: usize,
+    /// Row solver: cg (fast) or cholesky (exact reference, slow).
+    #[arg(long, default_value = "cg")]
+    solver: SolverArg,
+    /// Number of cohorts (k of k-means).
+    #[arg(long, default_value_t = 100)]
+    cohorts: usize,
+    /// Most k-means iterations.
+    #[arg(long, default_value_t = KMeansParams::default().max_iterations)]
+    max_iterations: usize,
+    /// k-means seedings; the lowest inertia wins.
+    #[arg(long, default_value_t = KMeansParams::default().n_init)]
+    n_init: usize,
+    /// Seed of every random choice (factor init, k-means seeding, random baseline).
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum WeightingArg {
+    Linear,
+    Log,
+    Bm25,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum SolverArg {
+    Cg,
+    Cholesky,
+}
+
+impl ModelArgs {
+    fn als(&self) -> Result<AlsParams> {
+        let p = AlsParams {
+            factors: self.factors,
+            iterations: self.iterations,
+            regularization: self.regularization,
+            alpha: self.alpha,
+            weighting: match self.weighting {
+                WeightingArg::Linear => Weighting::Linear,
+                WeightingArg::Log => Weighting::Log,
+                WeightingArg::Bm25 => Weighting::Bm25,
+            },
+            solver: match self.solver {
+                SolverArg::Cg => Solver::ConjugateGradient,
+                SolverArg::Cholesky => Solver::Cholesky,
+            },
+            cg_steps: self.cg_steps,
+            seed: self.seed,
+        };
+        p.check()?;
+        Ok(p)
+    }
+
+    fn kmeans(&self) -> Result<KMeansParams> {
+        let p = KMeansParams {
+            n_clusters: self.cohorts,
+            max_iterations: self.max_iterations,
+            n_init: self.n_init,
+            seed: self.seed,
+            ..KMeansParams::default()
+        };
+        p.check()?;
+        Ok(p)
+    }
+}
+
+/// Which policy pushes.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum PolicyArg {
+    /// Each cohort the notification with the highest predicted affinity.
+    ExpectedCtr,
+    /// Each cohort the notification naming its most played artist.
+    TopArtist,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    inputs: InputArgs,
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Targeting policy.
+    #[arg(long, default_value = "expected-ctr")]
+    policy: PolicyArg,
+    /// Output folder.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Output folder (the data goes to OUT/data).
+    #[arg(long, default_value = "demo-out")]
+    out: PathBuf,
+    /// Users to generate.
+    #[arg(long, default_value_t = 50_000)]
+    users: usize,
+    /// Number of cohorts.
+    #[arg(long, default_value_t = 100)]
+    cohorts: usize,
+    /// Seed.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct IngestArgs {
+    #[command(flatten)]
+    inputs: InputArgs,
+    /// Output folder (writes OUT/ingest/).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Output folder holding ingest/ (writes OUT/model/).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct TargetArgs {
+    /// Targeting policy.
+    #[arg(long, default_value = "expected-ctr")]
+    policy: PolicyArg,
+    /// Output folder holding ingest/ and model/.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct EvaluateArgs {
+    /// Output folder holding ingest/, model/ and pushes.csv.
+    #[arg(long)]
+    out: PathBuf,
+    /// Ground truth folder from `synth`.
+    #[arg(long)]
+    truth: Option<PathBuf>,
+    /// Seed of the random baseline.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+}
+
+/// Runs one command.
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Synth(a) => synth::run(a),
+        Command::Demo(a) => pipeline::demo(a),
+        Command::Run(a) => {
+            let paths = a.inputs.paths()?;
+            let (als, km) = (a.model.als()?, a.model.kmeans()?);
+            pipeline::run_all(&paths, a.inputs.truth_dir().as_deref(), &als, &km, a.policy, &a.out).map(|_| ())
+        }
+        Command::Ingest(a) => pipeline::ingest_stage(&a.inputs.paths()?, &a.out),
+        Command::Train(a) => pipeline::train_stage(&a.out, &a.model.als()?, &a.model.kmeans()?),
+        Command::Target(a) => pipeline::target_stage(&a.out, a.policy),
+        Command::Evaluate(a) => pipeline::evaluate_stage(&a.out, a.truth.as_deref(), a.seed),
+    }
+}

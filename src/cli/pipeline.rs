@@ -1,0 +1,261 @@
+//! The stages of the job and the whole run, sharing one implementation.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use cohortcast_core::als::{AlsModel, AlsParams};
+use cohortcast_core::ctr::{evaluate, Clicks, CtrReport};
+use cohortcast_core::kmeans::{Cohorts, KMeansParams};
+use cohortcast_core::targeting::{self, Notification, PushPlan};
+use cohortcast_data::files::{read_lines, read_npy_f32, write_dir_atomic, write_lines};
+use cohortcast_data::ingest::{ingest, IngestOptions, Ingested};
+use cohortcast_data::inputs::InputPaths;
+use cohortcast_data::stages::{load_ingested, load_model, save_ingested, save_model, ModelParams, StoredModel};
+
+use super::report::{print_ingest, print_table, write_ctr_csv, write_summary, Timings};
+use super::{progress, DemoArgs, PolicyArg};
+
+/// Reads and checks the inputs.
+fn read_inputs(paths: &InputPaths) -> Result<Ingested> {
+    let pb = progress::spinner("ingest");
+    let ing = ingest(paths, &IngestOptions::default()).context("ingest failed")?;
+    pb.finish_and_clear();
+    print_ingest(&ing.report);
+    Ok(ing)
+}
+
+/// Fits ALS and k-means.
+fn train(ing: &Ingested, als: &AlsParams, km: &KMeansParams, t: &mut Timings) -> Result<StoredModel> {
+    let start = Instant::now();
+    let pb = progress::bar(als.iterations as u64, "ALS");
+    let model = AlsModel::fit_with_progress(&ing.plays, als, |_, _| pb.inc(1)).context("ALS failed")?;
+    pb.finish_and_clear();
+    t.als = start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    let pb = progress::spinner("k-means");
+    let cohorts = Cohorts::fit(model.user_factors(), model.factors(), km).context("k-means failed")?;
+    pb.finish_and_clear();
+    t.kmeans = start.elapsed().as_secs_f64();
+    let params = ModelParams { als: als.clone(), kmeans: km.clone(), loss_history: model.loss_history.clone(), inertia: cohorts.inertia };
+    Ok(StoredModel { users: ing.users.clone(), artists: ing.artists.clone(), labels: cohorts.labels().to_vec(), als: model, cohorts, params })
+}
+
+/// Notifications with their artists mapped to model indices (unknown
+/// artists dropped; a notification with none keeps an empty list).
+fn notifications(model: &StoredModel, ing: &Ingested) -> Vec<Notification> {
+    ing.notifications
+        .iter()
+        .map(|n| Notification {
+            id: n.id.clone(),
+            artists: n.artists.iter().filter_map(|a| model.artists.binary_search(a).ok().map(|i| i as u32)).collect(),
+        })
+        .collect()
+}
+
+fn plan(policy: PolicyArg, model: &StoredModel, ing: &Ingested, notes: &[Notification]) -> PushPlan {
+    let k = model.cohorts.k();
+    match policy {
+        PolicyArg::ExpectedCtr => targeting::expected_ctr_plan(&model.als, &model.labels, k, notes),
+        PolicyArg::TopArtist => targeting::top_artist_plan(&ing.plays, &model.labels, k, notes),
+    }
+}
+
+/// Writes cohorts.csv, pushes.csv and notifications/<id>.csv.
+fn write_pushes(out: &Path, model: &StoredModel, notes: &[Notification], plan: &PushPlan) -> Result<()> {
+    write_lines(
+        &out.join("cohorts.csv"),
+        Some("user_id,cohort"),
+        model.users.iter().zip(&model.labels).map(|(u, l)| format!("{u},{l}")),
+    )?;
+    let mut by_note: Vec<Vec<&str>> = vec![Vec::new(); notes.len()];
+    for (u, p) in plan.user_push.iter().enumerate() {
+        if let Some(n) = p {
+            by_note[*n as usize].push(&model.users[u]);
+        }
+    }
+    write_lines(
+        &out.join("pushes.csv"),
+        Some("notification_id,user_id"),
+        by_note.iter().enumerate().flat_map(|(n, us)| us.iter().map(move |u| format!("{},{u}", notes[n].id))),
+    )?;
+    write_dir_atomic(&out.join("notifications"), |dir| {
+        for (n, us) in by_note.iter().enumerate().filter(|(_, us)| !us.is_empty()) {
+            write_lines(&dir.join(format!("{}.csv", safe_file_name(&notes[n].id))), None, us)?;
+        }
+        Ok(())
+    })?;
+    write_lines(&out.join("target.txt"), None, [plan.policy])?;
+    Ok(())
+}
+
+/// A notification id as a file name: anything but `[A-Za-z0-9._-]` becomes `_`.
+fn safe_file_name(id: &str) -> String {
+    let s: String = id.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' }).collect();
+    if s.starts_with('.') { format!("_{s}") } else { s }
+}
+
+fn read_pushes(out: &Path, model: &StoredModel, notes: &[Notification]) -> Result<PushPlan> {
+    let path = out.join("pushes.csv");
+    let note_index: HashMap<&str, u32> = notes.iter().enumerate().map(|(i, n)| (n.id.as_str(), i as u32)).collect();
+    let mut user_push = vec![None; model.users.len()];
+    for (i, l) in read_lines(&path, Some("notification_id,user_id"))?.iter().enumerate() {
+        let (n, u) = l.split_once(',').with_context(|| format!("{}: line {}: expected notification_id,user_id", path.display(), i + 2))?;
+        let ni = *note_index.get(n).with_context(|| format!("{}: line {}: unknown notification `{n}`", path.display(), i + 2))?;
+        let ui = model.users.binary_search(&u.to_string()).map_err(|_| anyhow::anyhow!("{}: line {}: user `{u}` is not in the model", path.display(), i + 2))?;
+        user_push[ui] = Some(ni);
+    }
+    let policy = match read_lines(&out.join("target.txt"), None).ok().and_then(|l| l.first().cloned()).as_deref() {
+        Some("top-artist") => "top-artist",
+        _ => "expected-ctr",
+    };
+    Ok(PushPlan { policy, user_push, cohort_push: None })
+}
+
+/// Aligns the generator's truth to model users × notifications (NaN where missing).
+fn load_truth(dir: &Path, model: &StoredModel, notes: &[Notification]) -> Result<Vec<f32>> {
+    let (probs, rows, cols) = read_npy_f32(&dir.join("click_probability.npy"))?;
+    let users = read_lines(&dir.join("users.csv"), None)?;
+    let tnotes = read_lines(&dir.join("notifications.csv"), None)?;
+    if users.len() != rows || tnotes.len() != cols {
+        bail!("{}: click_probability.npy is {rows}x{cols} but users.csv has {} and notifications.csv {} rows", dir.display(), users.len(), tnotes.len());
+    }
+    let urow: HashMap<&str, usize> = users.iter().enumerate().map(|(i, u)| (u.as_str(), i)).collect();
+    let ncol: Vec<Option<usize>> = notes.iter().map(|n| tnotes.iter().position(|t| *t == n.id)).collect();
+    let nn = notes.len();
+    let mut out = vec![f32::NAN; model.users.len() * nn];
+    for (u, id) in model.users.iter().enumerate() {
+        if let Some(&r) = urow.get(id.as_str()) {
+            for (n, c) in ncol.iter().enumerate() {
+                if let Some(c) = c {
+                    out[u * nn + n] = probs[r * cols + c];
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The chosen plan and every baseline, measured on the same click log.
+pub struct Evaluation {
+    pub reports: Vec<CtrReport>,
+    pub clicks_outside_model: usize,
+}
+
+fn evaluate_all(model: &StoredModel, ing: &Ingested, notes: &[Notification], chosen: &PushPlan, truth: Option<&[f32]>, seed: u64) -> Result<Option<Evaluation>> {
+    let Some(raw) = &ing.clicks else { return Ok(None) };
+    let note_index: HashMap<&str, u32> = notes.iter().enumerate().map(|(i, n)| (n.id.as_str(), i as u32)).collect();
+    let mut pairs = Vec::with_capacity(raw.len());
+    let mut outside = 0;
+    for (n, u) in raw {
+        match (note_index.get(n.as_str()), model.users.binary_search(u)) {
+            (Some(&ni), Ok(ui)) => pairs.push((ni, ui as u32)),
+            _ => outside += 1,
+        }
+    }
+    let clicks = Clicks::new(notes.len(), pairs);
+    let users = model.users.len();
+    let k = model.cohorts.k();
+    let mut plans = vec![chosen.clone()];
+    if chosen.policy != "expected-ctr" {
+        plans.push(targeting::expected_ctr_plan(&model.als, &model.labels, k, notes));
+    }
+    if chosen.policy != "top-artist" {
+        plans.push(targeting::top_artist_plan(&ing.plays, &model.labels, k, notes));
+    }
+    plans.push(targeting::single_plan(users, targeting::best_single(&clicks)));
+    plans.push(targeting::random_plan(users, notes.len(), seed));
+    if let Some(t) = truth {
+        plans.push(targeting::oracle_plan(t, notes.len()));
+    }
+    let reports = plans.iter().map(|p| evaluate(p, &model.labels, &clicks, truth)).collect();
+    Ok(Some(Evaluation { reports, clicks_outside_model: outside }))
+}
+
+/// `cohortcast ingest`.
+pub fn ingest_stage(paths: &InputPaths, out: &Path) -> Result<()> {
+    let ing = read_inputs(paths)?;
+    save_ingested(&out.join("ingest"), &ing)?;
+    Ok(())
+}
+
+/// `cohortcast train`.
+pub fn train_stage(out: &Path, als: &AlsParams, km: &KMeansParams) -> Result<()> {
+    let ing = load_ingested(&out.join("ingest")).context("run `cohortcast ingest` first")?;
+    let model = train(&ing, als, km, &mut Timings::default())?;
+    save_model(&out.join("model"), &model)?;
+    Ok(())
+}
+
+/// `cohortcast target`.
+pub fn target_stage(out: &Path, policy: PolicyArg) -> Result<()> {
+    let ing = load_ingested(&out.join("ingest")).context("run `cohortcast ingest` first")?;
+    let model = load_model(&out.join("model")).context("run `cohortcast train` first")?;
+    let notes = notifications(&model, &ing);
+    let p = plan(policy, &model, &ing, &notes);
+    write_pushes(out, &model, &notes, &p)
+}
+
+/// `cohortcast evaluate`.
+pub fn evaluate_stage(out: &Path, truth_dir: Option<&Path>, seed: u64) -> Result<()> {
+    let ing = load_ingested(&out.join("ingest")).context("run `cohortcast ingest` first")?;
+    let model = load_model(&out.join("model")).context("run `cohortcast train` first")?;
+    let notes = notifications(&model, &ing);
+    let chosen = read_pushes(out, &model, &notes).context("run `cohortcast target` first")?;
+    let truth = truth_dir.map(|d| load_truth(d, &model, &notes)).transpose()?;
+    let Some(ev) = evaluate_all(&model, &ing, &notes, &chosen, truth.as_deref(), seed)? else {
+        bail!("no notification_clicks were ingested: CTR needs the click log");
+    };
+    write_ctr_csv(&out.join("ctr.csv"), &notes, &ev.reports[0])?;
+    write_summary(&out.join("summary.json"), &ing, &model, notes.len(), &ev, &Timings::default(), chosen.policy)?;
+    print_table(&ing, &model, notes.len(), &ev);
+    Ok(())
+}
+
+/// `cohortcast run`: everything, in memory, writing every output.
+pub fn run_all(paths: &InputPaths, truth_dir: Option<&Path>, als: &AlsParams, km: &KMeansParams, policy: PolicyArg, out: &Path) -> Result<Option<Evaluation>> {
+    let total = Instant::now();
+    let mut t = Timings::default();
+    let start = Instant::now();
+    let ing = read_inputs(paths)?;
+    t.ingest = start.elapsed().as_secs_f64();
+    if ing.users.len() < km.n_clusters {
+        bail!("only {} users have usable plays, fewer than --cohorts {}; lower --cohorts", ing.users.len(), km.n_clusters);
+    }
+    save_ingested(&out.join("ingest"), &ing)?;
+    let model = train(&ing, als, km, &mut t)?;
+    save_model(&out.join("model"), &model)?;
+    let start = Instant::now();
+    let notes = notifications(&model, &ing);
+    if notes.iter().all(|n| n.artists.is_empty()) {
+        bail!("no notification names an artist that anyone played; check --notification-actor against --metadata");
+    }
+    let chosen = plan(policy, &model, &ing, &notes);
+    t.targeting = start.elapsed().as_secs_f64();
+    write_pushes(out, &model, &notes, &chosen)?;
+    let start = Instant::now();
+    let truth = truth_dir.map(|d| load_truth(d, &model, &notes)).transpose()?;
+    let ev = evaluate_all(&model, &ing, &notes, &chosen, truth.as_deref(), km.seed)?;
+    t.evaluation = start.elapsed().as_secs_f64();
+    t.total = total.elapsed().as_secs_f64();
+    let empty = Evaluation { reports: Vec::new(), clicks_outside_model: 0 };
+    if let Some(ev) = &ev {
+        write_ctr_csv(&out.join("ctr.csv"), &notes, &ev.reports[0])?;
+        print_table(&ing, &model, notes.len(), ev);
+    }
+    write_summary(&out.join("summary.json"), &ing, &model, notes.len(), ev.as_ref().unwrap_or(&empty), &t, chosen.policy)?;
+    Ok(ev)
+}
+
+/// `cohortcast demo`.
+pub fn demo(a: DemoArgs) -> Result<()> {
+    let data = a.out.join("data");
+    super::synth::run(super::synth::SynthArgs::demo(data.clone(), a.users, a.seed))?;
+    let paths = InputPaths::from_data_dir(&data);
+    let als = AlsParams { seed: a.seed, ..AlsParams::default() };
+    let km = KMeansParams { n_clusters: a.cohorts, seed: a.seed, ..KMeansParams::default() };
+    run_all(&paths, Some(&data.join("truth")), &als, &km, PolicyArg::ExpectedCtr, &a.out)?;
+    println!("outputs in {}", a.out.display());
+    Ok(())
+}

@@ -1,0 +1,171 @@
+//! What a run tells a person (stdout table, stderr notes) and what it
+//! leaves for tools (ctr.csv, summary.json).
+
+use std::path::Path;
+
+use anyhow::Result;
+use cohortcast_core::ctr::CtrReport;
+use cohortcast_core::targeting::Notification;
+use cohortcast_data::files::{write_json, write_lines};
+use cohortcast_data::ingest::{IngestReport, Ingested};
+use cohortcast_data::stages::StoredModel;
+use serde::Serialize;
+
+use super::pipeline::Evaluation;
+
+/// Seconds spent per stage.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Timings {
+    pub ingest: f64,
+    pub als: f64,
+    pub kmeans: f64,
+    pub targeting: f64,
+    pub evaluation: f64,
+    pub total: f64,
+}
+
+/// Rejected rows and their first examples, on stderr.
+pub fn print_ingest(r: &IngestReport) {
+    for (name, input) in &r.inputs {
+        if input.rejected_total() == 0 {
+            continue;
+        }
+        let reasons: Vec<String> = input.rejected.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        eprintln!("{name}: rejected {} of {} rows ({})", input.rejected_total(), input.rows, reasons.join(", "));
+        for ex in &input.examples {
+            eprintln!("  {ex}");
+        }
+    }
+    if r.plays_unknown_song > 0 {
+        eprintln!("clickstream: {} plays of songs missing from the metadata were left out", r.plays_unknown_song);
+    }
+    if r.users_without_usable_plays > 0 {
+        eprintln!("{} users have no usable plays (only unknown songs) and get no cohort", r.users_without_usable_plays);
+    }
+}
+
+fn pct(v: f64) -> String {
+    format!("{:.2}%", v * 100.0)
+}
+
+/// The CTR table, on stdout.
+pub fn print_table(ing: &Ingested, model: &StoredModel, notifications: usize, ev: &Evaluation) {
+    println!(
+        "{} users, {} artists, {} cohorts, {} notifications, {} clicks",
+        model.users.len(),
+        model.artists.len(),
+        model.cohorts.k(),
+        notifications,
+        ing.report.clicks
+    );
+    let oracle = ev.reports.iter().find(|r| r.policy == "oracle").and_then(|r| r.expected_ctr);
+    println!(
+        "{:<14} {:>9} {:>9} {:>8} {:>9} {:>9} {:>9} {:>10}",
+        "policy", "pushed", "clicked", "CTR", "mean CTR", "notifs", "exp. CTR", "of oracle"
+    );
+    for r in &ev.reports {
+        let exp = r.expected_ctr.map(pct).unwrap_or_else(|| "-".into());
+        let of = match (r.expected_ctr, oracle) {
+            (Some(e), Some(o)) if o > 0.0 => format!("{:.1}%", 100.0 * e / o),
+            _ => "-".into(),
+        };
+        println!(
+            "{:<14} {:>9} {:>9} {:>8} {:>9} {:>9} {:>9} {:>10}",
+            r.policy,
+            r.pushes,
+            r.clicks,
+            pct(r.overall_ctr),
+            pct(r.mean_ctr),
+            r.per_notification.len(),
+            exp,
+            of
+        );
+    }
+    if let Some(r) = ev.reports.first() {
+        if r.users_not_pushed > 0 {
+            println!("{}: {} users not pushed", r.policy, r.users_not_pushed);
+        }
+    }
+    if let Some(t) = ev.reports.iter().find(|r| r.policy == "top-artist") {
+        if t.users_not_pushed > 0 && ev.reports[0].policy != "top-artist" {
+            println!("top-artist: {} users in cohorts whose top artist has no notification were not pushed", t.users_not_pushed);
+        }
+    }
+}
+
+/// `ctr.csv`: one row per notification pushed.
+pub fn write_ctr_csv(path: &Path, notes: &[Notification], r: &CtrReport) -> Result<()> {
+    write_lines(
+        path,
+        Some("notification_id,cohorts,users_pushed,users_clicked,ctr"),
+        r.per_notification
+            .iter()
+            .map(|n| format!("{},{},{},{},{:.6}", notes[n.notification as usize].id, n.cohorts, n.users_pushed, n.users_clicked, n.ctr)),
+    )?;
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct CtrSummary<'a> {
+    policy: &'a str,
+    overall_ctr: f64,
+    mean_ctr: f64,
+    expected_ctr: Option<f64>,
+    pushes: usize,
+    clicks: usize,
+    notifications_pushed: usize,
+    users_not_pushed: usize,
+}
+
+impl<'a> From<&'a CtrReport> for CtrSummary<'a> {
+    fn from(r: &'a CtrReport) -> Self {
+        CtrSummary {
+            policy: &r.policy,
+            overall_ctr: r.overall_ctr,
+            mean_ctr: r.mean_ctr,
+            expected_ctr: r.expected_ctr,
+            pushes: r.pushes,
+            clicks: r.clicks,
+            notifications_pushed: r.per_notification.len(),
+            users_not_pushed: r.users_not_pushed,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Summary<'a> {
+    inputs: &'a IngestReport,
+    users: usize,
+    artists: usize,
+    cohorts: usize,
+    cohort_sizes: Vec<usize>,
+    notifications: usize,
+    params: &'a cohortcast_data::stages::ModelParams,
+    policy: &'a str,
+    timings_s: &'a Timings,
+    ctr: Vec<CtrSummary<'a>>,
+    clicks_outside_model: usize,
+}
+
+/// `summary.json`.
+pub fn write_summary(path: &Path, ing: &Ingested, model: &StoredModel, notifications: usize, ev: &Evaluation, t: &Timings, policy: &str) -> Result<()> {
+    let mut sizes = vec![0usize; model.cohorts.k()];
+    for &l in &model.labels {
+        sizes[l as usize] += 1;
+    }
+    let s = Summary {
+        inputs: &ing.report,
+        users: model.users.len(),
+        artists: model.artists.len(),
+        cohorts: model.cohorts.k(),
+        cohort_sizes: sizes,
+        notifications,
+        params: &model.params,
+        policy,
+        timings_s: t,
+        ctr: ev.reports.iter().map(CtrSummary::from).collect(),
+        clicks_outside_model: ev.clicks_outside_model,
+    };
+    write_json(path, &s)?;
+    Ok(())
+}

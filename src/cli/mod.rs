@@ -12,6 +12,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use cohortcast_core::als::{AlsParams, Solver};
 use cohortcast_core::confidence::Weighting;
 use cohortcast_core::kmeans::KMeansParams;
+use cohortcast_core::targeting::TargetingParams;
 use cohortcast_data::inputs::InputPaths;
 
 /// Behavioural cohorts for music-release notifications: learn taste from
@@ -92,7 +93,11 @@ impl InputArgs {
         if let Some(v) = &self.notification_clicks {
             p.notification_clicks = Some(v.clone());
         }
-        for (name, v) in [("--clickstream", &p.clickstream), ("--metadata", &p.metadata), ("--notification-actor", &p.notification_actor)] {
+        for (name, v) in [
+            ("--clickstream", &p.clickstream),
+            ("--metadata", &p.metadata),
+            ("--notification-actor", &p.notification_actor),
+        ] {
             if v.is_none() {
                 bail!("{name} is required (or --data DIR with the Saavn folder layout)");
             }
@@ -101,7 +106,9 @@ impl InputArgs {
     }
 
     fn truth_dir(&self) -> Option<PathBuf> {
-        self.truth.clone().or_else(|| self.data.as_ref().map(|d| d.join("truth")).filter(|t| t.join("click_probability.npy").exists()))
+        self.truth.clone().or_else(|| {
+            self.data.as_ref().map(|d| d.join("truth")).filter(|t| t.join("click_probability.npy").exists())
+        })
     }
 }
 
@@ -192,6 +199,23 @@ impl ModelArgs {
     }
 }
 
+/// Targeting parameters.
+#[derive(Debug, Args, Clone)]
+pub struct TargetArgsCommon {
+    /// Weight of each user's own listening share beside the ALS preference
+    /// in the expected-CTR score (0: factors only).
+    #[arg(long, default_value_t = TargetingParams::default().history_weight)]
+    history_weight: f32,
+}
+
+impl TargetArgsCommon {
+    fn params(&self) -> Result<TargetingParams> {
+        let p = TargetingParams { history_weight: self.history_weight };
+        p.check()?;
+        Ok(p)
+    }
+}
+
 /// Which policy pushes.
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum PolicyArg {
@@ -207,6 +231,8 @@ pub struct RunArgs {
     inputs: InputArgs,
     #[command(flatten)]
     model: ModelArgs,
+    #[command(flatten)]
+    targeting: TargetArgsCommon,
     /// Targeting policy.
     #[arg(long, default_value = "expected-ctr")]
     policy: PolicyArg,
@@ -251,6 +277,8 @@ pub struct TrainArgs {
 
 #[derive(Debug, Args)]
 pub struct TargetArgs {
+    #[command(flatten)]
+    targeting: TargetArgsCommon,
     /// Targeting policy.
     #[arg(long, default_value = "expected-ctr")]
     policy: PolicyArg,
@@ -261,6 +289,8 @@ pub struct TargetArgs {
 
 #[derive(Debug, Args)]
 pub struct EvaluateArgs {
+    #[command(flatten)]
+    targeting: TargetArgsCommon,
     /// Output folder holding ingest/, model/ and pushes.csv.
     #[arg(long)]
     out: PathBuf,
@@ -280,11 +310,12 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Run(a) => {
             let paths = a.inputs.paths()?;
             let (als, km) = (a.model.als()?, a.model.kmeans()?);
-            pipeline::run_all(&paths, a.inputs.truth_dir().as_deref(), &als, &km, a.policy, &a.out).map(|_| ())
+            let tp = a.targeting.params()?;
+            pipeline::run_all(&paths, a.inputs.truth_dir().as_deref(), &als, &km, &tp, a.policy, &a.out).map(|_| ())
         }
         Command::Ingest(a) => pipeline::ingest_stage(&a.inputs.paths()?, &a.out),
         Command::Train(a) => pipeline::train_stage(&a.out, &a.model.als()?, &a.model.kmeans()?),
-        Command::Target(a) => pipeline::target_stage(&a.out, a.policy),
-        Command::Evaluate(a) => pipeline::evaluate_stage(&a.out, a.truth.as_deref(), a.seed),
+        Command::Target(a) => pipeline::target_stage(&a.out, a.policy, &a.targeting.params()?),
+        Command::Evaluate(a) => pipeline::evaluate_stage(&a.out, a.truth.as_deref(), &a.targeting.params()?, a.seed),
     }
 }

@@ -7,8 +7,8 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use cohortcast_core::als::{AlsModel, AlsParams};
 use cohortcast_core::ctr::{evaluate, Clicks, CtrReport};
-use cohortcast_core::kmeans::{Cohorts, KMeansParams};
-use cohortcast_core::targeting::{self, Notification, PushPlan};
+use cohortcast_core::kmeans::{normalize_rows, Cohorts, KMeansParams};
+use cohortcast_core::targeting::{self, Notification, PushPlan, TargetingParams};
 use cohortcast_data::files::{read_lines, read_npy_f32, write_dir_atomic, write_lines};
 use cohortcast_data::ingest::{ingest, IngestOptions, Ingested};
 use cohortcast_data::inputs::InputPaths;
@@ -35,11 +35,25 @@ fn train(ing: &Ingested, als: &AlsParams, km: &KMeansParams, t: &mut Timings) ->
     t.als = start.elapsed().as_secs_f64();
     let start = Instant::now();
     let pb = progress::spinner("k-means");
-    let cohorts = Cohorts::fit(model.user_factors(), model.factors(), km).context("k-means failed")?;
+    // Spherical k-means: cohorts group users by the direction of their taste.
+    let unit = normalize_rows(model.user_factors(), model.factors());
+    let cohorts = Cohorts::fit(&unit, model.factors(), km).context("k-means failed")?;
     pb.finish_and_clear();
     t.kmeans = start.elapsed().as_secs_f64();
-    let params = ModelParams { als: als.clone(), kmeans: km.clone(), loss_history: model.loss_history.clone(), inertia: cohorts.inertia };
-    Ok(StoredModel { users: ing.users.clone(), artists: ing.artists.clone(), labels: cohorts.labels().to_vec(), als: model, cohorts, params })
+    let params = ModelParams {
+        als: als.clone(),
+        kmeans: km.clone(),
+        loss_history: model.loss_history.clone(),
+        inertia: cohorts.inertia,
+    };
+    Ok(StoredModel {
+        users: ing.users.clone(),
+        artists: ing.artists.clone(),
+        labels: cohorts.labels().to_vec(),
+        als: model,
+        cohorts,
+        params,
+    })
 }
 
 /// Notifications with their artists mapped to model indices (unknown
@@ -54,10 +68,16 @@ fn notifications(model: &StoredModel, ing: &Ingested) -> Vec<Notification> {
         .collect()
 }
 
-fn plan(policy: PolicyArg, model: &StoredModel, ing: &Ingested, notes: &[Notification]) -> PushPlan {
+fn plan(
+    policy: PolicyArg,
+    model: &StoredModel,
+    ing: &Ingested,
+    notes: &[Notification],
+    tp: &TargetingParams,
+) -> PushPlan {
     let k = model.cohorts.k();
     match policy {
-        PolicyArg::ExpectedCtr => targeting::expected_ctr_plan(&model.als, &model.labels, k, notes),
+        PolicyArg::ExpectedCtr => targeting::expected_ctr_plan(&model.als, &ing.plays, &model.labels, k, notes, tp),
         PolicyArg::TopArtist => targeting::top_artist_plan(&ing.plays, &model.labels, k, notes),
     }
 }
@@ -93,7 +113,11 @@ fn write_pushes(out: &Path, model: &StoredModel, notes: &[Notification], plan: &
 /// A notification id as a file name: anything but `[A-Za-z0-9._-]` becomes `_`.
 fn safe_file_name(id: &str) -> String {
     let s: String = id.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' }).collect();
-    if s.starts_with('.') { format!("_{s}") } else { s }
+    if s.starts_with('.') {
+        format!("_{s}")
+    } else {
+        s
+    }
 }
 
 fn read_pushes(out: &Path, model: &StoredModel, notes: &[Notification]) -> Result<PushPlan> {
@@ -101,9 +125,16 @@ fn read_pushes(out: &Path, model: &StoredModel, notes: &[Notification]) -> Resul
     let note_index: HashMap<&str, u32> = notes.iter().enumerate().map(|(i, n)| (n.id.as_str(), i as u32)).collect();
     let mut user_push = vec![None; model.users.len()];
     for (i, l) in read_lines(&path, Some("notification_id,user_id"))?.iter().enumerate() {
-        let (n, u) = l.split_once(',').with_context(|| format!("{}: line {}: expected notification_id,user_id", path.display(), i + 2))?;
-        let ni = *note_index.get(n).with_context(|| format!("{}: line {}: unknown notification `{n}`", path.display(), i + 2))?;
-        let ui = model.users.binary_search(&u.to_string()).map_err(|_| anyhow::anyhow!("{}: line {}: user `{u}` is not in the model", path.display(), i + 2))?;
+        let (n, u) = l
+            .split_once(',')
+            .with_context(|| format!("{}: line {}: expected notification_id,user_id", path.display(), i + 2))?;
+        let ni = *note_index
+            .get(n)
+            .with_context(|| format!("{}: line {}: unknown notification `{n}`", path.display(), i + 2))?;
+        let ui = model
+            .users
+            .binary_search(&u.to_string())
+            .map_err(|_| anyhow::anyhow!("{}: line {}: user `{u}` is not in the model", path.display(), i + 2))?;
         user_push[ui] = Some(ni);
     }
     let policy = match read_lines(&out.join("target.txt"), None).ok().and_then(|l| l.first().cloned()).as_deref() {
@@ -119,7 +150,12 @@ fn load_truth(dir: &Path, model: &StoredModel, notes: &[Notification]) -> Result
     let users = read_lines(&dir.join("users.csv"), None)?;
     let tnotes = read_lines(&dir.join("notifications.csv"), None)?;
     if users.len() != rows || tnotes.len() != cols {
-        bail!("{}: click_probability.npy is {rows}x{cols} but users.csv has {} and notifications.csv {} rows", dir.display(), users.len(), tnotes.len());
+        bail!(
+            "{}: click_probability.npy is {rows}x{cols} but users.csv has {} and notifications.csv {} rows",
+            dir.display(),
+            users.len(),
+            tnotes.len()
+        );
     }
     let urow: HashMap<&str, usize> = users.iter().enumerate().map(|(i, u)| (u.as_str(), i)).collect();
     let ncol: Vec<Option<usize>> = notes.iter().map(|n| tnotes.iter().position(|t| *t == n.id)).collect();
@@ -143,7 +179,15 @@ pub struct Evaluation {
     pub clicks_outside_model: usize,
 }
 
-fn evaluate_all(model: &StoredModel, ing: &Ingested, notes: &[Notification], chosen: &PushPlan, truth: Option<&[f32]>, seed: u64) -> Result<Option<Evaluation>> {
+fn evaluate_all(
+    model: &StoredModel,
+    ing: &Ingested,
+    notes: &[Notification],
+    chosen: &PushPlan,
+    truth: Option<&[f32]>,
+    tp: &TargetingParams,
+    seed: u64,
+) -> Result<Option<Evaluation>> {
     let Some(raw) = &ing.clicks else { return Ok(None) };
     let note_index: HashMap<&str, u32> = notes.iter().enumerate().map(|(i, n)| (n.id.as_str(), i as u32)).collect();
     let mut pairs = Vec::with_capacity(raw.len());
@@ -159,7 +203,7 @@ fn evaluate_all(model: &StoredModel, ing: &Ingested, notes: &[Notification], cho
     let k = model.cohorts.k();
     let mut plans = vec![chosen.clone()];
     if chosen.policy != "expected-ctr" {
-        plans.push(targeting::expected_ctr_plan(&model.als, &model.labels, k, notes));
+        plans.push(targeting::expected_ctr_plan(&model.als, &ing.plays, &model.labels, k, notes, tp));
     }
     if chosen.policy != "top-artist" {
         plans.push(targeting::top_artist_plan(&ing.plays, &model.labels, k, notes));
@@ -169,6 +213,17 @@ fn evaluate_all(model: &StoredModel, ing: &Ingested, notes: &[Notification], cho
     if let Some(t) = truth {
         plans.push(targeting::oracle_plan(t, notes.len()));
     }
+    // The top-artist rule pushes only the cohorts whose top artist has a
+    // notification: its CTR is over a chosen subset. Measure the default
+    // policy on exactly those users too, so the two compare like for like.
+    let ours = plans.iter().find(|p| p.policy == "expected-ctr").expect("always planned");
+    let top = plans.iter().find(|p| p.policy == "top-artist").expect("always planned");
+    let matched = PushPlan {
+        policy: "expected-ctr@top-artist-users",
+        user_push: ours.user_push.iter().zip(&top.user_push).map(|(o, t)| t.and(*o)).collect(),
+        cohort_push: None,
+    };
+    plans.push(matched);
     let reports = plans.iter().map(|p| evaluate(p, &model.labels, &clicks, truth)).collect();
     Ok(Some(Evaluation { reports, clicks_outside_model: outside }))
 }
@@ -189,22 +244,22 @@ pub fn train_stage(out: &Path, als: &AlsParams, km: &KMeansParams) -> Result<()>
 }
 
 /// `cohortcast target`.
-pub fn target_stage(out: &Path, policy: PolicyArg) -> Result<()> {
+pub fn target_stage(out: &Path, policy: PolicyArg, tp: &TargetingParams) -> Result<()> {
     let ing = load_ingested(&out.join("ingest")).context("run `cohortcast ingest` first")?;
     let model = load_model(&out.join("model")).context("run `cohortcast train` first")?;
     let notes = notifications(&model, &ing);
-    let p = plan(policy, &model, &ing, &notes);
+    let p = plan(policy, &model, &ing, &notes, tp);
     write_pushes(out, &model, &notes, &p)
 }
 
 /// `cohortcast evaluate`.
-pub fn evaluate_stage(out: &Path, truth_dir: Option<&Path>, seed: u64) -> Result<()> {
+pub fn evaluate_stage(out: &Path, truth_dir: Option<&Path>, tp: &TargetingParams, seed: u64) -> Result<()> {
     let ing = load_ingested(&out.join("ingest")).context("run `cohortcast ingest` first")?;
     let model = load_model(&out.join("model")).context("run `cohortcast train` first")?;
     let notes = notifications(&model, &ing);
     let chosen = read_pushes(out, &model, &notes).context("run `cohortcast target` first")?;
     let truth = truth_dir.map(|d| load_truth(d, &model, &notes)).transpose()?;
-    let Some(ev) = evaluate_all(&model, &ing, &notes, &chosen, truth.as_deref(), seed)? else {
+    let Some(ev) = evaluate_all(&model, &ing, &notes, &chosen, truth.as_deref(), tp, seed)? else {
         bail!("no notification_clicks were ingested: CTR needs the click log");
     };
     write_ctr_csv(&out.join("ctr.csv"), &notes, &ev.reports[0])?;
@@ -214,14 +269,26 @@ pub fn evaluate_stage(out: &Path, truth_dir: Option<&Path>, seed: u64) -> Result
 }
 
 /// `cohortcast run`: everything, in memory, writing every output.
-pub fn run_all(paths: &InputPaths, truth_dir: Option<&Path>, als: &AlsParams, km: &KMeansParams, policy: PolicyArg, out: &Path) -> Result<Option<Evaluation>> {
+pub fn run_all(
+    paths: &InputPaths,
+    truth_dir: Option<&Path>,
+    als: &AlsParams,
+    km: &KMeansParams,
+    tp: &TargetingParams,
+    policy: PolicyArg,
+    out: &Path,
+) -> Result<Option<Evaluation>> {
     let total = Instant::now();
     let mut t = Timings::default();
     let start = Instant::now();
     let ing = read_inputs(paths)?;
     t.ingest = start.elapsed().as_secs_f64();
     if ing.users.len() < km.n_clusters {
-        bail!("only {} users have usable plays, fewer than --cohorts {}; lower --cohorts", ing.users.len(), km.n_clusters);
+        bail!(
+            "only {} users have usable plays, fewer than --cohorts {}; lower --cohorts",
+            ing.users.len(),
+            km.n_clusters
+        );
     }
     save_ingested(&out.join("ingest"), &ing)?;
     let model = train(&ing, als, km, &mut t)?;
@@ -231,12 +298,12 @@ pub fn run_all(paths: &InputPaths, truth_dir: Option<&Path>, als: &AlsParams, km
     if notes.iter().all(|n| n.artists.is_empty()) {
         bail!("no notification names an artist that anyone played; check --notification-actor against --metadata");
     }
-    let chosen = plan(policy, &model, &ing, &notes);
+    let chosen = plan(policy, &model, &ing, &notes, tp);
     t.targeting = start.elapsed().as_secs_f64();
     write_pushes(out, &model, &notes, &chosen)?;
     let start = Instant::now();
     let truth = truth_dir.map(|d| load_truth(d, &model, &notes)).transpose()?;
-    let ev = evaluate_all(&model, &ing, &notes, &chosen, truth.as_deref(), km.seed)?;
+    let ev = evaluate_all(&model, &ing, &notes, &chosen, truth.as_deref(), tp, km.seed)?;
     t.evaluation = start.elapsed().as_secs_f64();
     t.total = total.elapsed().as_secs_f64();
     let empty = Evaluation { reports: Vec::new(), clicks_outside_model: 0 };
@@ -244,7 +311,15 @@ pub fn run_all(paths: &InputPaths, truth_dir: Option<&Path>, als: &AlsParams, km
         write_ctr_csv(&out.join("ctr.csv"), &notes, &ev.reports[0])?;
         print_table(&ing, &model, notes.len(), ev);
     }
-    write_summary(&out.join("summary.json"), &ing, &model, notes.len(), ev.as_ref().unwrap_or(&empty), &t, chosen.policy)?;
+    write_summary(
+        &out.join("summary.json"),
+        &ing,
+        &model,
+        notes.len(),
+        ev.as_ref().unwrap_or(&empty),
+        &t,
+        chosen.policy,
+    )?;
     Ok(ev)
 }
 
@@ -255,7 +330,7 @@ pub fn demo(a: DemoArgs) -> Result<()> {
     let paths = InputPaths::from_data_dir(&data);
     let als = AlsParams { seed: a.seed, ..AlsParams::default() };
     let km = KMeansParams { n_clusters: a.cohorts, seed: a.seed, ..KMeansParams::default() };
-    run_all(&paths, Some(&data.join("truth")), &als, &km, PolicyArg::ExpectedCtr, &a.out)?;
+    run_all(&paths, Some(&data.join("truth")), &als, &km, &TargetingParams::default(), PolicyArg::ExpectedCtr, &a.out)?;
     println!("outputs in {}", a.out.display());
     Ok(())
 }

@@ -59,9 +59,13 @@ pub fn print_table(ing: &Ingested, model: &StoredModel, notifications: usize, ev
         ing.report.clicks
     );
     let oracle = ev.reports.iter().find(|r| r.policy == "oracle").and_then(|r| r.expected_ctr);
+    // `of oracle` compares expected CTR over the pushed users with the
+    // oracle's over all users; `clicks/user` counts unpushed users as
+    // non-clicks (what a campaign gains in opens).
+    let users = model.users.len().max(1) as f64;
     println!(
-        "{:<14} {:>9} {:>9} {:>8} {:>9} {:>9} {:>9} {:>10}",
-        "policy", "pushed", "clicked", "CTR", "mean CTR", "notifs", "exp. CTR", "of oracle"
+        "{:<30} {:>8} {:>8} {:>8} {:>9} {:>11} {:>7} {:>9} {:>10}",
+        "policy", "pushed", "clicked", "CTR", "mean CTR", "clicks/user", "notifs", "exp. CTR", "of oracle"
     );
     for r in &ev.reports {
         let exp = r.expected_ctr.map(pct).unwrap_or_else(|| "-".into());
@@ -70,12 +74,13 @@ pub fn print_table(ing: &Ingested, model: &StoredModel, notifications: usize, ev
             _ => "-".into(),
         };
         println!(
-            "{:<14} {:>9} {:>9} {:>8} {:>9} {:>9} {:>9} {:>10}",
+            "{:<30} {:>8} {:>8} {:>8} {:>9} {:>11} {:>7} {:>9} {:>10}",
             r.policy,
             r.pushes,
             r.clicks,
             pct(r.overall_ctr),
             pct(r.mean_ctr),
+            pct(r.clicks as f64 / users),
             r.per_notification.len(),
             exp,
             of
@@ -87,8 +92,12 @@ pub fn print_table(ing: &Ingested, model: &StoredModel, notifications: usize, ev
         }
     }
     if let Some(t) = ev.reports.iter().find(|r| r.policy == "top-artist") {
-        if t.users_not_pushed > 0 && ev.reports[0].policy != "top-artist" {
-            println!("top-artist: {} users in cohorts whose top artist has no notification were not pushed", t.users_not_pushed);
+        if t.users_not_pushed > 0 {
+            println!(
+                "top-artist: {} users in cohorts whose top artist has no notification were not pushed; \
+                 expected-ctr@top-artist-users is the default policy measured on the {} users it did push",
+                t.users_not_pushed, t.pushes
+            );
         }
     }
 }
@@ -98,9 +107,12 @@ pub fn write_ctr_csv(path: &Path, notes: &[Notification], r: &CtrReport) -> Resu
     write_lines(
         path,
         Some("notification_id,cohorts,users_pushed,users_clicked,ctr"),
-        r.per_notification
-            .iter()
-            .map(|n| format!("{},{},{},{},{:.6}", notes[n.notification as usize].id, n.cohorts, n.users_pushed, n.users_clicked, n.ctr)),
+        r.per_notification.iter().map(|n| {
+            format!(
+                "{},{},{},{},{:.6}",
+                notes[n.notification as usize].id, n.cohorts, n.users_pushed, n.users_clicked, n.ctr
+            )
+        }),
     )?;
     Ok(())
 }
@@ -148,7 +160,15 @@ struct Summary<'a> {
 }
 
 /// `summary.json`.
-pub fn write_summary(path: &Path, ing: &Ingested, model: &StoredModel, notifications: usize, ev: &Evaluation, t: &Timings, policy: &str) -> Result<()> {
+pub fn write_summary(
+    path: &Path,
+    ing: &Ingested,
+    model: &StoredModel,
+    notifications: usize,
+    ev: &Evaluation,
+    t: &Timings,
+    policy: &str,
+) -> Result<()> {
     let mut sizes = vec![0usize; model.cohorts.k()];
     for &l in &model.labels {
         sizes[l as usize] += 1;

@@ -85,6 +85,16 @@ struct SynthSummary {
 
 const BLOCK: usize = 2048;
 
+/// One generated user: id, clickstream lines, click lines, truth row, counts.
+struct UserOutput {
+    id: String,
+    plays: Vec<u8>,
+    clicks: Vec<u8>,
+    probs: Vec<f32>,
+    stats: SynthStats,
+    n_clicks: u64,
+}
+
 pub fn run(a: SynthArgs) -> Result<()> {
     let params = SynthParams {
         users: a.users,
@@ -133,7 +143,7 @@ pub fn generate(params: SynthParams, parts: usize, out: &Path) -> Result<()> {
             let end = (block + BLOCK).min(hi);
             // Each user has its own random streams: order and threads do not
             // change the output.
-            let chunks: Vec<(String, Vec<u8>, Vec<u8>, Vec<f32>, SynthStats, u64)> = (block..end)
+            let chunks: Vec<UserOutput> = (block..end)
                 .into_par_iter()
                 .map(|u| {
                     let user = world.user(u);
@@ -142,19 +152,19 @@ pub fn generate(params: SynthParams, parts: usize, out: &Path) -> Result<()> {
                     world.write_plays(&user, &mut pl, &mut st);
                     let probs = world.click_probabilities(&user);
                     let mut cl = Vec::new();
-                    let c = world.write_clicks(&user, &probs, &mut cl);
-                    (user.id, pl, cl, probs, st, c)
+                    let n_clicks = world.write_clicks(&user, &probs, &mut cl);
+                    UserOutput { id: user.id, plays: pl, clicks: cl, probs, stats: st, n_clicks }
                 })
                 .collect();
-            for (id, pl, cl, probs, st, c) in chunks {
-                plays.write_all(&pl).context("writing the clickstream")?;
-                clicks.write_all(&cl).context("writing the clicks")?;
-                for v in probs {
+            for o in chunks {
+                plays.write_all(&o.plays).context("writing the clickstream")?;
+                clicks.write_all(&o.clicks).context("writing the clicks")?;
+                for v in o.probs {
                     truth.write_all(&v.to_le_bytes()).context("writing the truth matrix")?;
                 }
-                stats.merge(st);
-                n_clicks += c;
-                user_ids.push(id);
+                stats.merge(o.stats);
+                n_clicks += o.n_clicks;
+                user_ids.push(o.id);
             }
             pb.inc((end - block) as u64);
         }

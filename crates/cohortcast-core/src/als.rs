@@ -65,9 +65,10 @@ pub struct AlsParams {
     pub factors: usize,
     /// Full ALS iterations (users then artists). Default 15.
     pub iterations: usize,
-    /// L2 penalty `λ` on every factor vector. Default 0.1.
+    /// L2 penalty `λ` on every factor vector. Default 5.0 (the confidence
+    /// sums it competes with are large: see BENCHMARKS.md for the sweep).
     pub regularization: f32,
-    /// Confidence scale `alpha` in `c = 1 + alpha * w(plays)`. Default 2.0.
+    /// Confidence scale `alpha` in `c = 1 + alpha * w(plays)`. Default 10.0.
     pub alpha: f32,
     /// How plays become confidence. Default [`Weighting::Log`].
     pub weighting: Weighting,
@@ -84,8 +85,8 @@ impl Default for AlsParams {
         AlsParams {
             factors: 64,
             iterations: 15,
-            regularization: 0.1,
-            alpha: 2.0,
+            regularization: 5.0,
+            alpha: 10.0,
             weighting: Weighting::Log,
             solver: Solver::ConjugateGradient,
             cg_steps: 3,
@@ -165,13 +166,9 @@ impl AlsModel {
     }
 
     /// Rebuilds a model from stored factor matrices (row-major).
-    pub fn from_factors(
-        params: AlsParams,
-        user_factors: Vec<f32>,
-        item_factors: Vec<f32>,
-    ) -> Result<Self, DataError> {
+    pub fn from_factors(params: AlsParams, user_factors: Vec<f32>, item_factors: Vec<f32>) -> Result<Self, DataError> {
         let f = params.factors;
-        if f == 0 || user_factors.len() % f != 0 || item_factors.len() % f != 0 {
+        if f == 0 || !user_factors.len().is_multiple_of(f) || !item_factors.len().is_multiple_of(f) {
             return Err(DataError::Shape(format!(
                 "factor matrices of {} and {} values do not split into rows of {f}",
                 user_factors.len(),
@@ -236,10 +233,8 @@ impl AlsModel {
     /// The `n` best artists for user `u`, best first, skipping those in
     /// `exclude` (for example the artists the user already played).
     pub fn recommend(&self, u: usize, n: usize, exclude: &[u32]) -> Vec<(u32, f32)> {
-        let mut scored: Vec<(u32, f32)> = (0..self.items as u32)
-            .filter(|i| !exclude.contains(i))
-            .map(|i| (i, self.score(u, i as usize)))
-            .collect();
+        let mut scored: Vec<(u32, f32)> =
+            (0..self.items as u32).filter(|i| !exclude.contains(i)).map(|i| (i, self.score(u, i as usize))).collect();
         scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         scored.truncate(n);
         scored
@@ -470,7 +465,7 @@ mod tests {
     fn cg_fit_agrees_with_the_exact_fit() {
         let t = planted(4, 30, 10, 1);
         let plays = Csr::from_triplets(120, 40, &t).unwrap();
-        let base = AlsParams { factors: 8, iterations: 20, regularization: 0.5, ..AlsParams::default() };
+        let base = AlsParams { factors: 8, iterations: 20, regularization: 0.5, alpha: 2.0, ..AlsParams::default() };
         let exact = AlsModel::fit(&plays, &AlsParams { solver: Solver::Cholesky, ..base.clone() }).unwrap();
         // The loss falls monotonically under exact solves.
         for w in exact.loss_history.windows(2) {
@@ -541,7 +536,7 @@ mod tests {
         let f = 4;
         let mut rng = Rng::new(8);
         let y: Vec<f32> = (0..10 * f).map(|_| rng.normal() as f32).collect();
-        let params = AlsParams { factors: f, regularization: 0.7, ..AlsParams::default() };
+        let params = AlsParams { factors: f, regularization: 0.7, alpha: 2.0, ..AlsParams::default() };
         let m = AlsModel::from_factors(params.clone(), vec![0.0; f], y.clone()).unwrap();
         let plays = [(2u32, 5.0f32), (7, 1.0)];
         let x = m.fold_in(&plays).unwrap();

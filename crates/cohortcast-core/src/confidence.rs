@@ -68,11 +68,8 @@ pub fn confidence(plays: &Csr, weighting: Weighting, alpha: f32) -> Csr {
         Weighting::Log => plays.map_values(|r| 1.0 + alpha * r.ln_1p()),
         Weighting::Bm25 => {
             let users = plays.rows().max(1) as f32;
-            let idf: Vec<f32> = plays
-                .col_counts()
-                .iter()
-                .map(|&df| (users.ln() - (df as f32).ln_1p()).max(0.0))
-                .collect();
+            let idf: Vec<f32> =
+                plays.col_counts().iter().map(|&df| (users.ln() - (df as f32).ln_1p()).max(0.0)).collect();
             let lens = plays.row_sums();
             let avg = (lens.iter().sum::<f32>() / lens.len().max(1) as f32).max(f32::MIN_POSITIVE);
             let mut out = Vec::with_capacity(plays.nnz());

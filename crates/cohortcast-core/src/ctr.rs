@@ -184,7 +184,8 @@ mod tests {
 
     #[test]
     fn unequal_notifications_separate_overall_and_mean() {
-        let plan = PushPlan { policy: "x", user_push: vec![Some(0), Some(0), Some(0), Some(1), None], cohort_push: None };
+        let plan =
+            PushPlan { policy: "x", user_push: vec![Some(0), Some(0), Some(0), Some(1), None], cohort_push: None };
         let clicks = Clicks::new(2, [(0, 0), (1, 3)]);
         let r = evaluate(&plan, &[0, 0, 0, 1, 1], &clicks, None);
         assert!((r.overall_ctr - 0.5).abs() < 1e-12);

@@ -75,7 +75,7 @@ impl Cohorts {
     /// Clusters the row-major `rows × dim` matrix `x`.
     pub fn fit(x: &[f32], dim: usize, params: &KMeansParams) -> Result<Self, FitError> {
         params.check()?;
-        if dim == 0 || x.len() % dim != 0 {
+        if dim == 0 || !x.len().is_multiple_of(dim) {
             return Err(DataError::Shape(format!("{} values do not split into rows of {dim}", x.len())).into());
         }
         let n = x.len() / dim;
@@ -105,8 +105,11 @@ impl Cohorts {
 
     /// Rebuilds a clustering from stored centroids (no labels).
     pub fn from_centroids(centroids: Vec<f32>, dim: usize) -> Result<Self, DataError> {
-        if dim == 0 || centroids.is_empty() || centroids.len() % dim != 0 {
-            return Err(DataError::Shape(format!("{} centroid values do not split into rows of {dim}", centroids.len())));
+        if dim == 0 || centroids.is_empty() || !centroids.len().is_multiple_of(dim) {
+            return Err(DataError::Shape(format!(
+                "{} centroid values do not split into rows of {dim}",
+                centroids.len()
+            )));
         }
         Ok(Cohorts { dim, centroids, labels: Vec::new(), inertia: f64::NAN, iterations: 0 })
     }
@@ -157,6 +160,20 @@ impl Cohorts {
         }
         best.1
     }
+}
+
+/// Rows scaled to unit length (zero rows stay zero): k-means on them groups
+/// by the direction of the taste vector (spherical k-means, Dhillon & Modha
+/// 2001), so heavy and light listeners of the same taste share a cohort.
+pub fn normalize_rows(x: &[f32], dim: usize) -> Vec<f32> {
+    let mut out = x.to_vec();
+    out.par_chunks_mut(dim).for_each(|r| {
+        let n = dot(r, r).sqrt();
+        if n > 0.0 {
+            r.iter_mut().for_each(|v| *v /= n);
+        }
+    });
+    out
 }
 
 fn mean_variance(x: &[f32], dim: usize) -> f64 {
@@ -211,9 +228,7 @@ fn seed_plus_plus(x: &[f32], norms: &[f32], dim: usize, k: usize, rng: &mut Rng)
         let cands: Vec<f32> = cand_idx.iter().flat_map(|&i| x[i * dim..(i + 1) * dim].iter().copied()).collect();
         let d = distances_to(x, norms, dim, &cands);
         let t = cand_idx.len();
-        let pots: Vec<f64> = (0..t)
-            .map(|j| (0..n).map(|r| closest[r].min(d[r * t + j]) as f64).sum())
-            .collect();
+        let pots: Vec<f64> = (0..t).map(|j| (0..n).map(|r| closest[r].min(d[r * t + j]) as f64).sum()).collect();
         let best = (0..t).min_by(|&a, &b| pots[a].total_cmp(&pots[b])).unwrap();
         for r in 0..n {
             closest[r] = closest[r].min(d[r * t + best]);
@@ -378,6 +393,12 @@ mod tests {
         assert_eq!(a, b);
         let p5 = KMeansParams { n_init: 5, ..p1 };
         assert!(Cohorts::fit(&x, 4, &p5).unwrap().inertia <= a.inertia + 1e-6);
+    }
+
+    #[test]
+    fn normalized_rows_have_unit_length() {
+        let x = normalize_rows(&[3.0, 4.0, 0.0, 0.0], 2);
+        assert_eq!(x, vec![0.6, 0.8, 0.0, 0.0]);
     }
 
     #[test]

@@ -13,8 +13,20 @@ pub fn matmul(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
     // SAFETY: the slices hold exactly the elements the strides address.
     unsafe {
         matrixmultiply::sgemm(
-            m, k, n, 1.0, a.as_ptr(), k as isize, 1, b.as_ptr(), n as isize, 1, 0.0,
-            c.as_mut_ptr(), n as isize, 1,
+            m,
+            k,
+            n,
+            1.0,
+            a.as_ptr(),
+            k as isize,
+            1,
+            b.as_ptr(),
+            n as isize,
+            1,
+            0.0,
+            c.as_mut_ptr(),
+            n as isize,
+            1,
         );
     }
     c
@@ -31,8 +43,20 @@ pub fn matmul_t(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> 
     // SAFETY: Bᵀ is addressed with row stride 1 and column stride k.
     unsafe {
         matrixmultiply::sgemm(
-            m, k, n, 1.0, a.as_ptr(), k as isize, 1, b.as_ptr(), 1, k as isize, 0.0,
-            c.as_mut_ptr(), n as isize, 1,
+            m,
+            k,
+            n,
+            1.0,
+            a.as_ptr(),
+            k as isize,
+            1,
+            b.as_ptr(),
+            1,
+            k as isize,
+            0.0,
+            c.as_mut_ptr(),
+            n as isize,
+            1,
         );
     }
     c
@@ -66,8 +90,20 @@ pub fn gram(y: &[f32], rows: usize, f: usize) -> Vec<f32> {
             // SAFETY: Aᵀ of a row-major r × f block: row stride 1, col stride f.
             unsafe {
                 matrixmultiply::sgemm(
-                    f, r, f, 1.0, part.as_ptr(), 1, f as isize, part.as_ptr(), f as isize, 1, 0.0,
-                    c.as_mut_ptr(), f as isize, 1,
+                    f,
+                    r,
+                    f,
+                    1.0,
+                    part.as_ptr(),
+                    1,
+                    f as isize,
+                    part.as_ptr(),
+                    f as isize,
+                    1,
+                    0.0,
+                    c.as_mut_ptr(),
+                    f as isize,
+                    1,
                 );
             }
             c

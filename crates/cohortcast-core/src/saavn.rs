@@ -32,7 +32,8 @@ pub enum Input {
 
 impl Input {
     /// All four, in the order of the `--data` folder layout.
-    pub const ALL: [Input; 4] = [Input::Clickstream, Input::Metadata, Input::NotificationActor, Input::NotificationClicks];
+    pub const ALL: [Input; 4] =
+        [Input::Clickstream, Input::Metadata, Input::NotificationActor, Input::NotificationClicks];
 
     /// The folder name under `--data` and the name used in messages.
     pub fn name(self) -> &'static str {
@@ -120,7 +121,9 @@ impl Reject {
     pub fn describe(self, input: Input, line: &str) -> String {
         let fields: Vec<&str> = line.split(',').collect();
         match self {
-            Reject::WrongFieldCount => format!("{} fields where {} expects {}", fields.len(), input.name(), input.layout()),
+            Reject::WrongFieldCount => {
+                format!("{} fields where {} expects {}", fields.len(), input.name(), input.layout())
+            }
             Reject::BadTimestamp => format!("timestamp `{}` is not a number", fields.get(1).unwrap_or(&"")),
             Reject::BadDate => {
                 let d = if input == Input::Clickstream { fields.get(3) } else { fields.get(2) };
@@ -147,7 +150,8 @@ pub fn trim_eol(line: &str) -> &str {
 
 fn check_play(line: &str) -> Result<(), Reject> {
     let mut it = trim_eol(line).split(',');
-    let (Some(user), Some(ts), Some(song), Some(date), None) = (it.next(), it.next(), it.next(), it.next(), it.next()) else {
+    let (Some(user), Some(ts), Some(song), Some(date), None) = (it.next(), it.next(), it.next(), it.next(), it.next())
+    else {
         return Err(Reject::WrongFieldCount);
     };
     if user.is_empty() {
@@ -255,7 +259,10 @@ mod tests {
 
     #[test]
     fn descriptions_name_the_value() {
-        assert_eq!(Reject::BadTimestamp.describe(Input::Clickstream, "u,notatime,s,20170101"), "timestamp `notatime` is not a number");
+        assert_eq!(
+            Reject::BadTimestamp.describe(Input::Clickstream, "u,notatime,s,20170101"),
+            "timestamp `notatime` is not a number"
+        );
         assert_eq!(Reject::from_code("bad_date"), Some(Reject::BadDate));
     }
 }

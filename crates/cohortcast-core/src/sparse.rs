@@ -19,11 +19,7 @@ pub struct Csr {
 impl Csr {
     /// Builds a matrix from `(row, col, value)` triplets. Duplicate cells are
     /// summed; explicit zeros are kept out.
-    pub fn from_triplets(
-        rows: usize,
-        cols: usize,
-        triplets: &[(u32, u32, f32)],
-    ) -> Result<Self, DataError> {
+    pub fn from_triplets(rows: usize, cols: usize, triplets: &[(u32, u32, f32)]) -> Result<Self, DataError> {
         let mut counts = vec![0usize; rows + 1];
         for &(r, c, v) in triplets {
             if r as usize >= rows || c as usize >= cols {
@@ -163,8 +159,9 @@ mod tests {
 
     #[test]
     fn triplets_sum_duplicates_sort_and_transpose() {
-        let m = Csr::from_triplets(3, 4, &[(0, 3, 1.0), (0, 1, 2.0), (2, 0, 5.0), (0, 3, 4.0), (1, 2, 1.0), (1, 2, -1.0)])
-            .unwrap();
+        let m =
+            Csr::from_triplets(3, 4, &[(0, 3, 1.0), (0, 1, 2.0), (2, 0, 5.0), (0, 3, 4.0), (1, 2, 1.0), (1, 2, -1.0)])
+                .unwrap();
         assert_eq!(m.row(0), (&[1u32, 3][..], &[2.0f32, 5.0][..]));
         assert_eq!(m.row(1).0.len(), 0, "cells summing to zero are dropped");
         assert_eq!(m.nnz(), 3);

@@ -12,10 +12,13 @@
 //!
 //! Ground truth: user `u` clicks notification `n` with probability
 //! `p(u, n) = min(0.95, resp_u * (P_BASE + (P_MAX - P_BASE) * max_a aff(u, a)))`
-//! over the artists `a` of `n`, where `aff = 1` for a favourite and otherwise
-//! `0.6 * taste_u(language_a, genre_a) * (0.4 + 0.6 * pop_a)` (taste scaled so
-//! the user's favourite community is 1, `pop_a` the artist's popularity
-//! percentile), and `resp_u` a log-normal responsiveness with mean 1. The
+//! over the artists `a` of `n`, where `aff(u, a) = sqrt(share(u, a) /
+//! max_b share(u, b))`, `share(u, a)` the exact probability that one of the
+//! user's plays goes to `a` (the mixture the clickstream is drawn from:
+//! [`FAVOURITE_SHARE`] to favourites, [`GLOBAL_SHARE`] to the catalogue by
+//! popularity, the rest to the user's communities by popularity), and
+//! `resp_u` a log-normal responsiveness with mean 1: users click new songs
+//! of the artists they listen to, with diminishing returns. The
 //! click log is drawn from `p` as if every notification had been sent to
 //! every user, so any push plan can be evaluated on it, and the oracle (each
 //! user their own best notification) is known.
@@ -32,6 +35,12 @@ use crate::rng::{Rng, WeightedIndex};
 pub const P_BASE: f64 = 0.004;
 /// Click probability at full affinity, before responsiveness.
 pub const P_MAX: f64 = 0.30;
+/// Share of a user's fresh plays that go to their favourite artists.
+pub const FAVOURITE_SHARE: f64 = 0.45;
+/// Share of fresh plays drawn from the whole catalogue by popularity
+/// (trending songs, discovery); the rest follow the user's communities.
+pub const GLOBAL_SHARE: f64 = 0.07;
+
 /// 2017-01-01T00:00:00Z, the default first day.
 pub const DEFAULT_START: i64 = 1_483_228_800;
 
@@ -135,6 +144,7 @@ struct Artist {
     genre: usize,
     /// Popularity weight (Zipf) and its percentile in [0, 1].
     weight: f64,
+    #[allow(dead_code)]
     pop: f64,
     songs: Vec<u32>,
     song_pick: Option<WeightedIndex>,
@@ -175,6 +185,16 @@ pub struct World {
     communities: Vec<(Vec<u32>, Option<WeightedIndex>)>,
     global_pick: WeightedIndex,
     language_weights: Vec<f64>,
+    /// Sum of artist weights per community, and over all artists.
+    community_weight: Vec<f64>,
+    total_weight: f64,
+    /// The most popular artist of each community.
+    community_top: Vec<Option<u32>>,
+}
+
+/// Relative play weights of a user's favourites, first favourite first.
+fn favourite_weights(n: usize) -> Vec<f64> {
+    (0..n).map(|i| 1.0 / (i as f64 + 1.0)).collect()
 }
 
 fn hex_id(seed: u64, kind: u64, i: u64) -> String {
@@ -261,7 +281,9 @@ impl World {
             if rng.chance(0.12) {
                 // A collaboration with one or two artists of the same language.
                 let lang = artists[primary as usize].language;
-                if let Some((ids, table)) = by_language.iter().find(|(ids, _)| artists[ids[0] as usize].language == lang) {
+                if let Some((ids, table)) =
+                    by_language.iter().find(|(ids, _)| artists[ids[0] as usize].language == lang)
+                {
                     for _ in 0..1 + rng.below(2) {
                         let other = ids[table.sample(&mut rng)];
                         if !list.contains(&other) {
@@ -306,7 +328,27 @@ impl World {
             notifications.push(list);
         }
         let global_pick = WeightedIndex::new(&artists.iter().map(|a| a.weight).collect::<Vec<_>>()).expect("positive");
-        Ok(World { params, artists, song_artists, notifications, communities, global_pick, language_weights })
+        let community_weight =
+            communities.iter().map(|(ids, _)| ids.iter().map(|&a| artists[a as usize].weight).sum()).collect();
+        let total_weight = artists.iter().map(|a| a.weight).sum();
+        let community_top = communities
+            .iter()
+            .map(|(ids, _)| {
+                ids.iter().copied().max_by(|&x, &y| artists[x as usize].weight.total_cmp(&artists[y as usize].weight))
+            })
+            .collect();
+        Ok(World {
+            params,
+            artists,
+            song_artists,
+            notifications,
+            communities,
+            global_pick,
+            language_weights,
+            community_weight,
+            total_weight,
+            community_top,
+        })
     }
 
     /// The artists of each notification.
@@ -366,9 +408,8 @@ impl World {
         for k in 0..1 + rng.below(3) {
             genre_w[rng.below(p.genres)] += if k == 0 { 1.0 } else { 0.3 + 0.5 * rng.f64() };
         }
-        let mut taste: Vec<f64> = (0..p.languages * p.genres)
-            .map(|c| lang_w[c / p.genres] * genre_w[c % p.genres])
-            .collect();
+        let mut taste: Vec<f64> =
+            (0..p.languages * p.genres).map(|c| lang_w[c / p.genres] * genre_w[c % p.genres]).collect();
         // Communities without artists cannot be liked.
         for (c, t) in taste.iter_mut().enumerate() {
             if self.communities[c].1.is_none() {
@@ -413,21 +454,45 @@ impl World {
         }
     }
 
-    /// User `u`'s affinity to artist `a`, in [0, 1].
-    pub fn affinity(&self, user: &UserProfile, a: u32) -> f64 {
-        if user.favourites.contains(&a) {
-            return 1.0;
-        }
+    /// The probability that one of `user`'s fresh plays goes to artist `a`:
+    /// the exact mixture the clickstream is drawn from (favourites, the
+    /// user's communities by popularity, the catalogue by popularity).
+    pub fn play_share(&self, user: &UserProfile, a: u32) -> f64 {
         let art = &self.artists[a as usize];
-        0.6 * user.taste[art.language * self.params.genres + art.genre] * (0.4 + 0.6 * art.pop)
+        let fav_w = favourite_weights(user.favourites.len());
+        let fav_total: f64 = fav_w.iter().sum();
+        let fav = user.favourites.iter().position(|&f| f == a).map(|i| fav_w[i] / fav_total).unwrap_or(0.0);
+        let c = art.language * self.params.genres + art.genre;
+        let taste_total: f64 = user.taste.iter().sum();
+        let community = user.taste[c] / taste_total * art.weight / self.community_weight[c];
+        FAVOURITE_SHARE * fav
+            + (1.0 - FAVOURITE_SHARE - GLOBAL_SHARE) * community
+            + GLOBAL_SHARE * art.weight / self.total_weight
+    }
+
+    /// User `u`'s affinity to artist `a`, in [0, 1]: the square root of the
+    /// artist's share of the user's listening relative to the user's most
+    /// played artist. Clicks on "new song by X" follow how much the user
+    /// listens to X, with diminishing returns.
+    pub fn affinity(&self, user: &UserProfile, a: u32) -> f64 {
+        (self.play_share(user, a) / self.top_share(user)).sqrt().min(1.0)
+    }
+
+    /// The largest play share of any artist for `user` (a favourite or the
+    /// most popular artist of one of the user's communities).
+    fn top_share(&self, user: &UserProfile) -> f64 {
+        let favs = user.favourites.iter().map(|&a| self.play_share(user, a));
+        let tops = self.community_top.iter().flatten().map(|&a| self.play_share(user, a));
+        favs.chain(tops).fold(f64::MIN_POSITIVE, f64::max)
     }
 
     /// True click probability of `user` for every notification.
     pub fn click_probabilities(&self, user: &UserProfile) -> Vec<f32> {
+        let top = self.top_share(user);
         self.notifications
             .iter()
             .map(|list| {
-                let aff = list.iter().map(|&a| self.affinity(user, a)).fold(0.0, f64::max);
+                let aff = list.iter().map(|&a| (self.play_share(user, a) / top).sqrt().min(1.0)).fold(0.0, f64::max);
                 (user.responsiveness * (P_BASE + (P_MAX - P_BASE) * aff)).min(0.95) as f32
             })
             .collect()
@@ -439,8 +504,7 @@ impl World {
         let mut rng = Rng::stream(p.seed ^ 0x0BAD_CAFE, user.index as u64);
         let mut left = user.plays;
         let mut last_song: Option<u32> = None;
-        let fav_w: Vec<f64> = (0..user.favourites.len()).map(|i| 1.0 / (i as f64 + 1.0)).collect();
-        let fav_pick = WeightedIndex::new(&fav_w);
+        let fav_pick = WeightedIndex::new(&favourite_weights(user.favourites.len()));
         while left > 0 {
             let len = (1 + rng.geometric(1.0 / 8.0) as usize).min(left);
             left -= len;
@@ -452,9 +516,9 @@ impl World {
                     Some(s) if rng.chance(0.15) => s,
                     _ => {
                         let r = rng.f64();
-                        let artist = if r < 0.45 && fav_pick.is_some() {
-                            user.favourites[fav_pick.as_ref().unwrap().sample(&mut rng)]
-                        } else if r < 0.93 {
+                        let artist = if let Some(fp) = fav_pick.as_ref().filter(|_| r < FAVOURITE_SHARE) {
+                            user.favourites[fp.sample(&mut rng)]
+                        } else if r < 1.0 - GLOBAL_SHARE {
                             let (ids, t) = &self.communities[user.community_pick.sample(&mut rng)];
                             ids[t.as_ref().expect("liked communities have artists").sample(&mut rng)]
                         } else {
@@ -475,7 +539,9 @@ impl World {
                         0 => ("wrong_field_count", format!("{},{},{}\n", user.id, ts, song_str)),
                         1 => ("bad_timestamp", format!("{},notatime,{},{}\n", user.id, song_str, date)),
                         2 => ("empty_user_id", format!(",{},{},{}\n", ts, song_str, date)),
-                        3 => ("bad_date", format!("{},{},{},{}-{:02}\n", user.id, ts, song_str, date / 100, date % 100)),
+                        3 => {
+                            ("bad_date", format!("{},{},{},{}-{:02}\n", user.id, ts, song_str, date / 100, date % 100))
+                        }
                         _ => ("wrong_field_count", format!("{},{},{},{},extra\n", user.id, ts, song_str, date)),
                     };
                     *stats.malformed.entry(code.to_string()).or_default() += 1;
@@ -494,7 +560,7 @@ impl World {
     /// Appends `user`'s clicks, drawn from `probs`, to `out`.
     pub fn write_clicks(&self, user: &UserProfile, probs: &[f32], out: &mut Vec<u8>) -> u64 {
         let p = &self.params;
-        let mut rng = Rng::stream(p.seed ^ 0xC11C_C5, user.index as u64);
+        let mut rng = Rng::stream(p.seed ^ 0x00C1_1CC5, user.index as u64);
         let mut n_clicks = 0;
         for (n, &pr) in probs.iter().enumerate() {
             if rng.chance(pr as f64) {
@@ -513,8 +579,15 @@ mod tests {
     use crate::saavn::Input;
 
     fn small() -> World {
-        World::new(SynthParams { users: 300, artists: 120, songs: 900, notifications: 20, malformed_share: 0.02, ..SynthParams::default() })
-            .unwrap()
+        World::new(SynthParams {
+            users: 300,
+            artists: 120,
+            songs: 900,
+            notifications: 20,
+            malformed_share: 0.02,
+            ..SynthParams::default()
+        })
+        .unwrap()
     }
 
     #[test]
@@ -560,16 +633,29 @@ mod tests {
     }
 
     #[test]
-    fn truth_favours_favourites_and_same_seed_repeats() {
+    fn truth_follows_listening_and_same_seed_repeats() {
         let w = small();
         let u = w.user(7);
+        // Shares are a distribution over the artists.
+        let total: f64 = (0..120).map(|a| w.play_share(&u, a)).sum();
+        assert!((total - 1.0).abs() < 1e-9, "{total}");
+        // The first favourite is listened to more than an unrelated artist.
+        let stranger = (0..120u32)
+            .find(|&a| u.taste[w.artists[a as usize].language * w.params.genres + w.artists[a as usize].genre] == 0.0);
+        if let Some(s) = stranger {
+            assert!(w.affinity(&u, u.favourites[0]) > w.affinity(&u, s));
+        }
         let probs = w.click_probabilities(&u);
         assert_eq!(probs.len(), 20);
         assert!(probs.iter().all(|&p| (0.0..=0.95).contains(&p)));
         for (n, list) in w.notification_artists().iter().enumerate() {
-            if list.iter().any(|a| u.favourites.contains(a)) {
+            // The user's own most played artist gives the full probability.
+            if list.contains(&u.favourites[0]) && w.affinity(&u, u.favourites[0]) >= 1.0 {
                 let want = (u.responsiveness * P_MAX).min(0.95) as f32;
                 assert!((probs[n] - want).abs() < 1e-6);
+            }
+            for &a in list {
+                assert!(w.affinity(&u, a) <= 1.0);
             }
         }
         let again = small();

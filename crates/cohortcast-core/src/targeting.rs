@@ -3,11 +3,21 @@
 //! The default policy, [`expected_ctr_plan`], scores every (cohort,
 //! notification) pair by the cohort's *predicted* affinity to the
 //! notification's artists and pushes each cohort its best. A user's affinity
-//! to a notification is the best of their predicted preferences for its
-//! artists, `max_a clamp(x_uᵀ y_a, 0, 1)` (the ALS preference is fitted to
-//! `p_ui ∈ {0, 1}`, so the clamp reads as a probability of liking). Because
-//! every user is pushed exactly once, picking the cohort-wise argmax of the
-//! summed affinity maximises the predicted clicks, and so the overall CTR.
+//! to a notification is the best, over its artists, of
+//!
+//! ```text
+//!   clamp(x_uᵀ y_a, 0, 1) + history_weight · share_u(a)
+//! ```
+//!
+//! The first term is the ALS preference (fitted to `p_ui ∈ {0, 1}`, so the
+//! clamp reads as a probability of liking); it generalises to artists the
+//! user never played, but it saturates near 1 for every artist the user
+//! played at all. The second term, the artist's share of the user's own
+//! plays, restores *how much* the user listens, which is what makes them
+//! open a "new song by X" notification. [`TargetingParams::history_weight`]
+//! sets the blend (0 gives the pure factor score). Because every user is
+//! pushed exactly once, picking the cohort-wise argmax of the summed
+//! affinity maximises the predicted clicks, and so the overall CTR.
 //!
 //! Baselines, computed for every report on the same click log:
 //! * [`top_artist_plan`]: the classic rule — each cohort's most played
@@ -59,9 +69,39 @@ impl PushPlan {
     }
 }
 
+/// Parameters of the expected-CTR policy.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TargetingParams {
+    /// Weight of the user's own listening share beside the ALS preference.
+    /// Default 2.0; 0 scores by the factors alone.
+    pub history_weight: f32,
+}
+
+impl Default for TargetingParams {
+    fn default() -> Self {
+        TargetingParams { history_weight: 2.0 }
+    }
+}
+
+impl TargetingParams {
+    /// Validates every field.
+    pub fn check(&self) -> Result<(), crate::ParamError> {
+        crate::error::check_range("history-weight", self.history_weight as f64, 0.0, 1e6)
+    }
+}
+
 /// Mean predicted affinity of each cohort to each notification, row-major
 /// `k × notifications`. Notifications with no known artist score 0.
-pub fn cohort_affinity(model: &AlsModel, labels: &[u32], k: usize, notifications: &[Notification]) -> Vec<f64> {
+/// `plays` (users × artists, same user order as the model) feeds the
+/// listening-share term when `params.history_weight > 0`.
+pub fn cohort_affinity(
+    model: &AlsModel,
+    plays: &Csr,
+    labels: &[u32],
+    k: usize,
+    notifications: &[Notification],
+    params: &TargetingParams,
+) -> Vec<f64> {
     let f = model.factors();
     let nn = notifications.len();
     // Distinct artists named by any notification, and their factor rows.
@@ -69,10 +109,8 @@ pub fn cohort_affinity(model: &AlsModel, labels: &[u32], k: usize, notifications
     artists.sort_unstable();
     artists.dedup();
     let ya: Vec<f32> = artists.iter().flat_map(|&a| model.item(a as usize).iter().copied()).collect();
-    let slots: Vec<Vec<usize>> = notifications
-        .iter()
-        .map(|n| n.artists.iter().map(|a| artists.binary_search(a).unwrap()).collect())
-        .collect();
+    let slots: Vec<Vec<usize>> =
+        notifications.iter().map(|n| n.artists.iter().map(|a| artists.binary_search(a).unwrap()).collect()).collect();
     let na = artists.len();
     const BLOCK: usize = 2048;
     let per = part_rows(labels.len(), MAX_PARTS, BLOCK);
@@ -81,16 +119,33 @@ pub fn cohort_affinity(model: &AlsModel, labels: &[u32], k: usize, notifications
         .user_factors()
         .par_chunks(per * f)
         .zip(labels.par_chunks(per))
-        .map(|(xp, lp)| {
+        .enumerate()
+        .map(|(p, (xp, lp))| {
             let mut acc = vec![0f64; k * nn];
-            for (xb, lab) in xp.chunks(BLOCK * f).zip(lp.chunks(BLOCK)) {
+            let mut share = vec![0f32; na];
+            for (b, (xb, lab)) in xp.chunks(BLOCK * f).zip(lp.chunks(BLOCK)).enumerate() {
                 let rows = lab.len();
-                let pref = matmul_t(xb, &ya, rows, f, na);
+                let mut pref = matmul_t(xb, &ya, rows, f, na);
                 for r in 0..rows {
-                    let row = &pref[r * na..(r + 1) * na];
+                    let row = &mut pref[r * na..(r + 1) * na];
+                    row.iter_mut().for_each(|v| *v = v.clamp(0.0, 1.0));
+                    let u = p * per + b * BLOCK + r;
+                    if params.history_weight > 0.0 && u < plays.rows() {
+                        let (idx, val) = plays.row(u);
+                        let total: f32 = val.iter().sum();
+                        share.iter_mut().for_each(|s| *s = 0.0);
+                        for (&i, &v) in idx.iter().zip(val) {
+                            if let Ok(j) = artists.binary_search(&i) {
+                                share[j] = v / total;
+                            }
+                        }
+                        for (v, s) in row.iter_mut().zip(&share) {
+                            *v += params.history_weight * s;
+                        }
+                    }
                     let out = &mut acc[lab[r] as usize * nn..(lab[r] as usize + 1) * nn];
                     for (o, s) in out.iter_mut().zip(&slots) {
-                        let best = s.iter().map(|&j| row[j].clamp(0.0, 1.0)).fold(0f32, f32::max);
+                        let best = s.iter().map(|&j| row[j]).fold(0f32, f32::max);
                         *o += best as f64;
                     }
                 }
@@ -114,15 +169,18 @@ pub fn cohort_affinity(model: &AlsModel, labels: &[u32], k: usize, notifications
 
 /// The default policy: each cohort gets the notification with the highest
 /// predicted affinity (ties to the lower index). Every user is pushed.
-pub fn expected_ctr_plan(model: &AlsModel, labels: &[u32], k: usize, notifications: &[Notification]) -> PushPlan {
+pub fn expected_ctr_plan(
+    model: &AlsModel,
+    plays: &Csr,
+    labels: &[u32],
+    k: usize,
+    notifications: &[Notification],
+    params: &TargetingParams,
+) -> PushPlan {
     let nn = notifications.len();
-    let aff = cohort_affinity(model, labels, k, notifications);
+    let aff = cohort_affinity(model, plays, labels, k, notifications, params);
     let choice = (0..k)
-        .map(|c| {
-            (0..nn)
-                .max_by(|&a, &b| aff[c * nn + a].total_cmp(&aff[c * nn + b]).then(b.cmp(&a)))
-                .map(|n| n as u32)
-        })
+        .map(|c| (0..nn).max_by(|&a, &b| aff[c * nn + a].total_cmp(&aff[c * nn + b]).then(b.cmp(&a))).map(|n| n as u32))
         .collect();
     PushPlan::from_cohorts("expected-ctr", labels, choice)
 }
@@ -140,7 +198,8 @@ pub fn top_artist_plan(plays: &Csr, labels: &[u32], k: usize, notifications: &[N
     let choice = (0..k)
         .map(|c| {
             let row = &totals[c * plays.cols()..(c + 1) * plays.cols()];
-            let top = (0..row.len()).filter(|&a| row[a] > 0.0).max_by(|&a, &b| row[a].total_cmp(&row[b]).then(b.cmp(&a)))?;
+            let top =
+                (0..row.len()).filter(|&a| row[a] > 0.0).max_by(|&a, &b| row[a].total_cmp(&row[b]).then(b.cmp(&a)))?;
             notifications.iter().position(|n| n.artists.contains(&(top as u32))).map(|n| n as u32)
         })
         .collect();
@@ -150,9 +209,7 @@ pub fn top_artist_plan(plays: &Csr, labels: &[u32], k: usize, notifications: &[N
 /// A uniformly random notification for each user.
 pub fn random_plan(users: usize, notifications: usize, seed: u64) -> PushPlan {
     let mut rng = Rng::new(seed);
-    let user_push = (0..users)
-        .map(|_| (notifications > 0).then(|| rng.below(notifications) as u32))
-        .collect();
+    let user_push = (0..users).map(|_| (notifications > 0).then(|| rng.below(notifications) as u32)).collect();
     PushPlan { policy: "random", user_push, cohort_push: None }
 }
 
@@ -191,7 +248,8 @@ mod tests {
     fn model_two_tastes() -> AlsModel {
         // factors 2: users 0,1 like artist 0; users 2,3 like artist 1.
         let params = AlsParams { factors: 2, ..AlsParams::default() };
-        AlsModel::from_factors(params, vec![1.0, 0.0, 0.9, 0.1, 0.0, 1.0, 0.2, 0.8], vec![1.0, 0.0, 0.0, 1.0, 0.5, 0.5]).unwrap()
+        AlsModel::from_factors(params, vec![1.0, 0.0, 0.9, 0.1, 0.0, 1.0, 0.2, 0.8], vec![1.0, 0.0, 0.0, 1.0, 0.5, 0.5])
+            .unwrap()
     }
 
     #[test]
@@ -203,10 +261,12 @@ mod tests {
             Notification { id: "n-none".into(), artists: vec![] },
         ];
         let labels = [0, 0, 1, 1];
-        let plan = expected_ctr_plan(&m, &labels, 2, &notes);
+        let none = Csr::from_triplets(4, 3, &[]).unwrap();
+        let factors_only = TargetingParams { history_weight: 0.0 };
+        let plan = expected_ctr_plan(&m, &none, &labels, 2, &notes, &TargetingParams::default());
         assert_eq!(plan.user_push, vec![Some(1), Some(1), Some(0), Some(0)]);
         assert_eq!(plan.users_not_pushed(), 0);
-        let aff = cohort_affinity(&m, &labels, 2, &notes);
+        let aff = cohort_affinity(&m, &none, &labels, 2, &notes, &factors_only);
         assert!((aff[1] - 0.95).abs() < 1e-6, "{aff:?}");
         assert_eq!(aff[2], 0.0);
     }
@@ -218,14 +278,36 @@ mod tests {
             Notification { id: "mid".into(), artists: vec![2] },
             Notification { id: "both".into(), artists: vec![0, 1] },
         ];
-        let plan = expected_ctr_plan(&m, &[0, 0, 0, 0], 1, &notes);
+        let none = Csr::from_triplets(4, 3, &[]).unwrap();
+        let plan = expected_ctr_plan(&m, &none, &[0, 0, 0, 0], 1, &notes, &TargetingParams::default());
         assert_eq!(plan.cohort_push, Some(vec![Some(1)]));
     }
 
     #[test]
+    fn listening_share_breaks_saturated_preferences() {
+        // Both artists predicted at the clamp (1.0) for everyone: the factor
+        // score cannot choose; the users' own listening can.
+        let params = AlsParams { factors: 1, ..AlsParams::default() };
+        let m = AlsModel::from_factors(params, vec![2.0, 2.0], vec![1.0, 1.0]).unwrap();
+        let plays = Csr::from_triplets(2, 2, &[(0, 0, 1.0), (0, 1, 9.0), (1, 0, 2.0), (1, 1, 8.0)]).unwrap();
+        let notes = vec![
+            Notification { id: "a0".into(), artists: vec![0] },
+            Notification { id: "a1".into(), artists: vec![1] },
+        ];
+        let aff = cohort_affinity(&m, &plays, &[0, 0], 1, &notes, &TargetingParams { history_weight: 2.0 });
+        assert!((aff[0] - (1.0 + 2.0 * 0.15)).abs() < 1e-6, "{aff:?}");
+        assert!((aff[1] - (1.0 + 2.0 * 0.85)).abs() < 1e-6, "{aff:?}");
+        let plan = expected_ctr_plan(&m, &plays, &[0, 0], 1, &notes, &TargetingParams::default());
+        assert_eq!(plan.cohort_push, Some(vec![Some(1)]));
+        assert!(TargetingParams { history_weight: -1.0 }.check().is_err());
+    }
+
+    #[test]
     fn top_artist_rule_may_leave_cohorts_unpushed() {
-        let plays = Csr::from_triplets(4, 3, &[(0, 0, 5.0), (1, 2, 9.0), (1, 0, 1.0), (2, 1, 3.0), (3, 1, 1.0)]).unwrap();
-        let notes = vec![Notification { id: "x".into(), artists: vec![1] }, Notification { id: "y".into(), artists: vec![0] }];
+        let plays =
+            Csr::from_triplets(4, 3, &[(0, 0, 5.0), (1, 2, 9.0), (1, 0, 1.0), (2, 1, 3.0), (3, 1, 1.0)]).unwrap();
+        let notes =
+            vec![Notification { id: "x".into(), artists: vec![1] }, Notification { id: "y".into(), artists: vec![0] }];
         // cohort 0 = users 0,1: artist 2 (9 plays) beats artist 0 (6): no notification.
         let plan = top_artist_plan(&plays, &[0, 0, 1, 1], 2, &notes);
         assert_eq!(plan.cohort_push, Some(vec![None, Some(0)]));

@@ -117,7 +117,10 @@ pub struct IngestOptions {
 
 impl Default for IngestOptions {
     fn default() -> Self {
-        IngestOptions { partitions: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2), max_examples: 5 }
+        IngestOptions {
+            partitions: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            max_examples: 5,
+        }
     }
 }
 
@@ -136,7 +139,13 @@ fn reject_udf(input: Input) -> datafusion::logical_expr::ScalarUDF {
             .collect();
         Ok(ColumnarValue::Array(Arc::new(out) as ArrayRef))
     };
-    create_udf(&format!("cc_reject_{}", input.name()), vec![DataType::Utf8], DataType::Utf8, Volatility::Immutable, Arc::new(fun))
+    create_udf(
+        &format!("cc_reject_{}", input.name()),
+        vec![DataType::Utf8],
+        DataType::Utf8,
+        Volatility::Immutable,
+        Arc::new(fun),
+    )
 }
 
 /// A session with the UDFs registered.
@@ -168,10 +177,13 @@ async fn register_lines(ctx: &SessionContext, files: &InputFiles) -> Result<()> 
             let schema = Schema::new(vec![Field::new("raw", DataType::Utf8, true)]);
             // 0x1F/0x1E (unit/record separators) never occur in this data, so
             // each line arrives whole, whatever its commas or quotes.
-            let opts = CsvReadOptions::new().has_header(false).delimiter(0x1f).quote(0x1e).schema(&schema).file_extension("");
+            let opts =
+                CsvReadOptions::new().has_header(false).delimiter(0x1f).quote(0x1e).schema(&schema).file_extension("");
             let raw = ctx.read_csv(paths.clone(), opts).await.map_err(|e| IoError::engine(context(), e))?;
             ctx.register_table("tmp_raw", raw.into_view()).map_err(|e| IoError::engine(context(), e))?;
-            ctx.sql("SELECT rtrim(raw, chr(13)) AS line FROM tmp_raw").await.map_err(|e| IoError::engine(context(), e))?
+            ctx.sql("SELECT rtrim(raw, chr(13)) AS line FROM tmp_raw")
+                .await
+                .map_err(|e| IoError::engine(context(), e))?
         }
         Encoding::Parquet => {
             let raw = ctx
@@ -219,7 +231,8 @@ async fn small_input(ctx: &SessionContext, input: Input, report: &mut InputRepor
     );
     let mut good = Vec::new();
     for batch in collect(ctx, &sql, &format!("{t}: parsing")).await? {
-        let (rej, a, b, n) = (strings(batch.column(0))?, strings(batch.column(1))?, strings(batch.column(2))?, ints(batch.column(3))?);
+        let (rej, a, b, n) =
+            (strings(batch.column(0))?, strings(batch.column(1))?, strings(batch.column(2))?, ints(batch.column(3))?);
         for i in 0..batch.num_rows() {
             report.rows += n.value(i) as u64;
             if rej.is_valid(i) {
@@ -273,7 +286,8 @@ async fn ingest_async(paths: &InputPaths, opts: &IngestOptions) -> Result<Ingest
     }
 
     // Metadata: reject counts and songs.
-    let meta_sql = "SELECT cc_reject_metadata(line) AS reject, count(*) AS n, count(DISTINCT split_part(line, ',', 1)) AS songs \
+    let meta_sql =
+        "SELECT cc_reject_metadata(line) AS reject, count(*) AS n, count(DISTINCT split_part(line, ',', 1)) AS songs \
                     FROM metadata_lines GROUP BY 1";
     {
         let r = report.inputs.get_mut("metadata").expect("registered");
@@ -316,7 +330,12 @@ async fn ingest_async(paths: &InputPaths, opts: &IngestOptions) -> Result<Ingest
     {
         let r = report.inputs.get_mut("clickstream").expect("registered");
         for batch in &batches {
-            let (rej, user, artist, n) = (strings(batch.column(0))?, strings(batch.column(1))?, strings(batch.column(2))?, ints(batch.column(3))?);
+            let (rej, user, artist, n) = (
+                strings(batch.column(0))?,
+                strings(batch.column(1))?,
+                strings(batch.column(2))?,
+                ints(batch.column(3))?,
+            );
             let rows = ints(batch.column(4))?;
             for i in 0..batch.num_rows() {
                 let n = n.value(i) as u64;
@@ -406,4 +425,133 @@ async fn ingest_async(paths: &InputPaths, opts: &IngestOptions) -> Result<Ingest
         }
     }
     Ok(Ingested { users, artists, plays, notifications, clicks, report })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const U1: &str = "0123456789abcdef0123456789abcdef";
+    const U2: &str = "fedcba9876543210fedcba9876543210";
+    const U3: &str = "00000000000000000000000000000003";
+
+    fn write(dir: &std::path::Path, name: &str, text: &str) -> String {
+        let d = dir.join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("part-00000"), text).unwrap();
+        d.to_string_lossy().into_owned()
+    }
+
+    #[test]
+    fn every_bad_row_kind_is_counted_with_file_and_line_and_both_metadata_layouts_join() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let clicks = [
+            format!("{U1},1500000000,s1,20170714"),   // good: s1 → a1
+            format!("{U1},1500000100,s2,20170714"),   // good: s2 → a1, a2 (columns layout)
+            format!("{U1},1500000200,s3,20170714\r"), // good, CRLF: s3 → a2, a3 (rows layout)
+            format!("{U2},1500000300,s3,20170714"),
+            format!("{U1},1500000400,s1"),            // line 5: wrong field count
+            format!(",1500000500,s1,20170714"),       // line 6: empty user id
+            format!("{U2},notatime,s1,20170714"),     // line 7: bad timestamp
+            format!("{U2},1500000600,,20170714"),     // line 8: empty song id
+            format!("{U2},1500000700,s1,2017-07-14"), // line 9: bad date
+            format!("{U3},1500000800,s404,20170714"), // unknown song: U3 has no usable plays
+            format!("{U2},1500000900,s1,20170714,x"), // line 11: wrong field count
+        ];
+        // Mostly good rows, as real files are (a file of mostly bad rows is
+        // refused before any work: see `inputs::sniff`).
+        let clicks: Vec<String> =
+            clicks.into_iter().chain((0..8).map(|i| format!("{U2},{},s1,20170715", 1500001000 + i))).collect();
+        let paths = InputPaths {
+            clickstream: Some(write(d, "clickstream", &(clicks.join("\n") + "\n"))),
+            metadata: Some(write(d, "metadata", "s1,a1\ns2,a1,a2\ns3,a2\ns3,a3\ns3,a3\ns9\n")),
+            notification_actor: Some(write(d, "notification_actor", "n1,a1\nn2,a3\nn2,a9\n,a1\n")),
+            notification_clicks: Some(write(
+                d,
+                "notification_clicks",
+                format!("n1,{U1},20170715\nn1,{U1},20170716\nn2,{U2},x\n").as_str(),
+            )),
+        };
+        let ing = ingest(&paths, &IngestOptions { partitions: 2, max_examples: 10 }).unwrap();
+        let r = &ing.report;
+        let cs = &r.inputs["clickstream"];
+        assert_eq!(cs.rows, 19);
+        let want: BTreeMap<String, u64> = [
+            ("wrong_field_count", 2),
+            ("empty_user_id", 1),
+            ("bad_timestamp", 1),
+            ("empty_song_id", 1),
+            ("bad_date", 1),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        assert_eq!(cs.rejected, want);
+        let lines: Vec<u64> = cs.examples.iter().map(|e| e.line).collect();
+        assert_eq!(lines, vec![5, 6, 7, 8, 9, 11]);
+        assert!(cs.examples[2].to_string().contains("timestamp `notatime` is not a number"));
+        assert!(cs.examples[0].file.ends_with("clickstream/part-00000"));
+        assert_eq!(r.plays, 13);
+        assert_eq!(r.plays_unknown_song, 1);
+        assert_eq!(r.users_without_usable_plays, 1);
+        assert_eq!(r.users_seen, 3);
+        assert_eq!(r.inputs["metadata"].rejected["wrong_field_count"], 1);
+        assert_eq!(r.songs, 3);
+        // Play counts: a play of a multi-artist song counts for each artist.
+        assert_eq!(ing.users, vec![U1.to_string(), U2.to_string()]);
+        assert_eq!(ing.artists, vec!["a1", "a2", "a3"]);
+        let row = |u: usize| -> Vec<(u32, f32)> {
+            let (i, v) = ing.plays.row(u);
+            i.iter().copied().zip(v.iter().copied()).collect()
+        };
+        assert_eq!(row(0), vec![(0, 2.0), (1, 2.0), (2, 1.0)]);
+        assert_eq!(row(1), vec![(0, 8.0), (1, 1.0), (2, 1.0)]);
+        // Notifications: n2 names a3 and a9 (nobody plays a9); one row lacks an id.
+        assert_eq!(ing.notifications.len(), 2);
+        assert_eq!(ing.notifications[1].artists, vec!["a3", "a9"]);
+        assert_eq!(r.notification_artists_unplayed, 1);
+        assert_eq!(r.inputs["notification_actor"].rejected["empty_notification_id"], 1);
+        // Clicks: the same user twice counts once; a bad date is rejected.
+        assert_eq!(ing.clicks.as_ref().unwrap(), &vec![("n1".to_string(), U1.to_string())]);
+        assert_eq!(r.inputs["notification_clicks"].rejected["bad_date"], 1);
+    }
+
+    #[test]
+    fn parquet_inputs_read_like_csv() {
+        use datafusion::arrow::array::{Int64Array, StringArray};
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("user_id", DataType::Utf8, true),
+            Field::new("timestamp", DataType::Int64, true),
+            Field::new("song_id", DataType::Utf8, true),
+            Field::new("date", DataType::Utf8, true),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(StringArray::from(vec![Some(U1), Some(U2), None])),
+                Arc::new(Int64Array::from(vec![1, 2, 3])),
+                Arc::new(StringArray::from(vec!["s1", "s1", "s1"])),
+                Arc::new(StringArray::from(vec!["20170101", "20170101", "20170101"])),
+            ],
+        )
+        .unwrap();
+        std::fs::create_dir_all(d.join("plays")).unwrap();
+        let f = std::fs::File::create(d.join("plays/part-0.parquet")).unwrap();
+        let mut w = datafusion::parquet::arrow::ArrowWriter::try_new(f, schema, None).unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+        let paths = InputPaths {
+            clickstream: Some(d.join("plays").to_string_lossy().into_owned()),
+            metadata: Some(write(d, "metadata", "s1,a1\n")),
+            notification_actor: Some(write(d, "notification_actor", "n1,a1\n")),
+            notification_clicks: None,
+        };
+        let ing = ingest(&paths, &IngestOptions::default()).unwrap();
+        assert_eq!(ing.users.len(), 2);
+        assert_eq!(ing.report.inputs["clickstream"].rejected["empty_user_id"], 1);
+        assert!(ing.clicks.is_none());
+    }
 }

@@ -78,7 +78,8 @@ pub fn resolve(input: Input, spec: &str) -> Result<InputFiles> {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     if name.contains('*') || name.contains('?') {
         let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        let entries = std::fs::read_dir(dir).map_err(|_| IoError::Missing { input: input.name().into(), path: dir.display().to_string() })?;
+        let entries = std::fs::read_dir(dir)
+            .map_err(|_| IoError::Missing { input: input.name().into(), path: dir.display().to_string() })?;
         for e in entries.flatten() {
             let fname = e.file_name().to_string_lossy().into_owned();
             if glob_match(&name, &fname) && is_data_file(&e.path()) {
@@ -106,7 +107,10 @@ pub fn resolve(input: Input, spec: &str) -> Result<InputFiles> {
             input: input.name().into(),
             path: path.to_path_buf(),
             layout: input.layout().into(),
-            detail: format!("mixes {parquet} Parquet files with {} other files; keep one format per input", files.len() - parquet),
+            detail: format!(
+                "mixes {parquet} Parquet files with {} other files; keep one format per input",
+                files.len() - parquet
+            ),
         });
     };
     Ok(InputFiles { input, files, encoding })
@@ -170,7 +174,8 @@ pub fn sniff(files: &InputFiles) -> Result<()> {
     if buf.len() == 64 * 1024 {
         lines.pop(); // the last line may be cut
     }
-    let lines: Vec<(usize, &str)> = lines.into_iter().enumerate().filter(|(_, l)| !l.trim().is_empty()).take(SNIFF_LINES).collect();
+    let lines: Vec<(usize, &str)> =
+        lines.into_iter().enumerate().filter(|(_, l)| !l.trim().is_empty()).take(SNIFF_LINES).collect();
     let bad: Vec<(usize, &str, cohortcast_core::saavn::Reject)> =
         lines.iter().filter_map(|&(i, l)| files.input.check(l).err().map(|r| (i + 1, l, r))).collect();
     if !lines.is_empty() && bad.len() * 2 > lines.len() {

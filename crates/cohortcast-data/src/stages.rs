@@ -22,7 +22,10 @@ use datafusion::parquet::arrow::ArrowWriter;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{IoError, Result};
-use crate::files::{read_json, read_lines, read_npy_f32, read_npy_u32, write_atomic, write_json, write_lines, write_npy_f32, write_npy_u32};
+use crate::files::{
+    read_json, read_lines, read_npy_f32, read_npy_u32, write_atomic, write_json, write_lines, write_npy_f32,
+    write_npy_u32,
+};
 use crate::ingest::{IngestReport, Ingested, RawNotification};
 
 const NOTIFICATIONS_HEADER: &str = "notification_id,artist_id";
@@ -61,7 +64,8 @@ pub fn save_ingested(dir: &Path, ing: &Ingested) -> Result<()> {
     })()
     .map_err(|e| IoError::Parquet { path: path.clone(), source: e })?;
     write_atomic(&path, |w| w.write_all(&buf))?;
-    let notes: Vec<String> = ing.notifications.iter().flat_map(|n| n.artists.iter().map(move |a| format!("{},{a}", n.id))).collect();
+    let notes: Vec<String> =
+        ing.notifications.iter().flat_map(|n| n.artists.iter().map(move |a| format!("{},{a}", n.id))).collect();
     write_lines(&dir.join("notifications.csv"), Some(NOTIFICATIONS_HEADER), notes)?;
     if let Some(c) = &ing.clicks {
         write_lines(&dir.join("clicks.csv"), Some(CLICKS_HEADER), c.iter().map(|(n, u)| format!("{n},{u}")))?;
@@ -70,9 +74,11 @@ pub fn save_ingested(dir: &Path, ing: &Ingested) -> Result<()> {
 }
 
 fn split2(path: &Path, line_no: usize, l: &str) -> Result<(String, String)> {
-    l.split_once(',')
-        .map(|(a, b)| (a.to_string(), b.to_string()))
-        .ok_or_else(|| IoError::Malformed { path: path.into(), line: line_no, detail: format!("expected two fields, found `{l}`") })
+    l.split_once(',').map(|(a, b)| (a.to_string(), b.to_string())).ok_or_else(|| IoError::Malformed {
+        path: path.into(),
+        line: line_no,
+        detail: format!("expected two fields, found `{l}`"),
+    })
 }
 
 /// Reads the ingest folder written by [`save_ingested`].
@@ -173,7 +179,13 @@ pub fn load_model(dir: &Path) -> Result<StoredModel> {
     let (cf, _, cc) = read_npy_f32(&dir.join("centroids.npy"))?;
     let labels = read_npy_u32(&dir.join("cohorts.npy"))?;
     let mismatch = |detail: String| IoError::Malformed { path: dir.into(), line: 0, detail };
-    if ur != users.len() || ar != artists.len() || uc != params.als.factors || ac != params.als.factors || cc != uc || labels.len() != ur {
+    if ur != users.len()
+        || ar != artists.len()
+        || uc != params.als.factors
+        || ac != params.als.factors
+        || cc != uc
+        || labels.len() != ur
+    {
         return Err(mismatch(format!(
             "model parts disagree: {} users, user factors {ur}x{uc}, {} artists, artist factors {ar}x{ac}, centroids of width {cc}, {} cohort labels, {} factors in params.json",
             users.len(),

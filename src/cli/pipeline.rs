@@ -263,7 +263,7 @@ pub fn evaluate_stage(out: &Path, truth_dir: Option<&Path>, tp: &TargetingParams
         bail!("no notification_clicks were ingested: CTR needs the click log");
     };
     write_ctr_csv(&out.join("ctr.csv"), &notes, &ev.reports[0])?;
-    write_summary(&out.join("summary.json"), &ing, &model, notes.len(), &ev, &Timings::default(), chosen.policy)?;
+    write_summary(&out.join("summary.json"), &ing, &model, notes.len(), &ev, &Timings::default(), tp, chosen.policy)?;
     print_table(&ing, &model, notes.len(), &ev);
     Ok(())
 }
@@ -318,6 +318,7 @@ pub fn run_all(
         notes.len(),
         ev.as_ref().unwrap_or(&empty),
         &t,
+        tp,
         chosen.policy,
     )?;
     Ok(ev)

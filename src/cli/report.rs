@@ -153,6 +153,7 @@ struct Summary<'a> {
     cohort_sizes: Vec<usize>,
     notifications: usize,
     params: &'a cohortcast_data::stages::ModelParams,
+    targeting: &'a cohortcast_core::targeting::TargetingParams,
     policy: &'a str,
     timings_s: &'a Timings,
     ctr: Vec<CtrSummary<'a>>,
@@ -160,6 +161,7 @@ struct Summary<'a> {
 }
 
 /// `summary.json`.
+#[allow(clippy::too_many_arguments)]
 pub fn write_summary(
     path: &Path,
     ing: &Ingested,
@@ -167,6 +169,7 @@ pub fn write_summary(
     notifications: usize,
     ev: &Evaluation,
     t: &Timings,
+    tp: &cohortcast_core::targeting::TargetingParams,
     policy: &str,
 ) -> Result<()> {
     let mut sizes = vec![0usize; model.cohorts.k()];
@@ -181,6 +184,7 @@ pub fn write_summary(
         cohort_sizes: sizes,
         notifications,
         params: &model.params,
+        targeting: tp,
         policy,
         timings_s: t,
         ctr: ev.reports.iter().map(CtrSummary::from).collect(),

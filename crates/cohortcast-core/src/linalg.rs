@@ -1,16 +1,18 @@
 //! Small dense linear algebra: Gram matrices through a real GEMM, and the
 //! dense Cholesky solve used by the reference ALS solver and the fold-in.
 
-/// `C = A · B` for row-major `A` (`m × k`) and `B` (`k × n`), through
-/// matrixmultiply's packed SGEMM kernels.
-pub fn matmul(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+/// `C = A · op(B)` for row-major `A` (`m × k`), with `op(B)` (`k × n`)
+/// addressed through the strides `(rsb, csb)`, by matrixmultiply's packed
+/// SGEMM kernels.
+fn sgemm(a: &[f32], b: &[f32], m: usize, k: usize, n: usize, rsb: isize, csb: isize) -> Vec<f32> {
     assert_eq!(a.len(), m * k);
     assert_eq!(b.len(), k * n);
     let mut c = vec![0f32; m * n];
     if m == 0 || n == 0 || k == 0 {
         return c;
     }
-    // SAFETY: the slices hold exactly the elements the strides address.
+    // SAFETY: the callers' strides address exactly the k × n elements of `b`;
+    // `a` and `c` are dense row-major of the asserted sizes.
     unsafe {
         matrixmultiply::sgemm(
             m,
@@ -21,8 +23,8 @@ pub fn matmul(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
             k as isize,
             1,
             b.as_ptr(),
-            n as isize,
-            1,
+            rsb,
+            csb,
             0.0,
             c.as_mut_ptr(),
             n as isize,
@@ -32,34 +34,14 @@ pub fn matmul(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
     c
 }
 
+/// `C = A · B` for row-major `A` (`m × k`) and `B` (`k × n`).
+pub fn matmul(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+    sgemm(a, b, m, k, n, n as isize, 1)
+}
+
 /// `C = A · Bᵀ` for row-major `A` (`m × k`) and `B` (`n × k`).
 pub fn matmul_t(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
-    assert_eq!(a.len(), m * k);
-    assert_eq!(b.len(), n * k);
-    let mut c = vec![0f32; m * n];
-    if m == 0 || n == 0 || k == 0 {
-        return c;
-    }
-    // SAFETY: Bᵀ is addressed with row stride 1 and column stride k.
-    unsafe {
-        matrixmultiply::sgemm(
-            m,
-            k,
-            n,
-            1.0,
-            a.as_ptr(),
-            k as isize,
-            1,
-            b.as_ptr(),
-            1,
-            k as isize,
-            0.0,
-            c.as_mut_ptr(),
-            n as isize,
-            1,
-        );
-    }
-    c
+    sgemm(a, b, m, k, n, 1, k as isize)
 }
 
 /// Rows per parallel part when `rows` rows are split into at most

@@ -452,7 +452,7 @@ mod tests {
             format!("{U1},1500000200,s3,20170714\r"), // good, CRLF: s3 → a2, a3 (rows layout)
             format!("{U2},1500000300,s3,20170714"),
             format!("{U1},1500000400,s1"),            // line 5: wrong field count
-            format!(",1500000500,s1,20170714"),       // line 6: empty user id
+            ",1500000500,s1,20170714".to_string(),    // line 6: empty user id
             format!("{U2},notatime,s1,20170714"),     // line 7: bad timestamp
             format!("{U2},1500000600,,20170714"),     // line 8: empty song id
             format!("{U2},1500000700,s1,2017-07-14"), // line 9: bad date

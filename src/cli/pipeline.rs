@@ -30,7 +30,7 @@ fn read_inputs(paths: &InputPaths) -> Result<Ingested> {
 fn train(ing: &Ingested, als: &AlsParams, km: &KMeansParams, t: &mut Timings) -> Result<StoredModel> {
     let start = Instant::now();
     let pb = progress::bar(als.iterations as u64, "ALS");
-    let model = AlsModel::fit_with_progress(&ing.plays, als, |_, _| pb.inc(1)).context("ALS failed")?;
+    let model = AlsModel::fit_with_progress(&ing.plays, als, false, |_| pb.inc(1)).context("ALS failed")?;
     pb.finish_and_clear();
     t.als = start.elapsed().as_secs_f64();
     let start = Instant::now();

@@ -43,7 +43,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::confidence::{confidence, Weighting};
 use crate::error::{check_range, DataError, FitError, ParamError};
-use crate::linalg::{axpy, cholesky_solve, dot, gram};
+use crate::linalg::{cholesky_solve, dot, gram};
 use crate::rng::Rng;
 use crate::sparse::Csr;
 
@@ -116,22 +116,26 @@ pub struct AlsModel {
     items: usize,
     user_factors: Vec<f32>,
     item_factors: Vec<f32>,
-    /// Training loss after each iteration (see [`loss`]).
+    /// Training loss (see [`loss`]) after each iteration, or only after the
+    /// last when fitted without per-iteration tracking.
     pub loss_history: Vec<f64>,
 }
 
 impl AlsModel {
-    /// Fits the model to a user × artist matrix of play counts.
+    /// Fits the model to a user × artist matrix of play counts, recording
+    /// the loss after every iteration.
     pub fn fit(plays: &Csr, params: &AlsParams) -> Result<Self, FitError> {
-        Self::fit_with_progress(plays, params, |_, _| {})
+        Self::fit_with_progress(plays, params, true, |_| {})
     }
 
-    /// As [`AlsModel::fit`], calling `progress(iteration, loss)` after each
-    /// iteration (1-based).
+    /// As [`AlsModel::fit`], calling `progress(iteration)` (1-based) after
+    /// each iteration. With `loss_every_iteration` false the loss (about a
+    /// tenth of an iteration's work) is computed once, at the end.
     pub fn fit_with_progress(
         plays: &Csr,
         params: &AlsParams,
-        mut progress: impl FnMut(usize, f64),
+        loss_every_iteration: bool,
+        mut progress: impl FnMut(usize),
     ) -> Result<Self, FitError> {
         params.check()?;
         if plays.rows() == 0 || plays.cols() == 0 || plays.nnz() == 0 {
@@ -151,9 +155,10 @@ impl AlsModel {
             ensure_finite(&x, "user", it)?;
             half_step(&mut y, &x, &ci, params);
             ensure_finite(&y, "artist", it)?;
-            let l = loss(&x, &y, &cu, f, params.regularization);
-            loss_history.push(l);
-            progress(it, l);
+            if loss_every_iteration || it == params.iterations {
+                loss_history.push(loss(&x, &y, &cu, f, params.regularization));
+            }
+            progress(it);
         }
         Ok(AlsModel {
             params: params.clone(),
@@ -284,12 +289,13 @@ fn half_step(x: &mut [f32], y: &[f32], c: &Csr, params: &AlsParams) {
     for d in 0..f {
         yty[d * f + d] += reg;
     }
+    let avx2 = crate::simd::has_avx2_fma();
     match params.solver {
         Solver::ConjugateGradient => x.par_chunks_mut(f).enumerate().for_each_init(
             || vec![0f32; 3 * f],
             |scratch, (u, xu)| {
                 let (idx, val) = c.row(u);
-                solve_row_cg(&yty, y, idx, val, f, params.cg_steps, xu, scratch);
+                solve_row_cg(&yty, y, idx, val, f, params.cg_steps, xu, scratch, avx2);
             },
         ),
         Solver::Cholesky => {
@@ -307,7 +313,7 @@ fn half_step(x: &mut [f32], y: &[f32], c: &Csr, params: &AlsParams) {
 
 /// `cg_steps` conjugate-gradient steps on
 /// `(YᵀY + λI + Σ_i (c_i − 1) y_i y_iᵀ) x = Σ_i c_i y_i`, from the current `x`.
-/// `ytyr` is `YᵀY + λI`.
+/// `ytyr` is `YᵀY + λI`. Runs the AVX2 + FMA kernels when the CPU has them.
 #[allow(clippy::too_many_arguments)]
 fn solve_row_cg(
     ytyr: &[f32],
@@ -318,49 +324,89 @@ fn solve_row_cg(
     steps: usize,
     x: &mut [f32],
     scratch: &mut [f32],
+    avx2: bool,
 ) {
-    let (r, rest) = scratch.split_at_mut(f);
-    let (p, ap) = rest.split_at_mut(f);
-    // r = b − A x
-    for d in 0..f {
-        r[d] = -dot(&ytyr[d * f..(d + 1) * f], x);
-    }
-    for (&i, &c) in idx.iter().zip(conf) {
-        let yi = &y[i as usize * f..(i as usize + 1) * f];
-        let t = c - (c - 1.0) * dot(yi, x);
-        axpy(t, yi, r);
-    }
-    p.copy_from_slice(r);
-    let mut rsold = dot(r, r);
-    if rsold < 1e-20 {
+    #[cfg(target_arch = "x86_64")]
+    if avx2 {
+        // SAFETY: `avx2` is only true when `simd::has_avx2_fma()` said so.
+        unsafe { cg_avx2(ytyr, y, idx, conf, f, steps, x, scratch) };
         return;
     }
-    for _ in 0..steps {
-        for d in 0..f {
-            ap[d] = dot(&ytyr[d * f..(d + 1) * f], p);
-        }
-        for (&i, &c) in idx.iter().zip(conf) {
-            let yi = &y[i as usize * f..(i as usize + 1) * f];
-            axpy((c - 1.0) * dot(yi, p), yi, ap);
-        }
-        let pap = dot(p, ap);
-        if pap <= 0.0 {
-            break;
-        }
-        let a = rsold / pap;
-        axpy(a, p, x);
-        axpy(-a, ap, r);
-        let rsnew = dot(r, r);
-        if rsnew < 1e-20 {
-            break;
-        }
-        let beta = rsnew / rsold;
-        for d in 0..f {
-            p[d] = r[d] + beta * p[d];
-        }
-        rsold = rsnew;
-    }
+    let _ = avx2;
+    // SAFETY: the portable body calls only safe functions.
+    unsafe { cg_portable(ytyr, y, idx, conf, f, steps, x, scratch) }
 }
+
+/// Defines one conjugate-gradient row solver over the given `dot` and
+/// `axpy` kernels (the body is shared; the kernels and target features
+/// differ).
+macro_rules! define_cg {
+    ($(#[$attr:meta])* $name:ident, $dot:path, $axpy:path) => {
+        $(#[$attr])*
+        #[allow(clippy::too_many_arguments, unused_unsafe)]
+        unsafe fn $name(
+            ytyr: &[f32],
+            y: &[f32],
+            idx: &[u32],
+            conf: &[f32],
+            f: usize,
+            steps: usize,
+            x: &mut [f32],
+            scratch: &mut [f32],
+        ) {
+            let (r, rest) = scratch.split_at_mut(f);
+            let (p, ap) = rest.split_at_mut(f);
+            // r = b − A x
+            for d in 0..f {
+                r[d] = -unsafe { $dot(&ytyr[d * f..(d + 1) * f], x) };
+            }
+            for (&i, &c) in idx.iter().zip(conf) {
+                let yi = &y[i as usize * f..(i as usize + 1) * f];
+                let t = c - (c - 1.0) * unsafe { $dot(yi, x) };
+                unsafe { $axpy(t, yi, r) };
+            }
+            p.copy_from_slice(r);
+            let mut rsold = unsafe { $dot(r, r) };
+            if rsold < 1e-20 {
+                return;
+            }
+            for _ in 0..steps {
+                for d in 0..f {
+                    ap[d] = unsafe { $dot(&ytyr[d * f..(d + 1) * f], p) };
+                }
+                for (&i, &c) in idx.iter().zip(conf) {
+                    let yi = &y[i as usize * f..(i as usize + 1) * f];
+                    unsafe { $axpy((c - 1.0) * $dot(yi, p), yi, ap) };
+                }
+                let pap = unsafe { $dot(p, ap) };
+                if pap <= 0.0 {
+                    break;
+                }
+                let a = rsold / pap;
+                unsafe { $axpy(a, p, x) };
+                unsafe { $axpy(-a, ap, r) };
+                let rsnew = unsafe { $dot(r, r) };
+                if rsnew < 1e-20 {
+                    break;
+                }
+                let beta = rsnew / rsold;
+                for d in 0..f {
+                    p[d] = r[d] + beta * p[d];
+                }
+                rsold = rsnew;
+            }
+        }
+    };
+}
+
+define_cg!(cg_portable, crate::linalg::dot, crate::linalg::axpy);
+#[cfg(target_arch = "x86_64")]
+define_cg!(
+    #[target_feature(enable = "avx2,fma")]
+    cg_avx2,
+    crate::simd::avx2::dot,
+    crate::simd::avx2::axpy
+);
 
 /// Exact solve of one row's system in f64. `yty` is `YᵀY` without `λ`.
 fn solve_row_cholesky(yty: &[f32], y: &[f32], idx: &[u32], conf: &[f32], f: usize, reg: f32) -> Vec<f32> {
@@ -453,11 +499,13 @@ mod tests {
         for d in 0..f {
             ytyr[d * f + d] += reg;
         }
-        let mut x = vec![0f32; f];
         let mut scratch = vec![0f32; 3 * f];
-        solve_row_cg(&ytyr, &y, &idx, &conf, f, 2 * f, &mut x, &mut scratch);
-        for d in 0..f {
-            assert!((x[d] - exact[d]).abs() < 1e-3 * exact[d].abs().max(1.0), "{x:?} vs {exact:?}");
+        for avx2 in [false, crate::simd::has_avx2_fma()] {
+            let mut x = vec![0f32; f];
+            solve_row_cg(&ytyr, &y, &idx, &conf, f, 2 * f, &mut x, &mut scratch, avx2);
+            for d in 0..f {
+                assert!((x[d] - exact[d]).abs() < 1e-3 * exact[d].abs().max(1.0), "avx2 {avx2}: {x:?} vs {exact:?}");
+            }
         }
     }
 

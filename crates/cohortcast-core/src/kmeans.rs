@@ -103,6 +103,24 @@ impl Cohorts {
         Ok(best.expect("n_init >= 1"))
     }
 
+    /// Lloyd iterations from given starting centroids (row-major `k × dim`),
+    /// skipping the seeding: a warm start, and the way to time iterations
+    /// alone.
+    pub fn fit_from(x: &[f32], dim: usize, centroids: Vec<f32>, params: &KMeansParams) -> Result<Self, FitError> {
+        params.check()?;
+        if dim == 0 || !x.len().is_multiple_of(dim) || centroids.is_empty() || !centroids.len().is_multiple_of(dim) {
+            return Err(DataError::Shape(format!(
+                "{} values and {} centroid values do not split into rows of {dim}",
+                x.len(),
+                centroids.len()
+            ))
+            .into());
+        }
+        let norms: Vec<f32> = x.par_chunks(dim).map(|r| dot(r, r)).collect();
+        let tol = params.tolerance * mean_variance(x, dim);
+        Ok(lloyd(x, &norms, dim, centroids, params.max_iterations, tol))
+    }
+
     /// Rebuilds a clustering from stored centroids (no labels).
     pub fn from_centroids(centroids: Vec<f32>, dim: usize) -> Result<Self, DataError> {
         if dim == 0 || centroids.is_empty() || !centroids.len().is_multiple_of(dim) {

@@ -35,6 +35,7 @@ pub mod kmeans;
 pub mod linalg;
 pub mod rng;
 pub mod saavn;
+pub mod simd;
 pub mod sparse;
 pub mod synth;
 pub mod targeting;

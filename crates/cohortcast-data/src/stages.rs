@@ -132,7 +132,7 @@ pub struct ModelParams {
     pub als: AlsParams,
     /// k-means hyperparameters.
     pub kmeans: KMeansParams,
-    /// Loss after each ALS iteration.
+    /// ALS training loss (after the last iteration).
     pub loss_history: Vec<f64>,
     /// k-means inertia.
     pub inertia: f64,

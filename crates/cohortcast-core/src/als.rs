@@ -329,7 +329,14 @@ fn solve_row_cg(
     #[cfg(target_arch = "x86_64")]
     if avx2 {
         // SAFETY: `avx2` is only true when `simd::has_avx2_fma()` said so.
-        unsafe { cg_avx2(ytyr, y, idx, conf, f, steps, x, scratch) };
+        if f == 64 && crate::simd::has_avx512() {
+            // SAFETY: checked just above.
+            unsafe { crate::simd::avx512_f64::cg(ytyr, y, idx, conf, steps, x, scratch) };
+        } else if f == 64 {
+            unsafe { cg_avx2_f64(ytyr, y, idx, conf, steps, x, scratch) };
+        } else {
+            unsafe { cg_avx2(ytyr, y, idx, conf, f, steps, x, scratch) };
+        }
         return;
     }
     let _ = avx2;
@@ -400,6 +407,68 @@ macro_rules! define_cg {
 }
 
 define_cg!(cg_portable, crate::linalg::dot, crate::linalg::axpy);
+
+/// The CG row solve for `f = 64` with `p`, `Ap` and `r` held in registers
+/// for each pass over the user's items (`x` in memory, as `YᵀY·p` needs `p`
+/// lane by lane from memory).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn cg_avx2_f64(
+    ytyr: &[f32],
+    y: &[f32],
+    idx: &[u32],
+    conf: &[f32],
+    steps: usize,
+    x: &mut [f32],
+    scratch: &mut [f32],
+) {
+    use crate::simd::avx2_f64 as k;
+    const F: usize = 64;
+    let pmem = &mut scratch[..F];
+    // r = b − A x
+    let xr = k::load(x);
+    let mut r = k::symv(ytyr, x);
+    for v in r.iter_mut() {
+        *v = std::arch::x86_64::_mm256_sub_ps(std::arch::x86_64::_mm256_setzero_ps(), *v);
+    }
+    for (&i, &c) in idx.iter().zip(conf) {
+        let yi = &y[i as usize * F..(i as usize + 1) * F];
+        let t = c - (c - 1.0) * k::dot_mem(yi, &xr);
+        k::axpy_mem(t, yi, &mut r);
+    }
+    let mut xr = xr;
+    let mut p = r;
+    let mut rsold = k::dot_reg(&r, &r);
+    if rsold < 1e-20 {
+        return;
+    }
+    for _ in 0..steps {
+        k::store(&p, pmem);
+        let mut ap = k::symv(ytyr, pmem);
+        for (&i, &c) in idx.iter().zip(conf) {
+            let yi = &y[i as usize * F..(i as usize + 1) * F];
+            k::axpy_mem((c - 1.0) * k::dot_mem(yi, &p), yi, &mut ap);
+        }
+        let pap = k::dot_reg(&p, &ap);
+        if pap <= 0.0 {
+            break;
+        }
+        let a = rsold / pap;
+        k::axpy_reg(a, &p, &mut xr);
+        k::axpy_reg(-a, &ap, &mut r);
+        let rsnew = k::dot_reg(&r, &r);
+        if rsnew < 1e-20 {
+            break;
+        }
+        let beta = rsnew / rsold;
+        let mut np = r;
+        k::axpy_reg(beta, &p, &mut np);
+        p = np;
+        rsold = rsnew;
+    }
+    k::store(&xr, x);
+}
 #[cfg(target_arch = "x86_64")]
 define_cg!(
     #[target_feature(enable = "avx2,fma")]
@@ -505,6 +574,45 @@ mod tests {
             solve_row_cg(&ytyr, &y, &idx, &conf, f, 2 * f, &mut x, &mut scratch, avx2);
             for d in 0..f {
                 assert!((x[d] - exact[d]).abs() < 1e-3 * exact[d].abs().max(1.0), "avx2 {avx2}: {x:?} vs {exact:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn register_blocked_f64_kernel_matches_the_portable_solver() {
+        // f = 64 takes the register-blocked AVX2 path; it must do the same
+        // arithmetic as the portable one, step for step.
+        let (items, f) = (300, 64);
+        let mut rng = Rng::new(4);
+        let y: Vec<f32> = (0..items * f).map(|_| rng.normal() as f32 * 0.2).collect();
+        let idx: Vec<u32> = (0..40).map(|k| k * 7).collect();
+        let conf: Vec<f32> = (0..40).map(|k| 1.0 + k as f32 * 0.5).collect();
+        let mut ytyr = gram(&y, items, f);
+        for d in 0..f {
+            ytyr[d * f + d] += 0.5;
+        }
+        let x0: Vec<f32> = (0..f).map(|_| rng.normal() as f32 * 0.01).collect();
+        let mut scratch = vec![0f32; 3 * f];
+        let mut portable = x0.clone();
+        solve_row_cg(&ytyr, &y, &idx, &conf, f, 3, &mut portable, &mut scratch, false);
+        let mut fast = x0.clone();
+        solve_row_cg(&ytyr, &y, &idx, &conf, f, 3, &mut fast, &mut scratch, crate::simd::has_avx2_fma());
+        for d in 0..f {
+            assert!(
+                (portable[d] - fast[d]).abs() < 1e-4 * portable[d].abs().max(1.0),
+                "{d}: {} vs {}",
+                portable[d],
+                fast[d]
+            );
+        }
+        assert_ne!(portable, x0, "the solve moved x");
+        #[cfg(target_arch = "x86_64")]
+        if crate::simd::has_avx2_fma() {
+            // The AVX2 register-blocked kernel, whichever path the CPU picks.
+            let mut avx2 = x0.clone();
+            unsafe { cg_avx2_f64(&ytyr, &y, &idx, &conf, 3, &mut avx2, &mut scratch) };
+            for d in 0..f {
+                assert!((portable[d] - avx2[d]).abs() < 1e-4 * portable[d].abs().max(1.0));
             }
         }
     }

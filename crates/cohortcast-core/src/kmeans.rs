@@ -288,6 +288,8 @@ fn assign(x: &[f32], norms: &[f32], dim: usize, centroids: &[f32], labels: &mut 
         .enumerate()
         .map(|(p, ((lab, dis), xp))| {
             let mut acc = Pass { sums: vec![0f64; k * dim], counts: vec![0; k], inertia: 0.0, changed: 0 };
+            // Sums of a block in f32 (at most BLOCK rows), folded into f64.
+            let mut bsums = vec![0f32; k * dim];
             for (b, xb) in xp.chunks(BLOCK * dim).enumerate() {
                 let rows = xb.len() / dim;
                 let cross = matmul_t(xb, centroids, rows, dim, k);
@@ -309,10 +311,14 @@ fn assign(x: &[f32], norms: &[f32], dim: usize, centroids: &[f32], labels: &mut 
                     dis[i] = d;
                     acc.inertia += d as f64;
                     acc.counts[best.1] += 1;
-                    let s = &mut acc.sums[best.1 * dim..(best.1 + 1) * dim];
+                    let s = &mut bsums[best.1 * dim..(best.1 + 1) * dim];
                     for (a, v) in s.iter_mut().zip(&xb[r * dim..(r + 1) * dim]) {
-                        *a += *v as f64;
+                        *a += *v;
                     }
+                }
+                for (a, v) in acc.sums.iter_mut().zip(bsums.iter_mut()) {
+                    *a += *v as f64;
+                    *v = 0.0;
                 }
             }
             acc

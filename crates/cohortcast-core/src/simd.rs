@@ -3,6 +3,18 @@
 //! [`crate::linalg::dot`] and [`crate::linalg::axpy`] are the portable
 //! fallbacks.
 
+/// Whether the AVX-512F kernels can run on this CPU.
+pub fn has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Whether the AVX2 + FMA kernels can run on this CPU.
 pub fn has_avx2_fma() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -76,6 +88,258 @@ pub mod avx2 {
             *py.add(i) += a * *px.add(i);
             i += 1;
         }
+    }
+}
+
+/// Register-blocked kernels for `f = 64` (eight 8-lane vectors): the CG
+/// vectors stay in registers across a whole pass over the user's items.
+#[cfg(target_arch = "x86_64")]
+pub mod avx2_f64 {
+    use std::arch::x86_64::*;
+
+    /// Eight 8-lane vectors: one 64-float factor row.
+    pub type Row = [__m256; 8];
+
+    /// Loads a row.
+    ///
+    /// # Safety
+    /// AVX2 + FMA; `a` holds at least 64 floats.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn load(a: &[f32]) -> Row {
+        let p = a.as_ptr();
+        [
+            _mm256_loadu_ps(p),
+            _mm256_loadu_ps(p.add(8)),
+            _mm256_loadu_ps(p.add(16)),
+            _mm256_loadu_ps(p.add(24)),
+            _mm256_loadu_ps(p.add(32)),
+            _mm256_loadu_ps(p.add(40)),
+            _mm256_loadu_ps(p.add(48)),
+            _mm256_loadu_ps(p.add(56)),
+        ]
+    }
+
+    /// Stores a row.
+    ///
+    /// # Safety
+    /// AVX2 + FMA; `a` holds at least 64 floats.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn store(r: &Row, a: &mut [f32]) {
+        let p = a.as_mut_ptr();
+        for (k, v) in r.iter().enumerate() {
+            _mm256_storeu_ps(p.add(8 * k), *v);
+        }
+    }
+
+    /// `Σ a_i b_i` of a row in memory and a row in registers.
+    ///
+    /// # Safety
+    /// AVX2 + FMA; `a` holds at least 64 floats.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_mem(a: &[f32], b: &Row) -> f32 {
+        let p = a.as_ptr();
+        let s0 = _mm256_fmadd_ps(_mm256_loadu_ps(p), b[0], _mm256_mul_ps(_mm256_loadu_ps(p.add(8)), b[1]));
+        let s1 = _mm256_fmadd_ps(_mm256_loadu_ps(p.add(16)), b[2], _mm256_mul_ps(_mm256_loadu_ps(p.add(24)), b[3]));
+        let s2 = _mm256_fmadd_ps(_mm256_loadu_ps(p.add(32)), b[4], _mm256_mul_ps(_mm256_loadu_ps(p.add(40)), b[5]));
+        let s3 = _mm256_fmadd_ps(_mm256_loadu_ps(p.add(48)), b[6], _mm256_mul_ps(_mm256_loadu_ps(p.add(56)), b[7]));
+        hsum(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)))
+    }
+
+    /// `Σ a_i b_i` of two rows in registers.
+    ///
+    /// # Safety
+    /// AVX2 + FMA.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_reg(a: &Row, b: &Row) -> f32 {
+        let s0 = _mm256_fmadd_ps(a[0], b[0], _mm256_mul_ps(a[1], b[1]));
+        let s1 = _mm256_fmadd_ps(a[2], b[2], _mm256_mul_ps(a[3], b[3]));
+        let s2 = _mm256_fmadd_ps(a[4], b[4], _mm256_mul_ps(a[5], b[5]));
+        let s3 = _mm256_fmadd_ps(a[6], b[6], _mm256_mul_ps(a[7], b[7]));
+        hsum(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn hsum(s: __m256) -> f32 {
+        let q = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+        let q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+        let q = _mm_add_ss(q, _mm_shuffle_ps(q, q, 1));
+        _mm_cvtss_f32(q)
+    }
+
+    /// `acc += a · row_in_memory`.
+    ///
+    /// # Safety
+    /// AVX2 + FMA; `x` holds at least 64 floats.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn axpy_mem(a: f32, x: &[f32], acc: &mut Row) {
+        let va = _mm256_set1_ps(a);
+        let p = x.as_ptr();
+        for (k, v) in acc.iter_mut().enumerate() {
+            *v = _mm256_fmadd_ps(va, _mm256_loadu_ps(p.add(8 * k)), *v);
+        }
+    }
+
+    /// `acc += a · row`.
+    ///
+    /// # Safety
+    /// AVX2 + FMA.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn axpy_reg(a: f32, x: &Row, acc: &mut Row) {
+        let va = _mm256_set1_ps(a);
+        for (v, xv) in acc.iter_mut().zip(x) {
+            *v = _mm256_fmadd_ps(va, *xv, *v);
+        }
+    }
+
+    /// `M · v` for a symmetric 64 × 64 row-major `m`, as `Σ_d v_d · m_d`
+    /// (no horizontal sums).
+    ///
+    /// # Safety
+    /// AVX2 + FMA; `m` holds at least 64 × 64 floats.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn symv(m: &[f32], v: &[f32]) -> Row {
+        let mut acc = [_mm256_setzero_ps(); 8];
+        for d in 0..64 {
+            axpy_mem(*v.get_unchecked(d), &m[d * 64..d * 64 + 64], &mut acc);
+        }
+        acc
+    }
+
+    /// The zero row.
+    ///
+    /// # Safety
+    /// AVX2 + FMA.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn zero() -> Row {
+        [_mm256_setzero_ps(); 8]
+    }
+}
+
+/// The `f = 64` CG row solve with AVX-512: a factor row is four 16-lane
+/// registers, so `p`, `Ap`, `r`, `x` and the item row all fit in the 32
+/// registers with no spills.
+#[cfg(target_arch = "x86_64")]
+pub mod avx512_f64 {
+    use std::arch::x86_64::*;
+
+    type Row = [__m512; 4];
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load(a: &[f32]) -> Row {
+        let p = a.as_ptr();
+        [_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(16)), _mm512_loadu_ps(p.add(32)), _mm512_loadu_ps(p.add(48))]
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn store(r: &Row, a: &mut [f32]) {
+        let p = a.as_mut_ptr();
+        for (k, v) in r.iter().enumerate() {
+            _mm512_storeu_ps(p.add(16 * k), *v);
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn dot(a: &Row, b: &Row) -> f32 {
+        let s = _mm512_add_ps(
+            _mm512_fmadd_ps(a[0], b[0], _mm512_mul_ps(a[1], b[1])),
+            _mm512_fmadd_ps(a[2], b[2], _mm512_mul_ps(a[3], b[3])),
+        );
+        _mm512_reduce_add_ps(s)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn axpy(a: f32, x: &Row, acc: &mut Row) {
+        let va = _mm512_set1_ps(a);
+        for (v, xv) in acc.iter_mut().zip(x) {
+            *v = _mm512_fmadd_ps(va, *xv, *v);
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn symv(m: &[f32], v: &[f32]) -> Row {
+        let mut acc = [_mm512_setzero_ps(); 4];
+        for d in 0..64 {
+            let row = load(&m[d * 64..d * 64 + 64]);
+            axpy(*v.get_unchecked(d), &row, &mut acc);
+        }
+        acc
+    }
+
+    /// `steps` conjugate-gradient steps on
+    /// `(YᵀY + λI + Σ_i (c_i − 1) y_i y_iᵀ) x = Σ_i c_i y_i` for `f = 64`,
+    /// from the current `x`; `ytyr` is `YᵀY + λI`, `scratch` at least 64 floats.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F; `y` rows are 64 floats and every index
+    /// in `idx` is a row of `y`.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn cg(
+        ytyr: &[f32],
+        y: &[f32],
+        idx: &[u32],
+        conf: &[f32],
+        steps: usize,
+        x: &mut [f32],
+        scratch: &mut [f32],
+    ) {
+        const F: usize = 64;
+        let pmem = &mut scratch[..F];
+        let mut xr = load(x);
+        let ax = symv(ytyr, x);
+        let zero = _mm512_setzero_ps();
+        let mut r = [
+            _mm512_sub_ps(zero, ax[0]),
+            _mm512_sub_ps(zero, ax[1]),
+            _mm512_sub_ps(zero, ax[2]),
+            _mm512_sub_ps(zero, ax[3]),
+        ];
+        for (&i, &c) in idx.iter().zip(conf) {
+            let yi = load(&y[i as usize * F..(i as usize + 1) * F]);
+            axpy(c - (c - 1.0) * dot(&yi, &xr), &yi, &mut r);
+        }
+        let mut p = r;
+        let mut rsold = dot(&r, &r);
+        if rsold < 1e-20 {
+            return;
+        }
+        for _ in 0..steps {
+            store(&p, pmem);
+            let mut ap = symv(ytyr, pmem);
+            for (&i, &c) in idx.iter().zip(conf) {
+                let yi = load(&y[i as usize * F..(i as usize + 1) * F]);
+                axpy((c - 1.0) * dot(&yi, &p), &yi, &mut ap);
+            }
+            let pap = dot(&p, &ap);
+            if pap <= 0.0 {
+                break;
+            }
+            let a = rsold / pap;
+            axpy(a, &p, &mut xr);
+            axpy(-a, &ap, &mut r);
+            let rsnew = dot(&r, &r);
+            if rsnew < 1e-20 {
+                break;
+            }
+            let mut np = r;
+            axpy(rsnew / rsold, &p, &mut np);
+            p = np;
+            rsold = rsnew;
+        }
+        store(&xr, x);
     }
 }
 

@@ -1,0 +1,55 @@
+//! `cargo bench -p cohortcast-core`: one ALS iteration and one k-means
+//! iteration over a few sizes and factor counts. The side-by-side figures
+//! against implicit and scikit-learn come from `bench/kernels.sh`.
+
+use cohortcast_core::als::{AlsModel, AlsParams};
+use cohortcast_core::kmeans::{Cohorts, KMeansParams};
+use cohortcast_core::rng::{Rng, WeightedIndex};
+use cohortcast_core::sparse::Csr;
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+
+/// A users × items play matrix with heavy-tailed users and Zipf items.
+fn plays(users: usize, items: usize, nnz: usize) -> Csr {
+    let mut rng = Rng::new(1);
+    let uw: Vec<f64> = (0..users).map(|_| (rng.normal() * 1.1).exp()).collect();
+    let iw: Vec<f64> = (0..items).map(|i| 1.0 / (i as f64 + 1.0)).collect();
+    let (ut, it) = (WeightedIndex::new(&uw).unwrap(), WeightedIndex::new(&iw).unwrap());
+    let t: Vec<(u32, u32, f32)> = (0..nnz)
+        .map(|_| (ut.sample(&mut rng) as u32, it.sample(&mut rng) as u32, 1.0 + rng.geometric(0.3) as f32))
+        .collect();
+    Csr::from_triplets(users, items, &t).unwrap()
+}
+
+fn als(c: &mut Criterion) {
+    let mut g = c.benchmark_group("als_iteration");
+    g.sample_size(10);
+    for (users, items, nnz) in [(20_000, 5_000, 500_000), (100_000, 20_000, 5_000_000)] {
+        let m = plays(users, items, nnz);
+        for factors in [32, 64, 128] {
+            let p = AlsParams { factors, iterations: 1, ..AlsParams::default() };
+            g.bench_with_input(BenchmarkId::new(format!("{users}x{items}"), factors), &p, |b, p| {
+                b.iter(|| AlsModel::fit_with_progress(&m, p, false, |_| {}).unwrap())
+            });
+        }
+    }
+    g.finish();
+}
+
+fn kmeans(c: &mut Criterion) {
+    let mut g = c.benchmark_group("kmeans_iteration");
+    g.sample_size(10);
+    let mut rng = Rng::new(2);
+    for (rows, dim) in [(100_000, 32), (100_000, 64)] {
+        let x: Vec<f32> = (0..rows * dim).map(|_| rng.normal() as f32).collect();
+        for k in [20, 100, 300] {
+            let p = KMeansParams { n_clusters: k, max_iterations: 1, tolerance: 0.0, ..KMeansParams::default() };
+            g.bench_with_input(BenchmarkId::new(format!("{rows}x{dim}"), k), &p, |b, p| {
+                b.iter(|| Cohorts::fit_from(&x, dim, x[..k * dim].to_vec(), p).unwrap())
+            });
+        }
+    }
+    g.finish();
+}
+
+criterion_group!(benches, als, kmeans);
+criterion_main!(benches);

@@ -310,6 +310,16 @@ pub fn run_all(
     if let Some(ev) = &ev {
         write_ctr_csv(&out.join("ctr.csv"), &notes, &ev.reports[0])?;
         print_table(&ing, &model, notes.len(), ev);
+    } else {
+        let used = chosen.user_push.iter().flatten().collect::<std::collections::BTreeSet<_>>().len();
+        println!(
+            "{} users in {} cohorts pushed {} of {} notifications ({}); no notification_clicks given, so no CTR",
+            model.users.len() - chosen.users_not_pushed(),
+            model.cohorts.k(),
+            used,
+            notes.len(),
+            chosen.policy
+        );
     }
     write_summary(
         &out.join("summary.json"),

@@ -11,8 +11,7 @@ use std::time::Instant;
 use cohortcast_core::als::{AlsModel, AlsParams};
 use cohortcast_core::confidence::{confidence, Weighting};
 use cohortcast_core::kmeans::{Cohorts, KMeansParams};
-use cohortcast_core::rng::{Rng, WeightedIndex};
-use cohortcast_core::sparse::Csr;
+use cohortcast_core::sparse::benchmark_plays;
 use cohortcast_data::files::{write_npy_f32, write_npy_u32};
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -26,14 +25,7 @@ fn main() {
     let arg = |i: usize, d: usize| args.get(i).map(|s| s.parse().unwrap()).unwrap_or(d);
     let (users, items, nnz, f) = (arg(2, 100_000), arg(3, 20_000), arg(4, 5_000_000), arg(5, 64));
     // Heavy-tailed user activity, Zipf item popularity, repeat counts.
-    let mut rng = Rng::new(1);
-    let uw: Vec<f64> = (0..users).map(|_| (rng.normal() * 1.1).exp()).collect();
-    let iw: Vec<f64> = (0..items).map(|i| 1.0 / (i as f64 + 1.0)).collect();
-    let (ut, it) = (WeightedIndex::new(&uw).unwrap(), WeightedIndex::new(&iw).unwrap());
-    let triplets: Vec<(u32, u32, f32)> = (0..nnz)
-        .map(|_| (ut.sample(&mut rng) as u32, it.sample(&mut rng) as u32, 1.0 + rng.geometric(0.3) as f32))
-        .collect();
-    let plays = Csr::from_triplets(users, items, &triplets).unwrap();
+    let plays = benchmark_plays(users, items, nnz, 1);
     let params = AlsParams { factors: f, iterations: 6, ..AlsParams::default() };
     let conf = confidence(&plays, Weighting::Log, params.alpha);
     std::fs::create_dir_all(out).unwrap();

@@ -4,27 +4,15 @@
 
 use cohortcast_core::als::{AlsModel, AlsParams};
 use cohortcast_core::kmeans::{Cohorts, KMeansParams};
-use cohortcast_core::rng::{Rng, WeightedIndex};
-use cohortcast_core::sparse::Csr;
+use cohortcast_core::rng::Rng;
+use cohortcast_core::sparse::benchmark_plays;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-
-/// A users × items play matrix with heavy-tailed users and Zipf items.
-fn plays(users: usize, items: usize, nnz: usize) -> Csr {
-    let mut rng = Rng::new(1);
-    let uw: Vec<f64> = (0..users).map(|_| (rng.normal() * 1.1).exp()).collect();
-    let iw: Vec<f64> = (0..items).map(|i| 1.0 / (i as f64 + 1.0)).collect();
-    let (ut, it) = (WeightedIndex::new(&uw).unwrap(), WeightedIndex::new(&iw).unwrap());
-    let t: Vec<(u32, u32, f32)> = (0..nnz)
-        .map(|_| (ut.sample(&mut rng) as u32, it.sample(&mut rng) as u32, 1.0 + rng.geometric(0.3) as f32))
-        .collect();
-    Csr::from_triplets(users, items, &t).unwrap()
-}
 
 fn als(c: &mut Criterion) {
     let mut g = c.benchmark_group("als_iteration");
     g.sample_size(10);
     for (users, items, nnz) in [(20_000, 5_000, 500_000), (100_000, 20_000, 5_000_000)] {
-        let m = plays(users, items, nnz);
+        let m = benchmark_plays(users, items, nnz, 1);
         for factors in [32, 64, 128] {
             let p = AlsParams { factors, iterations: 1, ..AlsParams::default() };
             g.bench_with_input(BenchmarkId::new(format!("{users}x{items}"), factors), &p, |b, p| {

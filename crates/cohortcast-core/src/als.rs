@@ -313,7 +313,9 @@ fn half_step(x: &mut [f32], y: &[f32], c: &Csr, params: &AlsParams) {
 
 /// `cg_steps` conjugate-gradient steps on
 /// `(YᵀY + λI + Σ_i (c_i − 1) y_i y_iᵀ) x = Σ_i c_i y_i`, from the current `x`.
-/// `ytyr` is `YᵀY + λI`. Runs the AVX2 + FMA kernels when the CPU has them.
+/// `ytyr` is `YᵀY + λI`. With `avx2` (the CPU has AVX2 + FMA) it runs the
+/// SIMD kernels: for 64 factors the register-blocked ones, AVX-512 when the
+/// CPU has it; otherwise the portable loops.
 #[allow(clippy::too_many_arguments)]
 fn solve_row_cg(
     ytyr: &[f32],

@@ -153,6 +153,21 @@ impl Csr {
     }
 }
 
+/// A generated `users × items` play matrix for benchmarks: `samples` plays
+/// drawn with log-normal user activity and Zipf item popularity, repeat
+/// counts geometric (duplicates summed, so `nnz() < samples`).
+pub fn benchmark_plays(users: usize, items: usize, samples: usize, seed: u64) -> Csr {
+    use crate::rng::{Rng, WeightedIndex};
+    let mut rng = Rng::new(seed);
+    let uw: Vec<f64> = (0..users).map(|_| (rng.normal() * 1.1).exp()).collect();
+    let iw: Vec<f64> = (0..items).map(|i| 1.0 / (i as f64 + 1.0)).collect();
+    let (ut, it) = (WeightedIndex::new(&uw).expect("positive"), WeightedIndex::new(&iw).expect("positive"));
+    let t: Vec<(u32, u32, f32)> = (0..samples)
+        .map(|_| (ut.sample(&mut rng) as u32, it.sample(&mut rng) as u32, 1.0 + rng.geometric(0.3) as f32))
+        .collect();
+    Csr::from_triplets(users, items, &t).expect("indices in range")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

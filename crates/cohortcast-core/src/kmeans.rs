@@ -195,21 +195,30 @@ pub fn normalize_rows(x: &[f32], dim: usize) -> Vec<f32> {
 }
 
 fn mean_variance(x: &[f32], dim: usize) -> f64 {
+    // Fixed parts summed in order (repeatable), each part in parallel.
     let n = (x.len() / dim) as f64;
-    let mut mean = vec![0f64; dim];
-    for r in x.chunks(dim) {
-        for (m, v) in mean.iter_mut().zip(r) {
-            *m += *v as f64;
+    let per = part_rows(x.len() / dim, MAX_PARTS, 256);
+    let column_sums = |part: &[f32], f: &dyn Fn(f32, usize) -> f64| -> Vec<f64> {
+        let mut s = vec![0f64; dim];
+        for r in part.chunks(dim) {
+            for (d, v) in r.iter().enumerate() {
+                s[d] += f(*v, d);
+            }
         }
-    }
-    mean.iter_mut().for_each(|m| *m /= n);
-    let mut var = 0f64;
-    for r in x.chunks(dim) {
-        for (m, v) in mean.iter().zip(r) {
-            var += (*v as f64 - m).powi(2);
-        }
-    }
-    var / n / dim as f64
+        s
+    };
+    let add = |parts: Vec<Vec<f64>>| {
+        parts.into_iter().fold(vec![0f64; dim], |mut a, b| {
+            a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+            a
+        })
+    };
+    let mean: Vec<f64> = add(x.par_chunks(per * dim).map(|p| column_sums(p, &|v, _| v as f64)).collect())
+        .into_iter()
+        .map(|s| s / n)
+        .collect();
+    let var = add(x.par_chunks(per * dim).map(|p| column_sums(p, &|v, d| (v as f64 - mean[d]).powi(2))).collect());
+    var.iter().sum::<f64>() / n / dim as f64
 }
 
 /// Squared distances of every row to each of `cands` (row-major `c × dim`),
@@ -417,6 +426,12 @@ mod tests {
         assert_eq!(a, b);
         let p5 = KMeansParams { n_init: 5, ..p1 };
         assert!(Cohorts::fit(&x, 4, &p5).unwrap().inertia <= a.inertia + 1e-6);
+    }
+
+    #[test]
+    fn mean_variance_is_the_per_feature_variance() {
+        // Columns: [1, 3] (var 1) and [0, 0] (var 0): mean over features 0.5.
+        assert!((mean_variance(&[1.0, 0.0, 3.0, 0.0], 2) - 0.5).abs() < 1e-12);
     }
 
     #[test]

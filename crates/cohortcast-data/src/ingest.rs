@@ -277,6 +277,8 @@ pub fn resolve_all(paths: &InputPaths) -> Result<Vec<InputFiles>> {
 }
 
 async fn ingest_async(paths: &InputPaths, opts: &IngestOptions) -> Result<Ingested> {
+    let clock = std::time::Instant::now();
+    let lap = |what: &str| tracing::info!(seconds = clock.elapsed().as_secs_f64(), "ingest: {what}");
     let all = resolve_all(paths)?;
     let ctx = session(opts.partitions);
     let mut report = IngestReport::default();
@@ -324,20 +326,32 @@ async fn ingest_async(paths: &InputPaths, opts: &IngestOptions) -> Result<Ingest
                sum(CASE WHEN s.rep IS NULL OR s.rep THEN 1 ELSE 0 END) AS play_rows \
         FROM plays p LEFT JOIN songs s ON p.song_id = s.song_id \
         GROUP BY p.reject, p.user_id, s.artist_id";
+    lap("inputs resolved and metadata counted");
     let batches = collect(&ctx, sql, "clickstream: parsing and aggregating plays").await?;
-    let mut pairs: Vec<(String, String, u64)> = Vec::new();
+    lap("clickstream scanned, joined and aggregated (DataFusion)");
+    // The result columns, cast once per batch; ids are borrowed from them
+    // (no string is copied per pair).
+    type Columns = (StringArray, StringArray, StringArray, Int64Array, Int64Array);
+    let cols: Vec<Columns> = batches
+        .iter()
+        .map(|b| {
+            Ok((
+                strings(b.column(0))?,
+                strings(b.column(1))?,
+                strings(b.column(2))?,
+                ints(b.column(3))?,
+                ints(b.column(4))?,
+            ))
+        })
+        .collect::<Result<_>>()?;
+    drop(batches);
     let mut unknown_by_user: HashMap<String, u64> = HashMap::new();
+    let mut user_set: std::collections::HashSet<&str> = std::collections::HashSet::new();
+    let mut artist_set: std::collections::HashSet<&str> = std::collections::HashSet::new();
     {
         let r = report.inputs.get_mut("clickstream").expect("registered");
-        for batch in &batches {
-            let (rej, user, artist, n) = (
-                strings(batch.column(0))?,
-                strings(batch.column(1))?,
-                strings(batch.column(2))?,
-                ints(batch.column(3))?,
-            );
-            let rows = ints(batch.column(4))?;
-            for i in 0..batch.num_rows() {
+        for (rej, user, artist, n, rows) in &cols {
+            for i in 0..rej.len() {
                 let n = n.value(i) as u64;
                 // A play of a song with k artists is k groups' worth of
                 // `plays` but one row, counted where its artist is the
@@ -348,28 +362,32 @@ async fn ingest_async(paths: &InputPaths, opts: &IngestOptions) -> Result<Ingest
                 } else if artist.is_null(i) {
                     *unknown_by_user.entry(user.value(i).to_string()).or_default() += n;
                 } else {
-                    pairs.push((user.value(i).to_string(), artist.value(i).to_string(), n));
+                    user_set.insert(user.value(i));
+                    artist_set.insert(artist.value(i));
                 }
             }
         }
     }
-    drop(batches);
-    pairs.sort_unstable();
-    let mut users: Vec<String> = pairs.iter().map(|p| p.0.clone()).collect();
-    users.dedup();
-    let mut artists: Vec<String> = pairs.iter().map(|p| p.1.clone()).collect();
+    // Sorted ids give a mapping that repeats exactly.
+    let mut users: Vec<&str> = user_set.into_iter().collect();
+    users.sort_unstable();
+    let mut artists: Vec<&str> = artist_set.into_iter().collect();
     artists.sort_unstable();
-    artists.dedup();
-    let artist_index: HashMap<&str, u32> = artists.iter().enumerate().map(|(i, a)| (a.as_str(), i as u32)).collect();
-    let mut triplets = Vec::with_capacity(pairs.len());
-    let mut u = 0usize;
-    for (k, (user, artist, n)) in pairs.iter().enumerate() {
-        if k > 0 && pairs[k - 1].0 != *user {
-            u += 1;
+    let user_index: HashMap<&str, u32> = users.iter().enumerate().map(|(i, u)| (*u, i as u32)).collect();
+    let artist_index: HashMap<&str, u32> = artists.iter().enumerate().map(|(i, a)| (*a, i as u32)).collect();
+    let mut triplets = Vec::new();
+    for (rej, user, artist, n, _) in &cols {
+        for i in 0..rej.len() {
+            if rej.is_null(i) && artist.is_valid(i) {
+                triplets.push((user_index[user.value(i)], artist_index[artist.value(i)], n.value(i) as f32));
+            }
         }
-        triplets.push((u as u32, artist_index[artist.as_str()], *n as f32));
     }
     let plays = Csr::from_triplets(users.len(), artists.len(), &triplets)?;
+    drop(triplets);
+    let users: Vec<String> = users.into_iter().map(str::to_string).collect();
+    let artists: Vec<String> = artists.into_iter().map(str::to_string).collect();
+    lap("pairs mapped to indices");
     report.plays_unknown_song = unknown_by_user.values().sum();
     {
         let r = &report.inputs["clickstream"];
@@ -417,6 +435,7 @@ async fn ingest_async(paths: &InputPaths, opts: &IngestOptions) -> Result<Ingest
         None
     };
 
+    lap("notifications and clicks read");
     // Examples of rejected rows, with file and line.
     for files in &all {
         let r = report.inputs.get_mut(files.input.name()).expect("registered");
@@ -424,6 +443,7 @@ async fn ingest_async(paths: &InputPaths, opts: &IngestOptions) -> Result<Ingest
             r.examples = find_examples(files, opts.max_examples)?;
         }
     }
+    lap("reject examples found");
     Ok(Ingested { users, artists, plays, notifications, clicks, report })
 }
 

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use cohortcast_core::als::{AlsModel, AlsParams};
 use cohortcast_core::confidence::Weighting;
-use cohortcast_core::kmeans::{Cohorts, KMeansParams};
+use cohortcast_core::kmeans::{normalize_rows, Cohorts, KMeansParams};
 use cohortcast_core::linalg::matmul_t;
 use cohortcast_data::files::{read_lines, read_npy_f32};
 use cohortcast_data::stages::load_ingested;
@@ -91,27 +91,7 @@ fn main() {
                 100.0 * per_user / oracle
             );
             let k = 100;
-            let unit = |v: &[f32], d: usize| -> Vec<f32> {
-                v.chunks(d)
-                    .flat_map(|r| {
-                        let n = r.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-9);
-                        r.iter().map(move |x| x / n).collect::<Vec<_>>()
-                    })
-                    .collect()
-            };
-            let _zraw: Vec<f32> = (0..users)
-                .flat_map(|u| {
-                    (0..nn)
-                        .map(|n| {
-                            notes[n]
-                                .iter()
-                                .map(|a| pref[u * arts.len() + arts.binary_search(a).unwrap()])
-                                .fold(f32::MIN, f32::max)
-                        })
-                        .collect::<Vec<_>>()
-                })
-                .collect();
-            let variants: Vec<(&str, Vec<f32>, usize)> = vec![("unit-factors", unit(m.user_factors(), f), f)];
+            let variants: Vec<(&str, Vec<f32>, usize)> = vec![("unit-factors", normalize_rows(m.user_factors(), f), f)];
             for (vname, x, d) in variants {
                 let c = Cohorts::fit(&x, d, &KMeansParams { n_clusters: k, ..KMeansParams::default() }).unwrap();
                 let mut s = vec![0f64; k * nn];

@@ -172,16 +172,12 @@ pub fn write_summary(
     tp: &cohortcast_core::targeting::TargetingParams,
     policy: &str,
 ) -> Result<()> {
-    let mut sizes = vec![0usize; model.cohorts.k()];
-    for &l in &model.labels {
-        sizes[l as usize] += 1;
-    }
     let s = Summary {
         inputs: &ing.report,
         users: model.users.len(),
         artists: model.artists.len(),
         cohorts: model.cohorts.k(),
-        cohort_sizes: sizes,
+        cohort_sizes: cohortcast_core::kmeans::cohort_sizes(&model.labels, model.cohorts.k()),
         notifications,
         params: &model.params,
         targeting: tp,

@@ -289,13 +289,13 @@ fn half_step(x: &mut [f32], y: &[f32], c: &Csr, params: &AlsParams) {
     for d in 0..f {
         yty[d * f + d] += reg;
     }
-    let avx2 = crate::simd::has_avx2_fma();
+    let kernel = CgKernel::best(f);
     match params.solver {
         Solver::ConjugateGradient => x.par_chunks_mut(f).enumerate().for_each_init(
             || vec![0f32; 3 * f],
             |scratch, (u, xu)| {
                 let (idx, val) = c.row(u);
-                solve_row_cg(&yty, y, idx, val, f, params.cg_steps, xu, scratch, avx2);
+                solve_row_cg(&yty, y, idx, val, f, params.cg_steps, xu, scratch, kernel);
             },
         ),
         Solver::Cholesky => {
@@ -311,11 +311,36 @@ fn half_step(x: &mut [f32], y: &[f32], c: &Csr, params: &AlsParams) {
     }
 }
 
+/// Which conjugate-gradient row kernel runs, chosen once per half-step
+/// from the CPU's features and the factor count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CgKernel {
+    /// Portable loops.
+    Portable,
+    /// AVX2 + FMA dot/axpy, any factor count.
+    Avx2,
+    /// AVX2 + FMA, CG vectors in registers, 64 factors.
+    Avx2F64,
+    /// AVX-512, CG vectors in registers, 64 factors.
+    Avx512F64,
+}
+
+impl CgKernel {
+    /// The fastest kernel this CPU can run for `f` factors.
+    fn best(f: usize) -> Self {
+        match (crate::simd::has_avx2_fma(), f == 64 && crate::simd::has_avx512()) {
+            (_, true) => CgKernel::Avx512F64,
+            (true, _) if f == 64 => CgKernel::Avx2F64,
+            (true, _) => CgKernel::Avx2,
+            _ => CgKernel::Portable,
+        }
+    }
+}
+
 /// `cg_steps` conjugate-gradient steps on
 /// `(YᵀY + λI + Σ_i (c_i − 1) y_i y_iᵀ) x = Σ_i c_i y_i`, from the current `x`.
-/// `ytyr` is `YᵀY + λI`. With `avx2` (the CPU has AVX2 + FMA) it runs the
-/// SIMD kernels: for 64 factors the register-blocked ones, AVX-512 when the
-/// CPU has it; otherwise the portable loops.
+/// `ytyr` is `YᵀY + λI`; `kernel` must come from [`CgKernel::best`] (or be
+/// `Portable`).
 #[allow(clippy::too_many_arguments)]
 fn solve_row_cg(
     ytyr: &[f32],
@@ -326,24 +351,22 @@ fn solve_row_cg(
     steps: usize,
     x: &mut [f32],
     scratch: &mut [f32],
-    avx2: bool,
+    kernel: CgKernel,
 ) {
-    #[cfg(target_arch = "x86_64")]
-    if avx2 {
-        // SAFETY: `avx2` is only true when `simd::has_avx2_fma()` said so.
-        if f == 64 && crate::simd::has_avx512() {
-            // SAFETY: checked just above.
-            unsafe { crate::simd::avx512_f64::cg(ytyr, y, idx, conf, steps, x, scratch) };
-        } else if f == 64 {
-            unsafe { cg_avx2_f64(ytyr, y, idx, conf, steps, x, scratch) };
-        } else {
-            unsafe { cg_avx2(ytyr, y, idx, conf, f, steps, x, scratch) };
+    // SAFETY: every SIMD kernel is only chosen by `CgKernel::best`, which
+    // checked the CPU features (and f = 64 for the register-blocked ones);
+    // the portable body calls only safe functions.
+    unsafe {
+        match kernel {
+            #[cfg(target_arch = "x86_64")]
+            CgKernel::Avx512F64 => crate::simd::avx512_f64::cg(ytyr, y, idx, conf, steps, x, scratch),
+            #[cfg(target_arch = "x86_64")]
+            CgKernel::Avx2F64 => cg_avx2_f64(ytyr, y, idx, conf, steps, x, scratch),
+            #[cfg(target_arch = "x86_64")]
+            CgKernel::Avx2 => cg_avx2(ytyr, y, idx, conf, f, steps, x, scratch),
+            _ => cg_portable(ytyr, y, idx, conf, f, steps, x, scratch),
         }
-        return;
     }
-    let _ = avx2;
-    // SAFETY: the portable body calls only safe functions.
-    unsafe { cg_portable(ytyr, y, idx, conf, f, steps, x, scratch) }
 }
 
 /// Defines one conjugate-gradient row solver over the given `dot` and
@@ -571,19 +594,19 @@ mod tests {
             ytyr[d * f + d] += reg;
         }
         let mut scratch = vec![0f32; 3 * f];
-        for avx2 in [false, crate::simd::has_avx2_fma()] {
+        for kernel in [CgKernel::Portable, CgKernel::best(f)] {
             let mut x = vec![0f32; f];
-            solve_row_cg(&ytyr, &y, &idx, &conf, f, 2 * f, &mut x, &mut scratch, avx2);
+            solve_row_cg(&ytyr, &y, &idx, &conf, f, 2 * f, &mut x, &mut scratch, kernel);
             for d in 0..f {
-                assert!((x[d] - exact[d]).abs() < 1e-3 * exact[d].abs().max(1.0), "avx2 {avx2}: {x:?} vs {exact:?}");
+                assert!((x[d] - exact[d]).abs() < 1e-3 * exact[d].abs().max(1.0), "{kernel:?}: {x:?} vs {exact:?}");
             }
         }
     }
 
     #[test]
     fn register_blocked_f64_kernel_matches_the_portable_solver() {
-        // f = 64 takes the register-blocked AVX2 path; it must do the same
-        // arithmetic as the portable one, step for step.
+        // f = 64 takes a register-blocked path (AVX-512 or AVX2); it must do
+        // the same arithmetic as the portable one, step for step.
         let (items, f) = (300, 64);
         let mut rng = Rng::new(4);
         let y: Vec<f32> = (0..items * f).map(|_| rng.normal() as f32 * 0.2).collect();
@@ -596,9 +619,9 @@ mod tests {
         let x0: Vec<f32> = (0..f).map(|_| rng.normal() as f32 * 0.01).collect();
         let mut scratch = vec![0f32; 3 * f];
         let mut portable = x0.clone();
-        solve_row_cg(&ytyr, &y, &idx, &conf, f, 3, &mut portable, &mut scratch, false);
+        solve_row_cg(&ytyr, &y, &idx, &conf, f, 3, &mut portable, &mut scratch, CgKernel::Portable);
         let mut fast = x0.clone();
-        solve_row_cg(&ytyr, &y, &idx, &conf, f, 3, &mut fast, &mut scratch, crate::simd::has_avx2_fma());
+        solve_row_cg(&ytyr, &y, &idx, &conf, f, 3, &mut fast, &mut scratch, CgKernel::best(f));
         for d in 0..f {
             assert!(
                 (portable[d] - fast[d]).abs() < 1e-4 * portable[d].abs().max(1.0),

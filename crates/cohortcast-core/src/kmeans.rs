@@ -159,11 +159,7 @@ impl Cohorts {
 
     /// Rows per cluster.
     pub fn sizes(&self) -> Vec<usize> {
-        let mut s = vec![0usize; self.k()];
-        for &l in &self.labels {
-            s[l as usize] += 1;
-        }
-        s
+        cohort_sizes(&self.labels, self.k())
     }
 
     /// The nearest centroid to a new row.
@@ -178,6 +174,15 @@ impl Cohorts {
         }
         best.1
     }
+}
+
+/// Members per cohort for labels in `0..k`.
+pub fn cohort_sizes(labels: &[u32], k: usize) -> Vec<usize> {
+    let mut s = vec![0usize; k];
+    for &l in labels {
+        s[l as usize] += 1;
+    }
+    s
 }
 
 /// Rows scaled to unit length (zero rows stay zero): k-means on them groups

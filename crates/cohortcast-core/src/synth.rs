@@ -475,7 +475,12 @@ impl World {
     /// played artist. Clicks on "new song by X" follow how much the user
     /// listens to X, with diminishing returns.
     pub fn affinity(&self, user: &UserProfile, a: u32) -> f64 {
-        (self.play_share(user, a) / self.top_share(user)).sqrt().min(1.0)
+        self.affinity_given_top(user, a, self.top_share(user))
+    }
+
+    /// [`World::affinity`] with the user's top share already known.
+    fn affinity_given_top(&self, user: &UserProfile, a: u32, top: f64) -> f64 {
+        (self.play_share(user, a) / top).sqrt().min(1.0)
     }
 
     /// The largest play share of any artist for `user` (a favourite or the
@@ -492,7 +497,7 @@ impl World {
         self.notifications
             .iter()
             .map(|list| {
-                let aff = list.iter().map(|&a| (self.play_share(user, a) / top).sqrt().min(1.0)).fold(0.0, f64::max);
+                let aff = list.iter().map(|&a| self.affinity_given_top(user, a, top)).fold(0.0, f64::max);
                 (user.responsiveness * (P_BASE + (P_MAX - P_BASE) * aff)).min(0.95) as f32
             })
             .collect()

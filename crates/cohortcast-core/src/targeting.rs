@@ -158,10 +158,7 @@ pub fn cohort_affinity(
     for p in parts {
         sums.iter_mut().zip(p).for_each(|(x, y)| *x += y);
     }
-    let mut sizes = vec![0usize; k];
-    for &l in labels {
-        sizes[l as usize] += 1;
-    }
+    let sizes = crate::kmeans::cohort_sizes(labels, k);
     sums.chunks(nn.max(1))
         .zip(&sizes)
         .flat_map(|(row, &s)| row.iter().map(move |v| if s > 0 { v / s as f64 } else { 0.0 }))

@@ -88,6 +88,21 @@ pub struct RawNotification {
     pub artists: Vec<String>,
 }
 
+impl RawNotification {
+    /// Groups `(notification_id, artist_id)` rows sorted by notification
+    /// into notifications, keeping the artists in row order.
+    pub fn group(rows: impl IntoIterator<Item = (String, String)>) -> Vec<RawNotification> {
+        let mut out: Vec<RawNotification> = Vec::new();
+        for (n, a) in rows {
+            match out.last_mut() {
+                Some(last) if last.id == n => last.artists.push(a),
+                _ => out.push(RawNotification { id: n, artists: vec![a] }),
+            }
+        }
+        out
+    }
+}
+
 /// Everything the model needs, with ids mapped to dense indices (sorted ids,
 /// so the mapping repeats exactly).
 #[derive(Debug, Clone)]
@@ -401,13 +416,7 @@ async fn ingest_async(paths: &InputPaths, opts: &IngestOptions) -> Result<Ingest
     // Notifications.
     let mut actor = InputReport::default();
     let rows = small_input(&ctx, Input::NotificationActor, &mut actor).await?;
-    let mut notifications: Vec<RawNotification> = Vec::new();
-    for (n, a) in rows {
-        match notifications.last_mut() {
-            Some(last) if last.id == n => last.artists.push(a),
-            _ => notifications.push(RawNotification { id: n, artists: vec![a] }),
-        }
-    }
+    let notifications = RawNotification::group(rows);
     report.notifications = notifications.len();
     let mut unplayed: Vec<&str> = notifications
         .iter()

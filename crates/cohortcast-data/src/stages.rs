@@ -103,14 +103,12 @@ pub fn load_ingested(dir: &Path) -> Result<Ingested> {
     }
     let plays = Csr::from_triplets(users.len(), artists.len(), &triplets)?;
     let npath = dir.join("notifications.csv");
-    let mut notifications: Vec<RawNotification> = Vec::new();
-    for (i, l) in read_lines(&npath, Some(NOTIFICATIONS_HEADER))?.iter().enumerate() {
-        let (n, a) = split2(&npath, i + 2, l)?;
-        match notifications.last_mut() {
-            Some(last) if last.id == n => last.artists.push(a),
-            _ => notifications.push(RawNotification { id: n, artists: vec![a] }),
-        }
-    }
+    let rows = read_lines(&npath, Some(NOTIFICATIONS_HEADER))?
+        .iter()
+        .enumerate()
+        .map(|(i, l)| split2(&npath, i + 2, l))
+        .collect::<Result<Vec<_>>>()?;
+    let notifications = RawNotification::group(rows);
     let cpath = dir.join("clicks.csv");
     let clicks = if cpath.exists() {
         let mut c = Vec::new();

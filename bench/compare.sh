@@ -1,49 +1,83 @@
 #!/usr/bin/env bash
-# End to end on one generated dataset: `cohortcast run` beside the Python
-# pipeline a data team would write (pandas + implicit ALS + scikit-learn
-# KMeans + the same expected-CTR choice, bench/pipeline_python.py), each run
-# RUNS times (default 3): median stage timings, peak RSS, ratios, CTR.
-# Usage: bench/compare.sh [users] [runs]   (default 50000 users: the demo size)
-# The Spark pipeline of issue #3 is not in this script yet.
+# End to end on one generated dataset, three ways, each run RUNS times
+# (default 3) in turn on the same files:
+#   1. `cohortcast run`;
+#   2. the Python pipeline a data team would write (pandas + implicit ALS +
+#      scikit-learn KMeans + the same expected-CTR choice: pipeline_python.py);
+#   3. the course pipeline on pyspark in local mode (StringIndexer, ALS
+#      implicitPrefs rank 10, KMeans, most-played artist per cluster:
+#      pipeline_spark.py; needs Java 17).
+# Prints median stage timings, the median of the run-by-run speed-ups, peak
+# RSS (/usr/bin/time -v) and the CTR of each on the same click log.
+# Usage: bench/compare.sh [users] [runs] [plays-per-user] [skip]
+#   users: 50000 (small, ~3M plays) or 500000 (medium, ~30M plays)
+#   skip: "spark" or "python" to leave one out (say so when you quote it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-users=${1:-50000} runs=${2:-3}
+users=${1:-50000} runs=${2:-3} ppu=${3:-60} skip=${4:-none}
 venv=${BENCH_VENV:-/var/tmp/cc-bench-venv}
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
-  "$venv/bin/pip" install -q implicit scikit-learn threadpoolctl pandas
+  "$venv/bin/pip" install -q implicit scikit-learn threadpoolctl pandas pyspark==3.5.3
 fi
 cargo build --release --quiet
 target=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 bin="$target/release/cohortcast"
-work=$(mktemp -d)
+work=$(mktemp -d -p "${BENCH_TMP:-/var/tmp}")
 trap 'rm -rf "$work"' EXIT
-"$bin" synth --out "$work/data" --users "$users" --seed 42
+"$bin" synth --out "$work/data" --users "$users" --plays-per-user "$ppu" --seed 42 > /dev/null
+echo "data: $(du -sh "$work/data/clickstream" | cut -f1) of clickstream CSV"
 for i in $(seq "$runs"); do
   /usr/bin/time -v "$bin" run --data "$work/data" --out "$work/out" > /dev/null 2> "$work/ours.$i.time"
   cp "$work/out/summary.json" "$work/ours.$i.json"
-  OPENBLAS_NUM_THREADS=1 /usr/bin/time -v "$venv/bin/python" bench/pipeline_python.py "$work/data" \
-    > "$work/theirs.$i.json" 2> "$work/theirs.$i.time"
+  if [ "$skip" != python ]; then
+    OPENBLAS_NUM_THREADS=1 /usr/bin/time -v "$venv/bin/python" bench/pipeline_python.py "$work/data" \
+      > "$work/python.$i.json" 2> "$work/python.$i.time"
+  fi
+  if [ "$skip" != spark ]; then
+    TMPDIR="$work" /usr/bin/time -v "$venv/bin/python" bench/pipeline_spark.py "$work/data" 100 2 12g \
+      > "$work/spark.$i.json" 2> "$work/spark.$i.time"
+  fi
 done
-python3 - "$work" "$runs" <<'PY'
-import json, re, statistics, sys
-work, runs = sys.argv[1], int(sys.argv[2])
+python3 - "$work" "$runs" "$skip" <<'PY'
+import json, os, re, statistics, sys
+work, runs, skip = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 def rss(path):
     return int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", open(path).read()).group(1)) / 1024
-ours = [json.load(open(f"{work}/ours.{i}.json")) for i in range(1, runs + 1)]
-theirs = [json.loads(open(f"{work}/theirs.{i}.json").read().strip().splitlines()[-1]) for i in range(1, runs + 1)]
-print(f"{ours[0]['users']} users, {ours[0]['inputs']['plays']} plays; medians of {runs} runs (seconds)")
-print(f"{'stage':<10} {'cohortcast':>11} {'python':>9} {'speed-up':>9}")
+def load(path):
+    return json.loads(open(path).read().strip().splitlines()[-1])
+R = range(1, runs + 1)
+ours = [load(f"{work}/ours.{i}.json") for i in R]
+others = {name: [load(f"{work}/{name}.{i}.json") for i in R] for name in ["python", "spark"] if name != skip}
+cs = os.path.getsize
+print(f"{ours[0]['users']} users, {ours[0]['inputs']['plays']} plays; medians of {runs} runs (seconds); "
+      "speed-up = median over runs of (their time / ours) in the same round")
+head = f"{'stage':<10} {'cohortcast':>11}" + "".join(f" {n:>9} {'speed-up':>9}" for n in others)
+print(head)
 for st in ["ingest", "als", "kmeans", "targeting", "total"]:
-    a = statistics.median(o["timings_s"][st] for o in ours)
-    b = statistics.median(t["timings_s"][st] for t in theirs)
-    print(f"{st:<10} {a:>11.2f} {b:>9.2f} {b / a:>8.1f}x")
-ra = statistics.median(rss(f"{work}/ours.{i}.time") for i in range(1, runs + 1))
-rb = statistics.median(rss(f"{work}/theirs.{i}.time") for i in range(1, runs + 1))
-print(f"{'peak RSS':<10} {ra:>9.0f}MB {rb:>7.0f}MB")
+    line = f"{st:<10} {statistics.median(o['timings_s'][st] for o in ours):>11.2f}"
+    for n, rs in others.items():
+        line += f" {statistics.median(r['timings_s'][st] for r in rs):>9.2f}"
+        line += f" {statistics.median(r['timings_s'][st] / o['timings_s'][st] for r, o in zip(rs, ours)):>8.1f}x"
+    print(line)
+line = f"{'peak RSS':<10} {statistics.median(rss(f'{work}/ours.{i}.time') for i in R):>9.0f}MB"
+for n in others:
+    line += f" {statistics.median(rss(f'{work}/{n}.{i}.time') for i in R):>7.0f}MB {'':>9}"
+print(line)
 pol = {r["policy"]: r for r in ours[0]["ctr"]}
-print(f"expected CTR: cohortcast {100 * pol['expected-ctr']['expected_ctr']:.2f}%, python {100 * theirs[0]['expected_ctr']:.2f}%, "
-      f"oracle {100 * pol['oracle']['expected_ctr']:.2f}%; realised CTR: cohortcast {100 * pol['expected-ctr']['overall_ctr']:.2f}%, "
-      f"python {100 * theirs[0]['ctr']:.2f}%")
-print(f"(user, artist) pairs: cohortcast {ours[0]['inputs']['user_artist_pairs']}, python {theirs[0]['pairs']}")
+def pct(x):
+    return "n/a" if x is None else f"{100 * x:.2f}%"
+e = pol["expected-ctr"]
+print(f"cohortcast expected-ctr: CTR {pct(e['overall_ctr'])} over {e['pushes']} pushed, expected {pct(e['expected_ctr'])}; "
+      f"oracle expected {pct(pol['oracle']['expected_ctr'])}")
+t = pol["top-artist"]
+print(f"cohortcast top-artist rule: CTR {pct(t['overall_ctr'])} over {t['pushes']} pushed, expected {pct(t['expected_ctr'])}")
+if "python" in others:
+    p = others["python"][0]
+    print(f"python: CTR {pct(p['ctr'])} over {p['users']} pushed, expected {pct(p.get('expected_ctr'))}; pairs {p['pairs']}")
+if "spark" in others:
+    s = others["spark"][0]
+    print(f"spark (top artist of ALS+KMeans clusters): CTR {pct(s['ctr'])} over {s['pushed']} of {s['users']} users pushed, "
+          f"expected {pct(s.get('expected_ctr'))}; (user, song) pairs {s['pairs']}")
+print(f"(user, artist) pairs: cohortcast {ours[0]['inputs']['user_artist_pairs']}")
 PY

@@ -33,12 +33,15 @@ def lines(name):
                                   keep_default_na=False, engine="c") for f in files], ignore_index=True)["line"]
 
 
-# Ingest: the same rules as cohortcast (4 fields, ids non-empty, numeric timestamp, yyyyMMdd date).
+# Ingest: the same rules as cohortcast (4 fields, a 32-hex user id, a song id, numeric timestamp,
+# yyyyMMdd date).
 cs = lines("clickstream").str.split(",", expand=True)
 ok = cs.notna().sum(axis=1).eq(4) if cs.shape[1] > 4 else pd.Series(True, index=cs.index)
 cs = cs[ok].iloc[:, :4]
 cs.columns = ["user_id", "ts", "song_id", "date"]
-cs = cs[(cs.user_id != "") & (cs.song_id != "") & cs.ts.str.fullmatch(r"-?\d{1,18}") & cs.date.str.fullmatch(r"\d{8}")]
+cs = cs[cs.user_id.str.fullmatch(r"[0-9a-fA-F]{32}") & (cs.song_id != "") & cs.ts.str.fullmatch(r"-?\d{1,18}")
+        & cs.date.str.fullmatch(r"\d{8}")]
+cs = cs.assign(user_id=cs.user_id.str.lower())
 meta = lines("metadata")
 song = meta.str.split(",", n=1).str[0]
 artists = meta.str.split(",", n=1).str[1]
@@ -57,7 +60,7 @@ actor.columns = ["notification_id", "artist_id"]
 actor = actor[(actor.notification_id != "") & (actor.artist_id != "")]
 clicks = lines("notification_clicks").str.split(",", expand=True).iloc[:, :2]
 clicks.columns = ["notification_id", "user_id"]
-clicks = clicks.drop_duplicates()
+clicks = clicks.assign(user_id=clicks.user_id.str.lower()).drop_duplicates()
 t["ingest"] = time.perf_counter() - t0
 
 from implicit.cpu.als import AlternatingLeastSquares  # noqa: E402

@@ -4,30 +4,38 @@
 //!
 //! Every input is read as one text column per line (the CSV reader with a
 //! delimiter and quote that do not occur in the data), and the row rules of
-//! [`cohortcast_core::saavn`] run as scalar UDFs (`cc_reject_<input>`), so a
-//! malformed row becomes a counted reject instead of a failed job. The plan:
+//! [`cohortcast_core::saavn`] run as scalar UDFs, so a malformed row becomes
+//! a counted reject instead of a failed job. Every key in the big join and
+//! aggregation is an integer: a user id is the 128-bit number its 32 hex
+//! characters spell (two `UInt64` halves), a song id is a 64-bit hash, an
+//! artist is its rank in id order. The plan:
 //!
 //! ```text
-//! clickstream lines ─ cc_reject ─┬─ rejected ──────────────────────────┐
-//!                                └─ user_id, song_id ─ LEFT JOIN songs ─┴─ GROUP BY (reject, user, artist) → count
-//! metadata lines ─ cc_reject ─ song_id, unnest(artist columns) ─ DISTINCT ┘
+//! clickstream lines ─ cc_play ─ (reject, user_hi, user_lo, song_key) ─┐
+//!                                                                    RIGHT JOIN ─ GROUP BY (reject, user, artist) → count
+//! metadata lines ─ cc_reject ─ song_key, unnest(artists) ─ dense_rank ┘   (songs are the build side)
 //! ```
 //!
-//! A play of a song with several artists counts once for each; a play of a
-//! song missing from the metadata lands in the `artist = NULL` group and is
-//! counted per user. Parquet inputs with the layout's column names are turned
-//! into the same lines, so one plan serves both.
+//! The client streams the aggregate (never the plays) into 12-byte
+//! (user, artist, count) triplets and renumbers users in id order. A play
+//! of a song with several artists counts once for each; a play of a song
+//! missing from the metadata lands in the `artist = NULL` group and is
+//! counted per user. Parquet inputs with the layout's column names are
+//! turned into the same lines, so one plan serves both.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use cohortcast_core::saavn::{Input, Reject};
+use cohortcast_core::saavn::{self, Input, Reject};
 use cohortcast_core::sparse::Csr;
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, StringArray};
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, Int64Array, RecordBatch, StringArray, StructArray, UInt64Array, UInt64Builder, UInt8Array,
+};
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::arrow::datatypes::{DataType, Field, Fields, Schema, UInt64Type, UInt8Type};
 use datafusion::logical_expr::{create_udf, ColumnarValue, Volatility};
 use datafusion::prelude::{CsvReadOptions, ParquetReadOptions, SessionConfig, SessionContext};
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{IoError, Result};
@@ -163,6 +171,103 @@ fn reject_udf(input: Input) -> datafusion::logical_expr::ScalarUDF {
     )
 }
 
+/// The fields `cc_play` returns: the reject code (0 for a good row, else
+/// 1 + its index in [`Reject::ALL`]), the user key's high and low halves,
+/// and the song key ([`saavn::song_key`]; all three NULL on a rejected row).
+fn play_fields() -> Fields {
+    Fields::from(vec![
+        Field::new("reject", DataType::UInt8, false),
+        Field::new("user_hi", DataType::UInt64, true),
+        Field::new("user_lo", DataType::UInt64, true),
+        Field::new("song_key", DataType::UInt64, true),
+    ])
+}
+
+/// The reject code `cc_play` uses for `r`.
+fn reject_number(r: Reject) -> u8 {
+    1 + Reject::ALL.iter().position(|x| *x == r).expect("every reject is listed") as u8
+}
+
+/// Parses a batch of clickstream lines into the [`play_fields`] struct.
+fn parse_plays(lines: &ArrayRef) -> datafusion::error::Result<ArrayRef> {
+    let lines = cast(lines, &DataType::Utf8)?;
+    let lines = lines.as_string::<i32>();
+    let n = lines.len();
+    let mut reject = Vec::with_capacity(n);
+    let mut hi = UInt64Builder::with_capacity(n);
+    let mut lo = UInt64Builder::with_capacity(n);
+    let mut song = UInt64Builder::with_capacity(n);
+    for line in lines.iter() {
+        match line.map(saavn::parse_play) {
+            Some(Ok(p)) => {
+                reject.push(0u8);
+                hi.append_value((p.user >> 64) as u64);
+                lo.append_value(p.user as u64);
+                song.append_value(saavn::song_key(p.song));
+            }
+            other => {
+                let r = match other {
+                    Some(Err(r)) => r,
+                    _ => Reject::WrongFieldCount,
+                };
+                reject.push(reject_number(r));
+                hi.append_null();
+                lo.append_null();
+                song.append_null();
+            }
+        }
+    }
+    let columns: Vec<ArrayRef> =
+        vec![Arc::new(UInt8Array::from(reject)), Arc::new(hi.finish()), Arc::new(lo.finish()), Arc::new(song.finish())];
+    Ok(Arc::new(StructArray::try_new(play_fields(), columns, None)?))
+}
+
+thread_local! {
+    /// The last batch `cc_play` parsed on this thread: (input, output).
+    static LAST_PLAYS: std::cell::RefCell<Option<(ArrayRef, ArrayRef)>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The UDF `cc_play(line)`: one parse of a clickstream line into the
+/// [`play_fields`] struct, so the plan groups by integers (the user id as
+/// two 64-bit halves, see [`saavn::user_key`]) and never copies the line.
+///
+/// DataFusion 55 pushes each `p['field']` access down into the scan as its
+/// own `get_field(cc_play(raw), field)`, so the function is called once per
+/// field on the same batch (even when declared volatile). The last batch's
+/// result is kept per thread and returned when the same input buffers come
+/// again: the kept input holds its buffers alive, so equal pointers mean
+/// equal contents, and each line is parsed once.
+fn play_udf() -> datafusion::logical_expr::ScalarUDF {
+    let fun = move |args: &[ColumnarValue]| -> datafusion::error::Result<ColumnarValue> {
+        let arrays = ColumnarValue::values_to_arrays(args)?;
+        let input = &arrays[0];
+        let hit = LAST_PLAYS.with(|last| {
+            last.borrow().as_ref().filter(|(i, _)| i.to_data().ptr_eq(&input.to_data())).map(|(_, o)| o.clone())
+        });
+        let out = match hit {
+            Some(out) => out,
+            None => {
+                let out = parse_plays(input)?;
+                LAST_PLAYS.with(|last| *last.borrow_mut() = Some((input.clone(), out.clone())));
+                out
+            }
+        };
+        Ok(ColumnarValue::Array(out))
+    };
+    create_udf("cc_play", vec![DataType::Utf8], DataType::Struct(play_fields()), Volatility::Immutable, Arc::new(fun))
+}
+
+/// The UDF `cc_song_key(song_id)`: [`saavn::song_key`].
+fn song_key_udf() -> datafusion::logical_expr::ScalarUDF {
+    let fun = move |args: &[ColumnarValue]| -> datafusion::error::Result<ColumnarValue> {
+        let arrays = ColumnarValue::values_to_arrays(args)?;
+        let ids = cast(&arrays[0], &DataType::Utf8)?;
+        let keys: UInt64Array = ids.as_string::<i32>().iter().map(|s| s.map(saavn::song_key)).collect();
+        Ok(ColumnarValue::Array(Arc::new(keys) as ArrayRef))
+    };
+    create_udf("cc_song_key", vec![DataType::Utf8], DataType::UInt64, Volatility::Immutable, Arc::new(fun))
+}
+
 /// A session with the UDFs registered.
 pub fn session(partitions: usize) -> SessionContext {
     let config = SessionConfig::new().with_target_partitions(partitions.max(1)).with_batch_size(16 * 1024);
@@ -170,6 +275,8 @@ pub fn session(partitions: usize) -> SessionContext {
     for input in Input::ALL {
         ctx.register_udf(reject_udf(input));
     }
+    ctx.register_udf(play_udf());
+    ctx.register_udf(song_key_udf());
     ctx
 }
 
@@ -195,10 +302,9 @@ async fn register_lines(ctx: &SessionContext, files: &InputFiles) -> Result<()> 
             let opts =
                 CsvReadOptions::new().has_header(false).delimiter(0x1f).quote(0x1e).schema(&schema).file_extension("");
             let raw = ctx.read_csv(paths.clone(), opts).await.map_err(|e| IoError::engine(context(), e))?;
+            // The row rules ignore a trailing `\r`, so lines are not copied to trim it.
             ctx.register_table("tmp_raw", raw.into_view()).map_err(|e| IoError::engine(context(), e))?;
-            ctx.sql("SELECT rtrim(raw, chr(13)) AS line FROM tmp_raw")
-                .await
-                .map_err(|e| IoError::engine(context(), e))?
+            ctx.sql("SELECT raw AS line FROM tmp_raw").await.map_err(|e| IoError::engine(context(), e))?
         }
         Encoding::Parquet => {
             let raw = ctx
@@ -241,8 +347,8 @@ fn ints(col: &ArrayRef) -> Result<Int64Array> {
 async fn small_input(ctx: &SessionContext, input: Input, report: &mut InputReport) -> Result<Vec<(String, String)>> {
     let t = input.name();
     let sql = format!(
-        "SELECT cc_reject_{t}(line) AS reject, split_part(line, ',', 1) AS a, split_part(line, ',', 2) AS b, count(*) AS n \
-         FROM {t}_lines GROUP BY 1, 2, 3"
+        "SELECT cc_reject_{t}(line) AS reject, split_part(l, ',', 1) AS a, split_part(l, ',', 2) AS b, count(*) AS n \
+         FROM (SELECT line, rtrim(line, chr(13)) AS l FROM {t}_lines) GROUP BY 1, 2, 3"
     );
     let mut good = Vec::new();
     for batch in collect(ctx, &sql, &format!("{t}: parsing")).await? {
@@ -321,95 +427,138 @@ async fn ingest_async(paths: &InputPaths, opts: &IngestOptions) -> Result<Ingest
         }
     }
 
-    // Clickstream: one scan, one join, one aggregation.
-    let sql = "WITH checked AS ( \
-          SELECT line, cc_reject_clickstream(line) AS reject FROM clickstream_lines), \
-        plays AS ( \
-          SELECT reject, \
-                 CASE WHEN reject IS NULL THEN split_part(line, ',', 1) END AS user_id, \
-                 CASE WHEN reject IS NULL THEN split_part(line, ',', 3) END AS song_id \
-          FROM checked), \
-        pairs AS ( \
+    // Clickstream: one scan, one join, one aggregation, all keys integers.
+    // Artists are numbered in id order (dense_rank), so the client maps
+    // them back from one small query.
+    let artists_sql = "WITH pairs AS ( \
           SELECT DISTINCT song_id, artist_id FROM ( \
             SELECT split_part(line, ',', 1) AS song_id, \
-                   unnest(string_to_array(substr(line, strpos(line, ',') + 1), ',')) AS artist_id \
+                   unnest(string_to_array(rtrim(substr(line, strpos(line, ',') + 1), chr(13)), ',')) AS artist_id \
             FROM metadata_lines WHERE cc_reject_metadata(line) IS NULL) s \
-          WHERE artist_id <> ''), \
-        songs AS ( \
-          SELECT song_id, artist_id, artist_id = min(artist_id) OVER (PARTITION BY song_id) AS rep FROM pairs) \
-        SELECT p.reject, p.user_id, s.artist_id, count(*) AS plays, \
+          WHERE artist_id <> '') \
+        SELECT song_id, cc_song_key(song_id) AS song_key, artist_id, \
+               CAST(dense_rank() OVER (ORDER BY artist_id) - 1 AS BIGINT) AS artist, \
+               artist_id = min(artist_id) OVER (PARTITION BY song_id) AS rep \
+        FROM pairs";
+    let songs = ctx.sql(artists_sql).await.map_err(|e| IoError::engine("metadata: numbering artists", e))?;
+    ctx.register_table("songs", songs.into_view()).map_err(|e| IoError::engine("metadata: numbering artists", e))?;
+    let keys_sql = "SELECT count(DISTINCT song_id), count(DISTINCT song_key) FROM songs";
+    for batch in collect(&ctx, keys_sql, "metadata: song keys").await? {
+        let (ids, keys) = (ints(batch.column(0))?, ints(batch.column(1))?);
+        if ids.value(0) != keys.value(0) {
+            return Err(IoError::engine(
+                "metadata: song keys",
+                datafusion::error::DataFusionError::Execution(format!(
+                    "{} song ids hash to {} keys: two song ids share a 64-bit key; rename one",
+                    ids.value(0),
+                    keys.value(0)
+                )),
+            ));
+        }
+    }
+    let mut all_artists: Vec<String> = Vec::new();
+    for batch in
+        collect(&ctx, "SELECT DISTINCT artist, artist_id FROM songs ORDER BY artist", "metadata: artists").await?
+    {
+        let (idx, id) = (ints(batch.column(0))?, strings(batch.column(1))?);
+        for i in 0..batch.num_rows() {
+            debug_assert_eq!(idx.value(i) as usize, all_artists.len());
+            all_artists.push(id.value(i).to_string());
+        }
+    }
+    let sql = "WITH plays AS ( \
+          SELECT p['reject'] AS reject, p['user_hi'] AS user_hi, p['user_lo'] AS user_lo, p['song_key'] AS song_key \
+          FROM (SELECT cc_play(line) AS p FROM clickstream_lines) c) \
+        SELECT p.reject, p.user_hi, p.user_lo, s.artist, count(*) AS plays, \
                sum(CASE WHEN s.rep IS NULL OR s.rep THEN 1 ELSE 0 END) AS play_rows \
-        FROM plays p LEFT JOIN songs s ON p.song_id = s.song_id \
-        GROUP BY p.reject, p.user_id, s.artist_id";
+        FROM songs s RIGHT JOIN plays p ON p.song_key = s.song_key \
+        GROUP BY p.reject, p.user_hi, p.user_lo, s.artist";
     lap("inputs resolved and metadata counted");
-    let batches = collect(&ctx, sql, "clickstream: parsing and aggregating plays").await?;
+    let context = "clickstream: parsing and aggregating plays";
+    let df = ctx.sql(sql).await.map_err(|e| IoError::engine(context, e))?;
+    let mut stream = df.execute_stream().await.map_err(|e| IoError::engine(context, e))?;
+    // Users get provisional numbers in arrival order and are renumbered in
+    // id order at the end; pairs are held as 12-byte triplets.
+    let mut user_index: HashMap<u128, u32> = HashMap::new();
+    let mut unknown_by_user: HashMap<u128, u64> = HashMap::new();
+    let mut triplets: Vec<(u32, u32, f32)> = Vec::new();
+    let mut rows_read = 0u64;
+    let mut rejected = [0u64; Reject::ALL.len()];
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(|e| IoError::engine(context, e))?;
+        let rej = cast(batch.column(0), &DataType::UInt8).map_err(|e| IoError::engine(context, e.into()))?;
+        let rej = rej.as_primitive::<UInt8Type>();
+        let hi = cast(batch.column(1), &DataType::UInt64).map_err(|e| IoError::engine(context, e.into()))?;
+        let hi = hi.as_primitive::<UInt64Type>();
+        let lo = cast(batch.column(2), &DataType::UInt64).map_err(|e| IoError::engine(context, e.into()))?;
+        let lo = lo.as_primitive::<UInt64Type>();
+        let (artist, n, rows) = (ints(batch.column(3))?, ints(batch.column(4))?, ints(batch.column(5))?);
+        for i in 0..batch.num_rows() {
+            let count = n.value(i) as u64;
+            // A play of a song with k artists is k groups' worth of
+            // `plays` but one row, counted where its artist is the song's
+            // representative (the smallest artist id).
+            rows_read += rows.value(i) as u64;
+            let code = rej.value(i);
+            if code != 0 {
+                rejected[code as usize - 1] += count;
+                continue;
+            }
+            let user = ((hi.value(i) as u128) << 64) | lo.value(i) as u128;
+            if artist.is_null(i) {
+                *unknown_by_user.entry(user).or_default() += count;
+            } else {
+                let next = user_index.len() as u32;
+                let u = *user_index.entry(user).or_insert(next);
+                triplets.push((u, artist.value(i) as u32, count as f32));
+            }
+        }
+    }
     lap("clickstream scanned, joined and aggregated (DataFusion)");
-    // The result columns, cast once per batch; ids are borrowed from them
-    // (no string is copied per pair).
-    type Columns = (StringArray, StringArray, StringArray, Int64Array, Int64Array);
-    let cols: Vec<Columns> = batches
-        .iter()
-        .map(|b| {
-            Ok((
-                strings(b.column(0))?,
-                strings(b.column(1))?,
-                strings(b.column(2))?,
-                ints(b.column(3))?,
-                ints(b.column(4))?,
-            ))
-        })
-        .collect::<Result<_>>()?;
-    drop(batches);
-    let mut unknown_by_user: HashMap<String, u64> = HashMap::new();
-    let mut user_set: std::collections::HashSet<&str> = std::collections::HashSet::new();
-    let mut artist_set: std::collections::HashSet<&str> = std::collections::HashSet::new();
     {
         let r = report.inputs.get_mut("clickstream").expect("registered");
-        for (rej, user, artist, n, rows) in &cols {
-            for i in 0..rej.len() {
-                let n = n.value(i) as u64;
-                // A play of a song with k artists is k groups' worth of
-                // `plays` but one row, counted where its artist is the
-                // song's representative (the smallest artist id).
-                r.rows += rows.value(i) as u64;
-                if rej.is_valid(i) {
-                    *r.rejected.entry(rej.value(i).to_string()).or_default() += n;
-                } else if artist.is_null(i) {
-                    *unknown_by_user.entry(user.value(i).to_string()).or_default() += n;
-                } else {
-                    user_set.insert(user.value(i));
-                    artist_set.insert(artist.value(i));
-                }
+        r.rows = rows_read;
+        for (reason, n) in Reject::ALL.iter().zip(rejected) {
+            if n > 0 {
+                r.rejected.insert(reason.code().to_string(), n);
             }
         }
     }
-    // Sorted ids give a mapping that repeats exactly.
-    let mut users: Vec<&str> = user_set.into_iter().collect();
-    users.sort_unstable();
-    let mut artists: Vec<&str> = artist_set.into_iter().collect();
-    artists.sort_unstable();
-    let user_index: HashMap<&str, u32> = users.iter().enumerate().map(|(i, u)| (*u, i as u32)).collect();
-    let artist_index: HashMap<&str, u32> = artists.iter().enumerate().map(|(i, a)| (*a, i as u32)).collect();
-    let mut triplets = Vec::new();
-    for (rej, user, artist, n, _) in &cols {
-        for i in 0..rej.len() {
-            if rej.is_null(i) && artist.is_valid(i) {
-                triplets.push((user_index[user.value(i)], artist_index[artist.value(i)], n.value(i) as f32));
-            }
+    // Renumber users and artists in id order (sorted keys are sorted
+    // lowercase ids), keeping only artists somebody played.
+    let mut keys: Vec<(u128, u32)> = user_index.iter().map(|(k, v)| (*k, *v)).collect();
+    keys.sort_unstable();
+    let mut user_remap = vec![0u32; keys.len()];
+    for (sorted, (_, provisional)) in keys.iter().enumerate() {
+        user_remap[*provisional as usize] = sorted as u32;
+    }
+    let mut artist_remap = vec![u32::MAX; all_artists.len()];
+    for t in &triplets {
+        artist_remap[t.1 as usize] = 0;
+    }
+    let mut artists: Vec<String> = Vec::new();
+    for (i, slot) in artist_remap.iter_mut().enumerate() {
+        if *slot == 0 {
+            *slot = artists.len() as u32;
+            artists.push(std::mem::take(&mut all_artists[i]));
         }
     }
-    let plays = Csr::from_triplets(users.len(), artists.len(), &triplets)?;
+    for t in triplets.iter_mut() {
+        *t = (user_remap[t.0 as usize], artist_remap[t.1 as usize], t.2);
+    }
+    drop(user_remap);
+    let plays = Csr::from_triplets(keys.len(), artists.len(), &triplets)?;
     drop(triplets);
-    let users: Vec<String> = users.into_iter().map(str::to_string).collect();
-    let artists: Vec<String> = artists.into_iter().map(str::to_string).collect();
+    let users: Vec<String> = keys.iter().map(|(k, _)| saavn::user_id(*k)).collect();
+    drop(keys);
+    let artist_index: HashMap<&str, u32> = artists.iter().enumerate().map(|(i, a)| (a.as_str(), i as u32)).collect();
     lap("pairs mapped to indices");
     report.plays_unknown_song = unknown_by_user.values().sum();
     {
         let r = &report.inputs["clickstream"];
         report.plays = r.rows - r.rejected_total();
     }
-    let known: std::collections::HashSet<&str> = users.iter().map(|s| s.as_str()).collect();
-    report.users_without_usable_plays = unknown_by_user.keys().filter(|u| !known.contains(u.as_str())).count();
+    report.users_without_usable_plays = unknown_by_user.keys().filter(|u| !user_index.contains_key(u)).count();
     report.users_seen = users.len() + report.users_without_usable_plays;
     report.user_artist_pairs = plays.nnz();
 
@@ -434,7 +583,14 @@ async fn ingest_async(paths: &InputPaths, opts: &IngestOptions) -> Result<Ingest
     // Clicks.
     let clicks = if paths.notification_clicks.is_some() {
         let mut r = InputReport::default();
-        let c = small_input(&ctx, Input::NotificationClicks, &mut r).await?;
+        // User ids as the clickstream's are written: lowercase.
+        let mut c: Vec<(String, String)> = small_input(&ctx, Input::NotificationClicks, &mut r)
+            .await?
+            .into_iter()
+            .map(|(n, u)| (n, saavn::user_key(&u).map(saavn::user_id).unwrap_or(u)))
+            .collect();
+        c.sort();
+        c.dedup();
         let entry = report.inputs.get_mut("notification_clicks").expect("registered");
         r.files = entry.files;
         *entry = r;
@@ -544,6 +700,29 @@ mod tests {
         // Clicks: the same user twice counts once; a bad date is rejected.
         assert_eq!(ing.clicks.as_ref().unwrap(), &vec![("n1".to_string(), U1.to_string())]);
         assert_eq!(r.inputs["notification_clicks"].rejected["bad_date"], 1);
+    }
+
+    #[test]
+    fn user_ids_are_keys_whatever_their_case_and_other_ids_are_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let upper = U1.to_uppercase();
+        let mut plays: Vec<String> = (0..10).map(|i| format!("{U1},{},s1,20170101", 1500000000 + i)).collect();
+        plays.push(format!("{upper},1500000100,s2,20170101"));
+        plays.push("user-1,1500000200,s1,20170101".to_string());
+        let paths = InputPaths {
+            clickstream: Some(write(d, "clickstream", &(plays.join("\n") + "\n"))),
+            metadata: Some(write(d, "metadata", "s1,a1\ns2,a2\n")),
+            notification_actor: Some(write(d, "notification_actor", "n1,a2\n")),
+            notification_clicks: Some(write(d, "notification_clicks", &format!("n1,{upper},20170102\n"))),
+        };
+        let ing = ingest(&paths, &IngestOptions { partitions: 2, max_examples: 5 }).unwrap();
+        assert_eq!(ing.users, vec![U1.to_string()]);
+        let (cols, vals) = ing.plays.row(0);
+        assert_eq!((cols, vals), (&[0u32, 1][..], &[10.0f32, 1.0][..]));
+        assert_eq!(ing.report.inputs["clickstream"].rejected["bad_user_id"], 1);
+        assert!(ing.report.inputs["clickstream"].examples[0].to_string().contains("user_id `user-1` is not 32"));
+        assert_eq!(ing.clicks.unwrap(), vec![("n1".to_string(), U1.to_string())]);
     }
 
     #[test]

@@ -9,12 +9,16 @@
 #      pipeline_spark.py; needs Java 17).
 # Prints median stage timings, the median of the run-by-run speed-ups, peak
 # RSS (/usr/bin/time -v) and the CTR of each on the same click log.
-# Usage: bench/compare.sh [users] [runs] [plays-per-user] [skip]
+# Usage: bench/compare.sh [users] [runs] [plays-per-user] [skip] [other-runs]
 #   users: 50000 (small, ~3M plays) or 500000 (medium, ~30M plays)
-#   skip: "spark" or "python" to leave one out (say so when you quote it)
+#   skip: "spark", "python" or "both" to leave them out (say so when you quote it)
+#   other-runs: runs of the Python and Spark pipelines (default: runs); the
+#     speed-ups pair run i with run i
+# Peak RSS is the summed RSS of each process tree (bench/peak_rss.sh), so the
+# JVM under pyspark is counted.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-users=${1:-50000} runs=${2:-3} ppu=${3:-60} skip=${4:-none}
+users=${1:-50000} runs=${2:-3} ppu=${3:-60} skip=${4:-none} oruns=${5:-${2:-3}}
 venv=${BENCH_VENV:-/var/tmp/cc-bench-venv}
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
@@ -25,33 +29,38 @@ target=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,s
 bin="$target/release/cohortcast"
 work=$(mktemp -d -p "${BENCH_TMP:-/var/tmp}")
 trap 'rm -rf "$work"' EXIT
-"$bin" synth --out "$work/data" --users "$users" --plays-per-user "$ppu" --seed 42 > /dev/null
+if [ -n "${COMPARE_DATA:-}" ]; then
+  ln -s "$COMPARE_DATA" "$work/data"   # data generated earlier with the same arguments
+else
+  "$bin" synth --out "$work/data" --users "$users" --plays-per-user "$ppu" --seed 42 > /dev/null
+fi
 echo "data: $(du -sh "$work/data/clickstream" | cut -f1) of clickstream CSV"
 for i in $(seq "$runs"); do
-  /usr/bin/time -v "$bin" run --data "$work/data" --out "$work/out" > /dev/null 2> "$work/ours.$i.time"
+  bench/peak_rss.sh "$work/ours.$i.rss" "$bin" run --data "$work/data" --out "$work/out" > /dev/null
   cp "$work/out/summary.json" "$work/ours.$i.json"
-  if [ "$skip" != python ]; then
-    OPENBLAS_NUM_THREADS=1 /usr/bin/time -v "$venv/bin/python" bench/pipeline_python.py "$work/data" \
-      > "$work/python.$i.json" 2> "$work/python.$i.time"
+  [ "$i" -le "$oruns" ] || continue
+  if [ "$skip" != python ] && [ "$skip" != both ]; then
+    OPENBLAS_NUM_THREADS=1 bench/peak_rss.sh "$work/python.$i.rss" "$venv/bin/python" bench/pipeline_python.py \
+      "$work/data" > "$work/python.$i.json"
   fi
-  if [ "$skip" != spark ]; then
-    TMPDIR="$work" /usr/bin/time -v "$venv/bin/python" bench/pipeline_spark.py "$work/data" 100 2 12g \
-      > "$work/spark.$i.json" 2> "$work/spark.$i.time"
+  if [ "$skip" != spark ] && [ "$skip" != both ]; then
+    TMPDIR="$work" bench/peak_rss.sh "$work/spark.$i.rss" "$venv/bin/python" bench/pipeline_spark.py "$work/data" \
+      100 2 12g > "$work/spark.$i.json" 2> "$work/spark.$i.log"
   fi
 done
-python3 - "$work" "$runs" "$skip" <<'PY'
-import json, os, re, statistics, sys
-work, runs, skip = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+python3 - "$work" "$runs" "$skip" "$oruns" <<'PY'
+import json, statistics, sys
+work, runs, skip, oruns = sys.argv[1], int(sys.argv[2]), sys.argv[3], min(int(sys.argv[4]), int(sys.argv[2]))
 def rss(path):
-    return int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", open(path).read()).group(1)) / 1024
+    return int(open(path).read()) / 1024
 def load(path):
     return json.loads(open(path).read().strip().splitlines()[-1])
 R = range(1, runs + 1)
-ours = [load(f"{work}/ours.{i}.json") for i in R]
-others = {name: [load(f"{work}/{name}.{i}.json") for i in R] for name in ["python", "spark"] if name != skip}
-cs = os.path.getsize
-print(f"{ours[0]['users']} users, {ours[0]['inputs']['plays']} plays; medians of {runs} runs (seconds); "
-      "speed-up = median over runs of (their time / ours) in the same round")
+ours = [json.load(open(f"{work}/ours.{i}.json")) for i in R]
+others = {name: [load(f"{work}/{name}.{i}.json") for i in range(1, oruns + 1)] for name in ["python", "spark"]
+          if name != skip and skip != "both"}
+print(f"{ours[0]['users']} users, {ours[0]['inputs']['plays']} plays; medians of {runs} runs of cohortcast and "
+      f"{oruns} of the others (seconds); speed-up = median over rounds of (their time / ours) in the same round")
 head = f"{'stage':<10} {'cohortcast':>11}" + "".join(f" {n:>9} {'speed-up':>9}" for n in others)
 print(head)
 for st in ["ingest", "als", "kmeans", "targeting", "total"]:
@@ -60,9 +69,9 @@ for st in ["ingest", "als", "kmeans", "targeting", "total"]:
         line += f" {statistics.median(r['timings_s'][st] for r in rs):>9.2f}"
         line += f" {statistics.median(r['timings_s'][st] / o['timings_s'][st] for r, o in zip(rs, ours)):>8.1f}x"
     print(line)
-line = f"{'peak RSS':<10} {statistics.median(rss(f'{work}/ours.{i}.time') for i in R):>9.0f}MB"
+line = f"{'peak RSS':<10} {statistics.median(rss(f'{work}/ours.{i}.rss') for i in R):>9.0f}MB"
 for n in others:
-    line += f" {statistics.median(rss(f'{work}/{n}.{i}.time') for i in R):>7.0f}MB {'':>9}"
+    line += f" {statistics.median(rss(f'{work}/{n}.{i}.rss') for i in range(1, oruns + 1)):>7.0f}MB {'':>9}"
 print(line)
 pol = {r["policy"]: r for r in ours[0]["ctr"]}
 def pct(x):

@@ -140,14 +140,16 @@ fn run_writes_every_output_and_the_default_policy_beats_the_baselines() {
 }
 
 #[test]
-fn stages_on_their_own_reproduce_the_whole_run() {
+fn stages_on_their_own_and_a_spilling_ingest_reproduce_the_whole_run() {
     let dir = tempfile::tempdir().unwrap();
     let data = synth(dir.path());
     let (whole, staged) = (dir.path().join("whole"), dir.path().join("staged"));
     let mut args = vec!["run", "--data", s(&data), "--out", s(&whole)];
     args.extend_from_slice(MODEL);
     ok(&args);
-    ok(&["ingest", "--data", s(&data), "--out", s(&staged)]);
+    // With 2 MiB for DataFusion the aggregation must spill to disk and
+    // merge: the outputs must not change.
+    ok(&["ingest", "--data", s(&data), "--out", s(&staged), "--ingest-memory-mb", "4"]);
     let mut args = vec!["train", "--out", s(&staged)];
     args.extend_from_slice(MODEL);
     ok(&args);
@@ -162,6 +164,11 @@ fn stages_on_their_own_reproduce_the_whole_run() {
     }
     let (a, b) = (summary(&whole), summary(&staged));
     assert_eq!(a["ctr"][0], b["ctr"][0]);
+    // Too little memory for any step is a clear error, not a crash.
+    let out =
+        cohortcast(&["ingest", "--data", s(&data), "--out", s(&dir.path().join("tiny")), "--ingest-memory-mb", "1"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("raise --ingest-memory-mb"));
 }
 
 #[test]

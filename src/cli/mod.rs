@@ -13,6 +13,7 @@ use cohortcast_core::als::{AlsParams, Solver};
 use cohortcast_core::confidence::Weighting;
 use cohortcast_core::kmeans::KMeansParams;
 use cohortcast_core::targeting::TargetingParams;
+use cohortcast_data::ingest::IngestOptions;
 use cohortcast_data::inputs::InputPaths;
 
 /// Behavioural cohorts for music-release notifications: learn taste from
@@ -68,9 +69,22 @@ pub struct InputArgs {
     /// expected CTR and the oracle. Default: DATA/truth when it exists.
     #[arg(long)]
     truth: Option<PathBuf>,
+    /// Memory for the ingest's join and aggregation, in MiB; beyond it they
+    /// spill sorted runs to the temporary folder. Default: a quarter of the
+    /// machine's memory, at most 8 GiB.
+    #[arg(long)]
+    ingest_memory_mb: Option<usize>,
 }
 
 impl InputArgs {
+    fn ingest_options(&self) -> IngestOptions {
+        let mut o = IngestOptions::default();
+        if let Some(mb) = self.ingest_memory_mb {
+            o.memory_limit = mb.max(1) << 20;
+        }
+        o
+    }
+
     fn paths(&self) -> Result<InputPaths> {
         let mut p = match &self.data {
             Some(d) => {
@@ -311,9 +325,11 @@ pub fn run(cli: Cli) -> Result<()> {
             let paths = a.inputs.paths()?;
             let (als, km) = (a.model.als()?, a.model.kmeans()?);
             let tp = a.targeting.params()?;
-            pipeline::run_all(&paths, a.inputs.truth_dir().as_deref(), &als, &km, &tp, a.policy, &a.out).map(|_| ())
+            let opts = a.inputs.ingest_options();
+            pipeline::run_all(&paths, &opts, a.inputs.truth_dir().as_deref(), &als, &km, &tp, a.policy, &a.out)
+                .map(|_| ())
         }
-        Command::Ingest(a) => pipeline::ingest_stage(&a.inputs.paths()?, &a.out),
+        Command::Ingest(a) => pipeline::ingest_stage(&a.inputs.paths()?, &a.inputs.ingest_options(), &a.out),
         Command::Train(a) => pipeline::train_stage(&a.out, &a.model.als()?, &a.model.kmeans()?),
         Command::Target(a) => pipeline::target_stage(&a.out, a.policy, &a.targeting.params()?),
         Command::Evaluate(a) => pipeline::evaluate_stage(&a.out, a.truth.as_deref(), &a.targeting.params()?, a.seed),

@@ -9,7 +9,7 @@ use cohortcast_core::als::{AlsModel, AlsParams};
 use cohortcast_core::ctr::{evaluate, Clicks, CtrReport};
 use cohortcast_core::kmeans::{normalize_rows, Cohorts, KMeansParams};
 use cohortcast_core::targeting::{self, Notification, PushPlan, TargetingParams};
-use cohortcast_data::files::{read_lines, read_npy_f32, write_dir_atomic, write_lines};
+use cohortcast_data::files::{read_lines, read_npy_f32_rows, write_dir_atomic, write_lines};
 use cohortcast_data::ingest::{ingest, IngestOptions, Ingested};
 use cohortcast_data::inputs::InputPaths;
 use cohortcast_data::stages::{load_ingested, load_model, save_ingested, save_model, ModelParams, StoredModel};
@@ -18,9 +18,9 @@ use super::report::{print_ingest, print_table, write_ctr_csv, write_summary, Tim
 use super::{progress, DemoArgs, PolicyArg};
 
 /// Reads and checks the inputs.
-fn read_inputs(paths: &InputPaths) -> Result<Ingested> {
+fn read_inputs(paths: &InputPaths, opts: &IngestOptions) -> Result<Ingested> {
     let pb = progress::spinner("ingest");
-    let ing = ingest(paths, &IngestOptions::default()).context("ingest failed")?;
+    let ing = ingest(paths, opts).context("ingest failed")?;
     pb.finish_and_clear();
     print_ingest(&ing.report);
     Ok(ing)
@@ -144,11 +144,33 @@ fn read_pushes(out: &Path, model: &StoredModel, notes: &[Notification]) -> Resul
     Ok(PushPlan { policy, user_push, cohort_push: None })
 }
 
-/// Aligns the generator's truth to model users × notifications (NaN where missing).
+/// Aligns the generator's truth to model users × notifications (NaN where
+/// missing), streaming the file one row at a time.
 fn load_truth(dir: &Path, model: &StoredModel, notes: &[Notification]) -> Result<Vec<f32>> {
-    let (probs, rows, cols) = read_npy_f32(&dir.join("click_probability.npy"))?;
     let users = read_lines(&dir.join("users.csv"), None)?;
     let tnotes = read_lines(&dir.join("notifications.csv"), None)?;
+    let row_of: HashMap<&str, usize> = users.iter().enumerate().map(|(i, u)| (u.as_str(), i)).collect();
+    // Truth row -> model user.
+    let mut model_row = vec![usize::MAX; users.len()];
+    for (u, id) in model.users.iter().enumerate() {
+        if let Some(&r) = row_of.get(id.as_str()) {
+            model_row[r] = u;
+        }
+    }
+    drop(row_of);
+    let ncol: Vec<Option<usize>> = notes.iter().map(|n| tnotes.iter().position(|t| *t == n.id)).collect();
+    let nn = notes.len();
+    let mut out = vec![f32::NAN; model.users.len() * nn];
+    let path = dir.join("click_probability.npy");
+    let (rows, cols) = read_npy_f32_rows(&path, |r, probs| {
+        if let Some(&u) = model_row.get(r).filter(|u| **u != usize::MAX) {
+            for (n, c) in ncol.iter().enumerate() {
+                if let Some(c) = c.filter(|c| *c < probs.len()) {
+                    out[u * nn + n] = probs[c];
+                }
+            }
+        }
+    })?;
     if users.len() != rows || tnotes.len() != cols {
         bail!(
             "{}: click_probability.npy is {rows}x{cols} but users.csv has {} and notifications.csv {} rows",
@@ -156,19 +178,6 @@ fn load_truth(dir: &Path, model: &StoredModel, notes: &[Notification]) -> Result
             users.len(),
             tnotes.len()
         );
-    }
-    let urow: HashMap<&str, usize> = users.iter().enumerate().map(|(i, u)| (u.as_str(), i)).collect();
-    let ncol: Vec<Option<usize>> = notes.iter().map(|n| tnotes.iter().position(|t| *t == n.id)).collect();
-    let nn = notes.len();
-    let mut out = vec![f32::NAN; model.users.len() * nn];
-    for (u, id) in model.users.iter().enumerate() {
-        if let Some(&r) = urow.get(id.as_str()) {
-            for (n, c) in ncol.iter().enumerate() {
-                if let Some(c) = c {
-                    out[u * nn + n] = probs[r * cols + c];
-                }
-            }
-        }
     }
     Ok(out)
 }
@@ -229,8 +238,8 @@ fn evaluate_all(
 }
 
 /// `cohortcast ingest`.
-pub fn ingest_stage(paths: &InputPaths, out: &Path) -> Result<()> {
-    let ing = read_inputs(paths)?;
+pub fn ingest_stage(paths: &InputPaths, opts: &IngestOptions, out: &Path) -> Result<()> {
+    let ing = read_inputs(paths, opts)?;
     save_ingested(&out.join("ingest"), &ing)?;
     Ok(())
 }
@@ -269,8 +278,10 @@ pub fn evaluate_stage(out: &Path, truth_dir: Option<&Path>, tp: &TargetingParams
 }
 
 /// `cohortcast run`: everything, in memory, writing every output.
+#[allow(clippy::too_many_arguments)]
 pub fn run_all(
     paths: &InputPaths,
+    opts: &IngestOptions,
     truth_dir: Option<&Path>,
     als: &AlsParams,
     km: &KMeansParams,
@@ -281,7 +292,7 @@ pub fn run_all(
     let total = Instant::now();
     let mut t = Timings::default();
     let start = Instant::now();
-    let ing = read_inputs(paths)?;
+    let ing = read_inputs(paths, opts)?;
     t.ingest = start.elapsed().as_secs_f64();
     if ing.users.len() < km.n_clusters {
         bail!(
@@ -341,7 +352,16 @@ pub fn demo(a: DemoArgs) -> Result<()> {
     let paths = InputPaths::from_data_dir(&data);
     let als = AlsParams { seed: a.seed, ..AlsParams::default() };
     let km = KMeansParams { n_clusters: a.cohorts, seed: a.seed, ..KMeansParams::default() };
-    run_all(&paths, Some(&data.join("truth")), &als, &km, &TargetingParams::default(), PolicyArg::ExpectedCtr, &a.out)?;
+    run_all(
+        &paths,
+        &IngestOptions::default(),
+        Some(&data.join("truth")),
+        &als,
+        &km,
+        &TargetingParams::default(),
+        PolicyArg::ExpectedCtr,
+        &a.out,
+    )?;
     println!("outputs in {}", a.out.display());
     Ok(())
 }

@@ -86,7 +86,11 @@ impl IoError {
 
     /// Wraps an engine error with what was being done.
     pub fn engine(context: impl Into<String>, source: datafusion::error::DataFusionError) -> Self {
-        IoError::Engine { context: context.into(), source }
+        let mut context = context.into();
+        if matches!(source.find_root(), datafusion::error::DataFusionError::ResourcesExhausted(_)) {
+            context.push_str(" (the ingest memory pool is too small for this step: raise --ingest-memory-mb)");
+        }
+        IoError::Engine { context, source }
     }
 }
 

@@ -146,21 +146,29 @@ struct Npy {
     body: Vec<u8>,
 }
 
-fn read_npy(path: &Path) -> Result<Npy> {
+/// Reads a `.npy` header from the start of `r`: (descr, shape).
+fn read_npy_header(path: &Path, r: &mut impl Read) -> Result<(String, Vec<usize>)> {
     let bad = |detail: &str| IoError::Malformed { path: path.into(), line: 0, detail: detail.into() };
-    let mut bytes = Vec::new();
-    File::open(path).and_then(|mut f| f.read_to_end(&mut bytes)).map_err(|e| IoError::io(path, e))?;
-    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
+    let mut pre = Vec::with_capacity(10);
+    r.take(10).read_to_end(&mut pre).map_err(|e| IoError::io(path, e))?;
+    if !pre.starts_with(b"\x93NUMPY") {
         return Err(bad("not a .npy file (bad magic)"));
     }
-    let (hlen, start) = match bytes[6] {
-        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        2 | 3 if bytes.len() >= 12 => (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12),
+    if pre.len() < 10 {
+        return Err(bad("not a .npy file (too short)"));
+    }
+    let hlen = match pre[6] {
+        1 => u16::from_le_bytes([pre[8], pre[9]]) as usize,
+        2 | 3 => {
+            let mut more = [0u8; 2];
+            r.read_exact(&mut more).map_err(|_| bad("truncated header"))?;
+            u32::from_le_bytes([pre[8], pre[9], more[0], more[1]]) as usize
+        }
         _ => return Err(bad("unsupported .npy version")),
     };
-    let header = std::str::from_utf8(bytes.get(start..start + hlen).ok_or_else(|| bad("truncated header"))?)
-        .map_err(|_| bad("header is not text"))?
-        .to_string();
+    let mut header = vec![0u8; hlen];
+    r.read_exact(&mut header).map_err(|_| bad("truncated header"))?;
+    let header = String::from_utf8(header).map_err(|_| bad("header is not text"))?;
     let field = |key: &str| -> Option<String> {
         let at = header.find(&format!("'{key}'"))? + key.len() + 2;
         let rest = header[at..].trim_start().strip_prefix(':')?.trim_start();
@@ -179,8 +187,45 @@ fn read_npy(path: &Path) -> Result<Npy> {
         .filter(|s| !s.is_empty())
         .map(|s| s.parse().map_err(|_| bad("bad shape")))
         .collect::<Result<_>>()?;
-    let body = bytes.split_off(start + hlen);
+    Ok((descr, shape))
+}
+
+fn read_npy(path: &Path) -> Result<Npy> {
+    let mut f = std::io::BufReader::new(File::open(path).map_err(|e| IoError::io(path, e))?);
+    let (descr, shape) = read_npy_header(path, &mut f)?;
+    let mut body = Vec::new();
+    f.read_to_end(&mut body).map_err(|e| IoError::io(path, e))?;
     Ok(Npy { descr, shape, body })
+}
+
+/// Streams a 2-D `<f4` `.npy` one row at a time (`each(row, values)`),
+/// holding one row in memory; returns (rows, cols). For matrices too big to
+/// hold twice (the generator's truth at millions of users).
+pub fn read_npy_f32_rows(path: &Path, mut each: impl FnMut(usize, &[f32])) -> Result<(usize, usize)> {
+    let mut f = std::io::BufReader::with_capacity(1 << 20, File::open(path).map_err(|e| IoError::io(path, e))?);
+    let (descr, shape) = read_npy_header(path, &mut f)?;
+    if descr != "<f4" || shape.len() != 2 {
+        return Err(IoError::Malformed {
+            path: path.into(),
+            line: 0,
+            detail: format!("expected a 2-D <f4 matrix, found {descr} with shape {shape:?}"),
+        });
+    }
+    let (rows, cols) = (shape[0], shape[1]);
+    let mut raw = vec![0u8; cols * 4];
+    let mut row = vec![0f32; cols];
+    for r in 0..rows {
+        f.read_exact(&mut raw).map_err(|e| IoError::Malformed {
+            path: path.into(),
+            line: 0,
+            detail: format!("ends inside row {r} of shape ({rows}, {cols}): {e}"),
+        })?;
+        for (v, b) in row.iter_mut().zip(raw.chunks_exact(4)) {
+            *v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        }
+        each(r, &row);
+    }
+    Ok((rows, cols))
 }
 
 /// Reads a 2-D `<f4` `.npy`; returns values, rows, cols.
@@ -276,7 +321,12 @@ mod tests {
         write_npy_f32(&p, &data, 3, 4).unwrap();
         let bytes = std::fs::read(&p).unwrap();
         assert_eq!((bytes.len() - 48) % 64, 0, "header padded to a multiple of 64 bytes");
-        assert_eq!(read_npy_f32(&p).unwrap(), (data, 3, 4));
+        assert_eq!(read_npy_f32(&p).unwrap(), (data.clone(), 3, 4));
+        let mut rows = Vec::new();
+        assert_eq!(read_npy_f32_rows(&p, |r, v| rows.push((r, v.to_vec()))).unwrap(), (3, 4));
+        assert_eq!(rows, (0..3).map(|r| (r, data[r * 4..r * 4 + 4].to_vec())).collect::<Vec<_>>());
+        std::fs::write(&p, &bytes[..bytes.len() - 2]).unwrap();
+        assert!(read_npy_f32_rows(&p, |_, _| {}).unwrap_err().to_string().contains("ends inside row 2"));
         let q = dir.path().join("l.npy");
         write_npy_u32(&q, &[3, 1, 4]).unwrap();
         assert_eq!(read_npy_u32(&q).unwrap(), vec![3, 1, 4]);

@@ -33,6 +33,8 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Fields, Schema, UInt64Type, UInt8Type};
+use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::{create_udf, ColumnarValue, Volatility};
 use datafusion::prelude::{CsvReadOptions, ParquetReadOptions, SessionConfig, SessionContext};
 use futures::StreamExt;
@@ -136,6 +138,19 @@ pub struct IngestOptions {
     pub partitions: usize,
     /// Example rejected rows to show per input. Default 5.
     pub max_examples: usize,
+    /// Bytes DataFusion's operators may hold; beyond it the aggregation
+    /// spills sorted runs to the temporary folder and merges them. Default:
+    /// a quarter of the machine's memory, at most 8 GiB.
+    pub memory_limit: usize,
+}
+
+/// A quarter of the machine's memory (Linux `/proc/meminfo`), at most 8 GiB;
+/// 2 GiB where it cannot be read.
+fn default_memory_limit() -> usize {
+    let total_kb = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| m.lines().find(|l| l.starts_with("MemTotal:"))?.split_whitespace().nth(1)?.parse::<usize>().ok());
+    total_kb.map(|kb| (kb << 10) / 4).unwrap_or(2 << 30).min(8 << 30)
 }
 
 impl Default for IngestOptions {
@@ -143,6 +158,7 @@ impl Default for IngestOptions {
         IngestOptions {
             partitions: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
             max_examples: 5,
+            memory_limit: default_memory_limit(),
         }
     }
 }
@@ -268,16 +284,31 @@ fn song_key_udf() -> datafusion::logical_expr::ScalarUDF {
     create_udf("cc_song_key", vec![DataType::Utf8], DataType::UInt64, Volatility::Immutable, Arc::new(fun))
 }
 
-/// A session with the UDFs registered.
-pub fn session(partitions: usize) -> SessionContext {
-    let config = SessionConfig::new().with_target_partitions(partitions.max(1)).with_batch_size(16 * 1024);
-    let ctx = SessionContext::new_with_config(config);
+/// A session with the UDFs registered, its operators held to
+/// `memory_limit` bytes (they spill beyond it).
+pub fn session(partitions: usize, memory_limit: usize) -> Result<SessionContext> {
+    // DATAFUSION_* environment variables tune the engine (as in every
+    // DataFusion program); the partitions and batch size are set here.
+    let config = SessionConfig::from_env()
+        .map_err(|e| IoError::engine("reading DATAFUSION_* settings", e))?
+        .with_target_partitions(partitions.max(1))
+        .with_batch_size(16 * 1024);
+    // What a sort or aggregation keeps back for merging its spills: at most
+    // an eighth of the pool, so a small pool still spills instead of failing.
+    let mut config = config;
+    let reserve = &mut config.options_mut().execution.sort_spill_reservation_bytes;
+    *reserve = (*reserve).min(memory_limit / 8);
+    let runtime = RuntimeEnvBuilder::new()
+        .with_memory_pool(Arc::new(FairSpillPool::new(memory_limit)))
+        .build_arc()
+        .map_err(|e| IoError::engine("starting the ingest engine", e))?;
+    let ctx = SessionContext::new_with_config_rt(config, runtime);
     for input in Input::ALL {
         ctx.register_udf(reject_udf(input));
     }
     ctx.register_udf(play_udf());
     ctx.register_udf(song_key_udf());
-    ctx
+    Ok(ctx)
 }
 
 fn parquet_columns(input: Input) -> &'static [&'static str] {
@@ -401,7 +432,7 @@ async fn ingest_async(paths: &InputPaths, opts: &IngestOptions) -> Result<Ingest
     let clock = std::time::Instant::now();
     let lap = |what: &str| tracing::info!(seconds = clock.elapsed().as_secs_f64(), "ingest: {what}");
     let all = resolve_all(paths)?;
-    let ctx = session(opts.partitions);
+    let ctx = session(opts.partitions, opts.memory_limit)?;
     let mut report = IngestReport::default();
     for files in &all {
         register_lines(&ctx, files).await?;
@@ -658,7 +689,7 @@ mod tests {
                 format!("n1,{U1},20170715\nn1,{U1},20170716\nn2,{U2},x\n").as_str(),
             )),
         };
-        let ing = ingest(&paths, &IngestOptions { partitions: 2, max_examples: 10 }).unwrap();
+        let ing = ingest(&paths, &IngestOptions { partitions: 2, max_examples: 10, ..Default::default() }).unwrap();
         let r = &ing.report;
         let cs = &r.inputs["clickstream"];
         assert_eq!(cs.rows, 19);
@@ -716,7 +747,7 @@ mod tests {
             notification_actor: Some(write(d, "notification_actor", "n1,a2\n")),
             notification_clicks: Some(write(d, "notification_clicks", &format!("n1,{upper},20170102\n"))),
         };
-        let ing = ingest(&paths, &IngestOptions { partitions: 2, max_examples: 5 }).unwrap();
+        let ing = ingest(&paths, &IngestOptions { partitions: 2, max_examples: 5, ..Default::default() }).unwrap();
         assert_eq!(ing.users, vec![U1.to_string()]);
         let (cols, vals) = ing.plays.row(0);
         assert_eq!((cols, vals), (&[0u32, 1][..], &[10.0f32, 1.0][..]));

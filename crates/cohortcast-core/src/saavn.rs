@@ -146,11 +146,6 @@ fn is_date(s: &str) -> bool {
     s.len() == 8 && s.bytes().all(|b| b.is_ascii_digit())
 }
 
-fn is_timestamp(s: &str) -> bool {
-    let digits = s.strip_prefix('-').unwrap_or(s);
-    !digits.is_empty() && digits.len() <= 18 && digits.bytes().all(|b| b.is_ascii_digit())
-}
-
 /// Trims a trailing carriage return (files written on Windows).
 pub fn trim_eol(line: &str) -> &str {
     line.strip_suffix('\r').unwrap_or(line)
@@ -172,20 +167,60 @@ pub struct Play<'a> {
 /// 16 bytes, hashed and compared as two integers. [`user_id`] writes it back
 /// in lowercase.
 pub fn user_key(id: &str) -> Option<u128> {
-    if id.len() != 32 {
+    let b = id.as_bytes();
+    if b.len() != 32 {
         return None;
     }
-    let mut k = 0u128;
-    for b in id.bytes() {
-        let d = match b {
-            b'0'..=b'9' => b - b'0',
-            b'a'..=b'f' => b - b'a' + 10,
-            b'A'..=b'F' => b - b'A' + 10,
-            _ => return None,
-        };
-        k = (k << 4) | d as u128;
+    Some(((hex16(&b[..16])? as u128) << 64) | hex16(&b[16..])? as u128)
+}
+
+/// Hex digit values; 0xFF for bytes that are not one.
+const HEX: [u8; 256] = {
+    let mut t = [0xFFu8; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
     }
-    Some(k)
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        t[b'A' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
+
+/// 16 hex digits as a number (one table lookup a digit, invalid digits
+/// collected in one OR).
+fn hex16(b: &[u8]) -> Option<u64> {
+    let (mut v, mut bad) = (0u64, 0u8);
+    for &c in b {
+        let d = HEX[c as usize];
+        bad |= d;
+        v = (v << 4) | (d & 0x0F) as u64;
+    }
+    (bad & 0xF0 == 0).then_some(v)
+}
+
+/// A `timestamp` field: an optional `-` and 1 to 18 digits.
+fn parse_timestamp(s: &str) -> Option<i64> {
+    let (neg, digits) = match s.as_bytes() {
+        [b'-', rest @ ..] => (true, rest),
+        all => (false, all),
+    };
+    if digits.is_empty() || digits.len() > 18 {
+        return None;
+    }
+    let mut v = 0i64;
+    for &c in digits {
+        let d = c.wrapping_sub(b'0');
+        if d > 9 {
+            return None;
+        }
+        v = v * 10 + d as i64;
+    }
+    Some(if neg { -v } else { v })
 }
 
 /// A 64-bit hash of a song id, the same on every machine and in every
@@ -258,13 +293,10 @@ pub fn parse_play(line: &str) -> Result<Play<'_>, Reject> {
     if song.is_empty() {
         return Err(Reject::EmptySongId);
     }
-    if !is_timestamp(ts) {
-        return Err(Reject::BadTimestamp);
-    }
+    let timestamp = parse_timestamp(ts).ok_or(Reject::BadTimestamp)?;
     if !is_date(date) {
         return Err(Reject::BadDate);
     }
-    let timestamp = ts.parse().map_err(|_| Reject::BadTimestamp)?;
     Ok(Play { user, timestamp, song })
 }
 
@@ -337,6 +369,18 @@ mod tests {
         assert_eq!(Input::Clickstream.check(&format!("{u},1500000000,,20170101")), Err(Reject::EmptySongId));
         assert_eq!(Input::Clickstream.check(&format!("{u},notatime,s1,20170101")), Err(Reject::BadTimestamp));
         assert_eq!(Input::Clickstream.check(&format!("{u},,s1,20170101")), Err(Reject::BadTimestamp));
+        assert_eq!(Input::Clickstream.check(&format!("{u},-,s1,20170101")), Err(Reject::BadTimestamp));
+        assert_eq!(Input::Clickstream.check(&format!("{u},12a,s1,20170101")), Err(Reject::BadTimestamp));
+        assert_eq!(
+            Input::Clickstream.check(&format!("{u},1234567890123456789,s1,20170101")),
+            Err(Reject::BadTimestamp)
+        );
+        assert_eq!(parse_play(&format!("{u},-5,s1,20170101")).map(|p| p.timestamp), Ok(-5));
+        assert_eq!(
+            parse_play(&format!("{u},123456789012345678,s1,20170101")).map(|p| p.timestamp),
+            Ok(123456789012345678)
+        );
+        assert_eq!(Input::Clickstream.check(&format!("{u},1,s1,2017010a")), Err(Reject::BadDate));
         assert_eq!(Input::Clickstream.check(&format!("{u},15,s1,2017-01-01")), Err(Reject::BadDate));
         assert_eq!(Input::Clickstream.check(""), Err(Reject::WrongFieldCount));
     }

@@ -457,7 +457,8 @@ unsafe fn cg_avx2_f64(
     for v in r.iter_mut() {
         *v = std::arch::x86_64::_mm256_sub_ps(std::arch::x86_64::_mm256_setzero_ps(), *v);
     }
-    for (&i, &c) in idx.iter().zip(conf) {
+    for (j, (&i, &c)) in idx.iter().zip(conf).enumerate() {
+        crate::simd::prefetch_row64(y, idx, j + crate::simd::AHEAD);
         let yi = &y[i as usize * F..(i as usize + 1) * F];
         let t = c - (c - 1.0) * k::dot_mem(yi, &xr);
         k::axpy_mem(t, yi, &mut r);
@@ -471,7 +472,8 @@ unsafe fn cg_avx2_f64(
     for _ in 0..steps {
         k::store(&p, pmem);
         let mut ap = k::symv(ytyr, pmem);
-        for (&i, &c) in idx.iter().zip(conf) {
+        for (j, (&i, &c)) in idx.iter().zip(conf).enumerate() {
+            crate::simd::prefetch_row64(y, idx, j + crate::simd::AHEAD);
             let yi = &y[i as usize * F..(i as usize + 1) * F];
             k::axpy_mem((c - 1.0) * k::dot_mem(yi, &p), yi, &mut ap);
         }

@@ -224,6 +224,34 @@ pub mod avx2_f64 {
     }
 }
 
+/// Rows ahead to prefetch in the CG passes: the item (or user) rows a pass
+/// visits are scattered, so the loads of the next few are started while
+/// this one is used. On the 100k × 20k benchmark (median of 3 interleaved
+/// runs, s an iteration): no prefetch 0.383, 6 rows ahead 0.290; 3, 6, 12
+/// and 20 rows ahead in later rounds ranked 12 first by about 10%.
+#[cfg(target_arch = "x86_64")]
+pub(crate) const AHEAD: usize = 12;
+
+/// Prefetches the four cache lines of 64-float row `idx[j]` of `y`, if `j`
+/// is in range. A hint only: no memory is read.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+pub(crate) fn prefetch_row64(y: &[f32], idx: &[u32], j: usize) {
+    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+    if let Some(&i) = idx.get(j) {
+        let at = i as usize * 64;
+        if at + 64 <= y.len() {
+            // SAFETY: the four addresses are inside `y`; a prefetch never faults.
+            unsafe {
+                let p = y.as_ptr().add(at);
+                for line in 0..4 {
+                    _mm_prefetch::<_MM_HINT_T0>(p.add(16 * line) as *const i8);
+                }
+            }
+        }
+    }
+}
+
 /// The `f = 64` CG row solve with AVX-512: a factor row is four 16-lane
 /// registers, so `p`, `Ap`, `r`, `x` and the item row all fit in the 32
 /// registers with no spills.
@@ -279,6 +307,8 @@ pub mod avx512_f64 {
         acc
     }
 
+    use super::{prefetch_row64 as prefetch_row, AHEAD};
+
     /// `steps` conjugate-gradient steps on
     /// `(YᵀY + λI + Σ_i (c_i − 1) y_i y_iᵀ) x = Σ_i c_i y_i` for `f = 64`,
     /// from the current `x`; `ytyr` is `YᵀY + λI`, `scratch` at least 64 floats.
@@ -307,7 +337,8 @@ pub mod avx512_f64 {
             _mm512_sub_ps(zero, ax[2]),
             _mm512_sub_ps(zero, ax[3]),
         ];
-        for (&i, &c) in idx.iter().zip(conf) {
+        for (j, (&i, &c)) in idx.iter().zip(conf).enumerate() {
+            prefetch_row(y, idx, j + AHEAD);
             let yi = load(&y[i as usize * F..(i as usize + 1) * F]);
             axpy(c - (c - 1.0) * dot(&yi, &xr), &yi, &mut r);
         }
@@ -319,7 +350,8 @@ pub mod avx512_f64 {
         for _ in 0..steps {
             store(&p, pmem);
             let mut ap = symv(ytyr, pmem);
-            for (&i, &c) in idx.iter().zip(conf) {
+            for (j, (&i, &c)) in idx.iter().zip(conf).enumerate() {
+                prefetch_row(y, idx, j + AHEAD);
                 let yi = load(&y[i as usize * F..(i as usize + 1) * F]);
                 axpy((c - 1.0) * dot(&yi, &p), &yi, &mut ap);
             }

@@ -245,6 +245,12 @@ pub fn song_key(song: &str) -> u64 {
         w[..rest.len()].copy_from_slice(rest);
         h = (h ^ u64::from_le_bytes(w).wrapping_mul(K)).rotate_left(29).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     }
+    mix64(h)
+}
+
+/// MurmurHash3's 64-bit finaliser (Appleby 2011): every input bit flips
+/// each output bit with probability about one half.
+pub fn mix64(mut h: u64) -> u64 {
     h ^= h >> 33;
     h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
     h ^= h >> 33;

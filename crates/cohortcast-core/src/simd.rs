@@ -257,6 +257,7 @@ pub(crate) fn prefetch_row64(y: &[f32], idx: &[u32], j: usize) {
 /// registers with no spills.
 #[cfg(target_arch = "x86_64")]
 pub mod avx512_f64 {
+    use super::{prefetch_row64 as prefetch_row, AHEAD};
     use std::arch::x86_64::*;
 
     type Row = [__m512; 4];
@@ -306,8 +307,6 @@ pub mod avx512_f64 {
         }
         acc
     }
-
-    use super::{prefetch_row64 as prefetch_row, AHEAD};
 
     /// `steps` conjugate-gradient steps on
     /// `(YᵀY + λI + Σ_i (c_i − 1) y_i y_iᵀ) x = Σ_i c_i y_i` for `f = 64`,

@@ -400,17 +400,14 @@ async fn small_input(ctx: &SessionContext, input: Input, report: &mut InputRepor
 }
 
 /// Hashes a 128-bit user key for the client's maps: the two halves mixed by
-/// one multiply and the MurmurHash3 finaliser (keys are ids, not attacker
-/// input, and SipHash was a visible share of the client's time).
+/// one multiply and [`saavn::mix64`] (keys are ids, not attacker input, and
+/// SipHash was a visible share of the client's time).
 #[derive(Default)]
 struct KeyHasher(u64);
 
 impl std::hash::Hasher for KeyHasher {
     fn finish(&self) -> u64 {
-        let mut h = self.0;
-        h ^= h >> 33;
-        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-        h ^ (h >> 33)
+        saavn::mix64(self.0)
     }
     fn write(&mut self, bytes: &[u8]) {
         for &b in bytes {
@@ -497,7 +494,9 @@ async fn ingest_async(paths: &InputPaths, opts: &IngestOptions) -> Result<Ingest
                CAST(dense_rank() OVER (ORDER BY artist_id) - 1 AS BIGINT) AS artist, \
                artist_id = min(artist_id) OVER (PARTITION BY song_id) AS rep \
         FROM pairs";
+    // Materialised once: the key check, the artist list and the join all read it.
     let songs = ctx.sql(artists_sql).await.map_err(|e| IoError::engine("metadata: numbering artists", e))?;
+    let songs = songs.cache().await.map_err(|e| IoError::engine("metadata: numbering artists", e))?;
     ctx.register_table("songs", songs.into_view()).map_err(|e| IoError::engine("metadata: numbering artists", e))?;
     let keys_sql = "SELECT count(DISTINCT song_id), count(DISTINCT song_key) FROM songs";
     for batch in collect(&ctx, keys_sql, "metadata: song keys").await? {

@@ -147,9 +147,10 @@ fn stages_on_their_own_and_a_spilling_ingest_reproduce_the_whole_run() {
     let mut args = vec!["run", "--data", s(&data), "--out", s(&whole)];
     args.extend_from_slice(MODEL);
     ok(&args);
-    // With 2 MiB for DataFusion the aggregation must spill to disk and
-    // merge: the outputs must not change.
-    ok(&["ingest", "--data", s(&data), "--out", s(&staged), "--ingest-memory-mb", "4"]);
+    // With 4 MiB for DataFusion the aggregation must spill to disk and
+    // merge: the outputs must not change. The pool leaves room for one
+    // partition of its minimum share, whatever the machine's cores.
+    ok(&["ingest", "--data", s(&data), "--out", s(&staged), "--ingest-memory-mb", "4", "--ingest-partitions", "8"]);
     let mut args = vec!["train", "--out", s(&staged)];
     args.extend_from_slice(MODEL);
     ok(&args);
@@ -164,6 +165,10 @@ fn stages_on_their_own_and_a_spilling_ingest_reproduce_the_whole_run() {
     }
     let (a, b) = (summary(&whole), summary(&staged));
     assert_eq!(a["ctr"][0], b["ctr"][0]);
+    let (ea, eb) = (&a["inputs"]["engine"], &b["inputs"]["engine"]);
+    assert_eq!(ea["spill_files"], 0, "the default pool holds the small data in memory: {ea}");
+    assert!(eb["spill_files"].as_u64().unwrap() > 0 && eb["spilled_bytes"].as_u64().unwrap() > 0, "{eb}");
+    assert_eq!(eb["partitions"], 1, "4 MiB is room for one partition: {eb}");
     // Too little memory for any step is a clear error, not a crash.
     let out =
         cohortcast(&["ingest", "--data", s(&data), "--out", s(&dir.path().join("tiny")), "--ingest-memory-mb", "1"]);

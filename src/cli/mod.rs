@@ -74,6 +74,11 @@ pub struct InputArgs {
     /// machine's memory, at most 8 GiB.
     #[arg(long)]
     ingest_memory_mb: Option<usize>,
+    /// Parallel partitions (and threads) for the ingest. Default: the
+    /// machine's cores. Each partition's join and aggregation takes its
+    /// share of --ingest-memory-mb, so more partitions need more memory.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    ingest_partitions: Option<u16>,
 }
 
 impl InputArgs {
@@ -81,6 +86,9 @@ impl InputArgs {
         let mut o = IngestOptions::default();
         if let Some(mb) = self.ingest_memory_mb {
             o.memory_limit = mb.max(1) << 20;
+        }
+        if let Some(n) = self.ingest_partitions {
+            o.partitions = n as usize;
         }
         o
     }

@@ -42,6 +42,17 @@ pub fn print_ingest(r: &IngestReport) {
     if r.users_without_usable_plays > 0 {
         eprintln!("{} users have no usable plays (only unknown songs) and get no cohort", r.users_without_usable_plays);
     }
+    let e = &r.engine;
+    if e.spill_files > 0 {
+        eprintln!(
+            "ingest: {:.1} MB spilled to disk in {} files with a {} MiB memory pool over {} partitions \
+             (a larger --ingest-memory-mb keeps it in memory)",
+            e.spilled_bytes as f64 / 1e6,
+            e.spill_files,
+            e.memory_limit >> 20,
+            e.partitions
+        );
+    }
 }
 
 fn pct(v: f64) -> String {

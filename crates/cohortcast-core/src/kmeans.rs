@@ -290,9 +290,67 @@ struct Pass {
     changed: usize,
 }
 
+/// How the assignment finds each row's nearest centroid.
+enum Nearest<'a> {
+    /// A block's cross products by SGEMM, then a scan per row.
+    Portable { centroids: &'a [f32], norms: &'a [f32], dim: usize },
+    /// The AVX-512 micro-kernel ([`crate::simd::avx512_nearest`]).
+    #[cfg(target_arch = "x86_64")]
+    Avx512(crate::simd::avx512_nearest::Panel),
+}
+
+impl<'a> Nearest<'a> {
+    fn new(centroids: &'a [f32], norms: &'a [f32], dim: usize, allow_simd: bool) -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if allow_simd && crate::simd::has_avx512() {
+            return Nearest::Avx512(crate::simd::avx512_nearest::Panel::new(centroids, norms, dim));
+        }
+        let _ = allow_simd;
+        Nearest::Portable { centroids, norms, dim }
+    }
+
+    /// `(‖c‖² − 2 x·c, c)` of the nearest centroid `c` of each row of `xb`;
+    /// ties go to the lowest index.
+    fn block(&self, xb: &[f32], out: &mut [(f32, u32)]) {
+        match self {
+            Nearest::Portable { centroids, norms, dim } => {
+                let (rows, k) = (xb.len() / dim, norms.len());
+                let cross = matmul_t(xb, centroids, rows, *dim, k);
+                for (o, row) in out.iter_mut().zip(cross.chunks(k)) {
+                    let mut best = (f32::INFINITY, 0u32);
+                    for (j, (&cr, &n)) in row.iter().zip(norms.iter()).enumerate() {
+                        let d = n - 2.0 * cr;
+                        if d < best.0 {
+                            best = (d, j as u32);
+                        }
+                    }
+                    *o = best;
+                }
+            }
+            // SAFETY: the panel is built only when the CPU has AVX-512F, and
+            // `out` has a place for every row of `xb`.
+            #[cfg(target_arch = "x86_64")]
+            Nearest::Avx512(panel) => unsafe { crate::simd::avx512_nearest::nearest(xb, panel, out) },
+        }
+    }
+}
+
 fn assign(x: &[f32], norms: &[f32], dim: usize, centroids: &[f32], labels: &mut [u32], dists: &mut [f32]) -> Pass {
+    assign_with(x, norms, dim, centroids, labels, dists, true)
+}
+
+fn assign_with(
+    x: &[f32],
+    norms: &[f32],
+    dim: usize,
+    centroids: &[f32],
+    labels: &mut [u32],
+    dists: &mut [f32],
+    allow_simd: bool,
+) -> Pass {
     let k = centroids.len() / dim;
     let cn: Vec<f32> = centroids.chunks(dim).map(|r| dot(r, r)).collect();
+    let nearest = Nearest::new(centroids, &cn, dim, allow_simd);
     let per = part_rows(norms.len(), MAX_PARTS, BLOCK);
     // Fixed parts, reduced in order: the centroids repeat bit for bit.
     let parts: Vec<Pass> = labels
@@ -304,28 +362,21 @@ fn assign(x: &[f32], norms: &[f32], dim: usize, centroids: &[f32], labels: &mut 
             let mut acc = Pass { sums: vec![0f64; k * dim], counts: vec![0; k], inertia: 0.0, changed: 0 };
             // Sums of a block in f32 (at most BLOCK rows), folded into f64.
             let mut bsums = vec![0f32; k * dim];
+            let mut near = vec![(0f32, 0u32); BLOCK];
             for (b, xb) in xp.chunks(BLOCK * dim).enumerate() {
                 let rows = xb.len() / dim;
-                let cross = matmul_t(xb, centroids, rows, dim, k);
-                for r in 0..rows {
-                    let i = b * BLOCK + r;
-                    let row = &cross[r * k..(r + 1) * k];
-                    let mut best = (f32::INFINITY, 0usize);
-                    for (j, &cr) in row.iter().enumerate() {
-                        let d = cn[j] - 2.0 * cr;
-                        if d < best.0 {
-                            best = (d, j);
-                        }
-                    }
-                    let d = (best.0 + norms[p * per + i]).max(0.0);
-                    if lab[i] != best.1 as u32 {
+                nearest.block(xb, &mut near[..rows]);
+                for (r, &(bd, bj)) in near[..rows].iter().enumerate() {
+                    let (i, j) = (b * BLOCK + r, bj as usize);
+                    let d = (bd + norms[p * per + i]).max(0.0);
+                    if lab[i] != bj {
                         acc.changed += 1;
-                        lab[i] = best.1 as u32;
+                        lab[i] = bj;
                     }
                     dis[i] = d;
                     acc.inertia += d as f64;
-                    acc.counts[best.1] += 1;
-                    let s = &mut bsums[best.1 * dim..(best.1 + 1) * dim];
+                    acc.counts[j] += 1;
+                    let s = &mut bsums[j * dim..(j + 1) * dim];
                     for (a, v) in s.iter_mut().zip(&xb[r * dim..(r + 1) * dim]) {
                         *a += *v;
                     }
@@ -401,6 +452,51 @@ mod tests {
             truth.push(c);
         }
         (x, truth)
+    }
+
+    #[test]
+    fn the_simd_assignment_agrees_with_the_portable_one() {
+        if !crate::simd::has_avx512() {
+            return; // Nothing to compare on this CPU: only the portable path runs.
+        }
+        let mut rng = Rng::new(11);
+        for (n, dim, k) in [(1, 3, 1), (7, 16, 5), (1027, 64, 20), (2051, 64, 33), (999, 65, 100), (3001, 32, 300)] {
+            let x: Vec<f32> = (0..n * dim).map(|_| rng.normal() as f32).collect();
+            let mut c: Vec<f32> = x[..k.min(n) * dim].to_vec();
+            c.extend((0..(k - k.min(n)) * dim).map(|_| rng.normal() as f32));
+            // A duplicated centroid: the lower index must win the tie.
+            if k > 2 {
+                let (a, b) = c.split_at_mut(dim);
+                b[dim..2 * dim].copy_from_slice(a);
+            }
+            let norms: Vec<f32> = x.chunks(dim).map(|r| dot(r, r)).collect();
+            let run = |simd: bool| {
+                let (mut lab, mut dis) = (vec![u32::MAX; n], vec![0f32; n]);
+                let pass = assign_with(&x, &norms, dim, &c, &mut lab, &mut dis, simd);
+                (lab, dis, pass)
+            };
+            let ((la, da, pa), (lb, db, pb)) = (run(false), run(true));
+            for i in 0..n {
+                if la[i] != lb[i] {
+                    // Only a near tie may go either way under another summation order.
+                    let (ja, jb) = (la[i] as usize, lb[i] as usize);
+                    let d = |j: usize| -> f64 {
+                        x[i * dim..(i + 1) * dim]
+                            .iter()
+                            .zip(&c[j * dim..(j + 1) * dim])
+                            .map(|(a, b)| ((a - b) as f64).powi(2))
+                            .sum()
+                    };
+                    assert!((d(ja) - d(jb)).abs() < 1e-4 * (1.0 + d(ja)), "n {n} k {k} row {i}: {ja} vs {jb}");
+                }
+                assert!((da[i] - db[i]).abs() <= 1e-4 * (1.0 + da[i]), "n {n} k {k} row {i}: {} vs {}", da[i], db[i]);
+                if k > 2 {
+                    assert_ne!(lb[i], 2, "the duplicate of centroid 0 is never chosen");
+                }
+            }
+            assert!((pa.inertia - pb.inertia).abs() <= 1e-4 * (1.0 + pa.inertia));
+            assert_eq!(pb.counts.iter().sum::<usize>(), n);
+        }
     }
 
     #[test]

@@ -374,6 +374,119 @@ pub mod avx512_f64 {
     }
 }
 
+/// The k-means assignment with AVX-512: each row's nearest centroid by
+/// `‖c‖² − 2 x·c` (the row's own norm is the same for every centroid).
+///
+/// A register-blocked micro-kernel in the manner of BLIS (Van Zee & van de
+/// Geijn 2015): [`Panel`] holds the centroids transposed, 32 to a block, so
+/// a tile of `MR` rows × 32 centroids accumulates in `2·MR` registers with
+/// one broadcast of `x[r][d]` and two centroid loads per `d`, and the
+/// distances never leave the registers: each block's are compared
+/// lane-wise with the best so far, and one reduction per row ends the
+/// search. Ties go to the lowest centroid index, as in the portable path.
+#[cfg(target_arch = "x86_64")]
+pub mod avx512_nearest {
+    use std::arch::x86_64::*;
+
+    /// Centroids per block (two 16-lane registers).
+    const NB: usize = 32;
+    /// Rows per tile: `2·MR` accumulators, `2·MR` best values and indices
+    /// and two centroid registers stay within the 32 registers.
+    const MR: usize = 4;
+
+    /// The centroids transposed (`dim × kp`, `kp` a multiple of 32) with
+    /// their squared norms; padding columns are zero with norm +∞, so they
+    /// are never nearest.
+    #[derive(Debug, Clone)]
+    pub struct Panel {
+        dim: usize,
+        kp: usize,
+        ct: Vec<f32>,
+        cn: Vec<f32>,
+    }
+
+    impl Panel {
+        /// From row-major `k × dim` centroids and their squared norms.
+        pub fn new(centroids: &[f32], norms: &[f32], dim: usize) -> Panel {
+            let k = norms.len();
+            let kp = k.div_ceil(NB) * NB;
+            let mut ct = vec![0f32; dim * kp];
+            for (j, c) in centroids.chunks(dim).enumerate() {
+                for (d, v) in c.iter().enumerate() {
+                    ct[d * kp + j] = *v;
+                }
+            }
+            let mut cn = vec![f32::INFINITY; kp];
+            cn[..k].copy_from_slice(norms);
+            Panel { dim, kp, ct, cn }
+        }
+    }
+
+    /// For each row of `x` (row-major, `panel`'s dim), the least
+    /// `‖c‖² − 2 x·c` over the centroids and the centroid's index.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F; `out` holds one entry per row of `x`.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn nearest(x: &[f32], panel: &Panel, out: &mut [(f32, u32)]) {
+        let dim = panel.dim;
+        let rows = x.len() / dim;
+        debug_assert!(out.len() >= rows);
+        let full = rows / MR * MR;
+        for t in (0..full).step_by(MR) {
+            tile::<MR>(&x[t * dim..(t + MR) * dim], panel, &mut out[t..t + MR]);
+        }
+        for t in full..rows {
+            tile::<1>(&x[t * dim..(t + 1) * dim], panel, &mut out[t..t + 1]);
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn tile<const R: usize>(x: &[f32], panel: &Panel, out: &mut [(f32, u32)]) {
+        let (dim, kp) = (panel.dim, panel.kp);
+        let (xp, ct, cn) = (x.as_ptr(), panel.ct.as_ptr(), panel.cn.as_ptr());
+        let lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        let minus2 = _mm512_set1_ps(-2.0);
+        let mut best = [[_mm512_set1_ps(f32::INFINITY); 2]; R];
+        let mut besti = [[_mm512_setzero_si512(); 2]; R];
+        for b in (0..kp).step_by(NB) {
+            let mut acc = [[_mm512_setzero_ps(); 2]; R];
+            for d in 0..dim {
+                let c0 = _mm512_loadu_ps(ct.add(d * kp + b));
+                let c1 = _mm512_loadu_ps(ct.add(d * kp + b + 16));
+                for (r, a) in acc.iter_mut().enumerate() {
+                    let xv = _mm512_set1_ps(*xp.add(r * dim + d));
+                    a[0] = _mm512_fmadd_ps(xv, c0, a[0]);
+                    a[1] = _mm512_fmadd_ps(xv, c1, a[1]);
+                }
+            }
+            let n = [_mm512_loadu_ps(cn.add(b)), _mm512_loadu_ps(cn.add(b + 16))];
+            let idx = [
+                _mm512_add_epi32(lanes, _mm512_set1_epi32(b as i32)),
+                _mm512_add_epi32(lanes, _mm512_set1_epi32(b as i32 + 16)),
+            ];
+            for ((a, bv), bi) in acc.iter().zip(best.iter_mut()).zip(besti.iter_mut()) {
+                for h in 0..2 {
+                    let dist = _mm512_fmadd_ps(minus2, a[h], n[h]);
+                    let lt = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(dist, bv[h]);
+                    bv[h] = _mm512_mask_blend_ps(lt, bv[h], dist);
+                    bi[h] = _mm512_mask_blend_epi32(lt, bi[h], idx[h]);
+                }
+            }
+        }
+        for ((bv, bi), o) in best.iter().zip(&besti).zip(out.iter_mut()) {
+            let m = _mm512_reduce_min_ps(_mm512_min_ps(bv[0], bv[1]));
+            let mv = _mm512_set1_ps(m);
+            let i0 = _mm512_mask_reduce_min_epu32(_mm512_cmp_ps_mask::<_CMP_EQ_OQ>(bv[0], mv), bi[0]);
+            let i1 = _mm512_mask_reduce_min_epu32(_mm512_cmp_ps_mask::<_CMP_EQ_OQ>(bv[1], mv), bi[1]);
+            // No lane compares equal only when every distance is NaN.
+            let i = i0.min(i1);
+            *o = (m, if i == u32::MAX { 0 } else { i });
+        }
+    }
+}
+
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
     use super::*;

@@ -24,8 +24,15 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             eprintln!("error: {err}");
+            // Engine errors repeat their sources in their own text: each
+            // cause is printed once, where it adds something.
+            let mut last = err.to_string();
             for cause in err.chain().skip(1) {
-                eprintln!("  caused by: {cause}");
+                let text = cause.to_string();
+                if !last.contains(&text) {
+                    eprintln!("  caused by: {text}");
+                    last = text;
+                }
             }
             ExitCode::from(2)
         }

@@ -2,6 +2,7 @@
 
 mod pipeline;
 mod progress;
+mod remote;
 mod report;
 mod synth;
 
@@ -15,6 +16,8 @@ use cohortcast_core::kmeans::KMeansParams;
 use cohortcast_core::targeting::TargetingParams;
 use cohortcast_data::ingest::IngestOptions;
 use cohortcast_data::inputs::InputPaths;
+use cohortcast_data::store::{block_on, is_s3, S3Url, Stores};
+use remote::{LocalCopy, OutDir};
 
 /// Behavioural cohorts for music-release notifications: learn taste from
 /// plays (implicit ALS), group listeners into cohorts (k-means), push each
@@ -25,6 +28,8 @@ use cohortcast_data::inputs::InputPaths;
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    s3: remote::S3Args,
 }
 
 #[derive(Debug, Subcommand)]
@@ -49,10 +54,11 @@ enum Command {
 /// Where the four inputs are.
 #[derive(Debug, Args, Clone)]
 pub struct InputArgs {
-    /// Folder holding clickstream/, metadata/, notification_actor/ and
-    /// (optionally) notification_clicks/ (and truth/ from `synth`).
+    /// Folder (or s3:// prefix) holding clickstream/, metadata/,
+    /// notification_actor/ and (optionally) notification_clicks/ (and
+    /// truth/ from `synth`).
     #[arg(long)]
-    data: Option<PathBuf>,
+    data: Option<String>,
     /// Plays: user_id,timestamp,song_id,date (file, folder or glob).
     #[arg(long)]
     clickstream: Option<String>,
@@ -68,7 +74,7 @@ pub struct InputArgs {
     /// Ground truth folder from `synth` (click_probability.npy), for
     /// expected CTR and the oracle. Default: DATA/truth when it exists.
     #[arg(long)]
-    truth: Option<PathBuf>,
+    truth: Option<String>,
     /// Memory for the ingest's join and aggregation, in MiB; beyond it they
     /// spill sorted runs to the temporary folder. Default: a quarter of the
     /// machine's memory, at most 8 GiB.
@@ -82,8 +88,8 @@ pub struct InputArgs {
 }
 
 impl InputArgs {
-    fn ingest_options(&self) -> IngestOptions {
-        let mut o = IngestOptions::default();
+    fn ingest_options(&self, s3: &remote::S3Args) -> IngestOptions {
+        let mut o = IngestOptions { s3: s3.options(), ..IngestOptions::default() };
         if let Some(mb) = self.ingest_memory_mb {
             o.memory_limit = mb.max(1) << 20;
         }
@@ -93,13 +99,15 @@ impl InputArgs {
         o
     }
 
-    fn paths(&self) -> Result<InputPaths> {
+    fn paths(&self, stores: &Stores) -> Result<InputPaths> {
         let mut p = match &self.data {
+            Some(d) if is_s3(d) => remote::data_url_paths(d, stores)?,
             Some(d) => {
+                let d = PathBuf::from(d);
                 if !d.is_dir() {
                     bail!("--data `{}` is not a folder", d.display());
                 }
-                InputPaths::from_data_dir(d)
+                InputPaths::from_data_dir(&d)
             }
             None => InputPaths::default(),
         };
@@ -127,10 +135,19 @@ impl InputArgs {
         Ok(p)
     }
 
-    fn truth_dir(&self) -> Option<PathBuf> {
-        self.truth.clone().or_else(|| {
-            self.data.as_ref().map(|d| d.join("truth")).filter(|t| t.join("click_probability.npy").exists())
-        })
+    /// The truth folder: --truth, else DATA/truth when it holds one.
+    fn truth_dir(&self, stores: &Stores) -> Result<Option<String>> {
+        if let Some(t) = &self.truth {
+            return Ok(Some(t.clone()));
+        }
+        let Some(d) = &self.data else { return Ok(None) };
+        if is_s3(d) {
+            let t = S3Url::parse(d)?.join("truth");
+            let found = block_on(stores.list(&t.join("click_probability.npy")))??;
+            return Ok((!found.is_empty()).then(|| t.url()));
+        }
+        let t = PathBuf::from(d).join("truth");
+        Ok(t.join("click_probability.npy").exists().then(|| t.to_string_lossy().into_owned()))
     }
 }
 
@@ -258,9 +275,9 @@ pub struct RunArgs {
     /// Targeting policy.
     #[arg(long, default_value = "expected-ctr")]
     policy: PolicyArg,
-    /// Output folder.
+    /// Output folder (a path or an s3:// prefix).
     #[arg(long)]
-    out: PathBuf,
+    out: String,
 }
 
 #[derive(Debug, Args)]
@@ -283,18 +300,18 @@ pub struct DemoArgs {
 pub struct IngestArgs {
     #[command(flatten)]
     inputs: InputArgs,
-    /// Output folder (writes OUT/ingest/).
+    /// Output folder (writes OUT/ingest/) (a path or an s3:// prefix).
     #[arg(long)]
-    out: PathBuf,
+    out: String,
 }
 
 #[derive(Debug, Args)]
 pub struct TrainArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// Output folder holding ingest/ (writes OUT/model/).
+    /// Output folder holding ingest/ (writes OUT/model/) (a path or an s3:// prefix).
     #[arg(long)]
-    out: PathBuf,
+    out: String,
 }
 
 #[derive(Debug, Args)]
@@ -304,21 +321,21 @@ pub struct TargetArgs {
     /// Targeting policy.
     #[arg(long, default_value = "expected-ctr")]
     policy: PolicyArg,
-    /// Output folder holding ingest/ and model/.
+    /// Output folder holding ingest/ and model/ (a path or an s3:// prefix).
     #[arg(long)]
-    out: PathBuf,
+    out: String,
 }
 
 #[derive(Debug, Args)]
 pub struct EvaluateArgs {
     #[command(flatten)]
     targeting: TargetArgsCommon,
-    /// Output folder holding ingest/, model/ and pushes.csv.
+    /// Output folder holding ingest/, model/ and pushes.csv (a path or an s3:// prefix).
     #[arg(long)]
-    out: PathBuf,
-    /// Ground truth folder from `synth`.
+    out: String,
+    /// Ground truth folder (or s3:// prefix) from `synth`.
     #[arg(long)]
-    truth: Option<PathBuf>,
+    truth: Option<String>,
     /// Seed of the random baseline.
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -326,20 +343,46 @@ pub struct EvaluateArgs {
 
 /// Runs one command.
 pub fn run(cli: Cli) -> Result<()> {
+    let stores = Stores::new(cli.s3.options());
+    // A command's outputs, written locally or staged and uploaded when
+    // the command has succeeded; `fetch`: it reads what earlier stages left.
+    let staged = |out: &str, fetch: bool, stage: &dyn Fn(&std::path::Path) -> Result<()>| -> Result<()> {
+        let dir = OutDir::open(out, &stores, fetch)?;
+        stage(dir.path())?;
+        dir.commit(&stores)
+    };
+    let truth = |t: Option<String>| t.map(|t| LocalCopy::of(&t, &stores)).transpose();
     match cli.command {
         Command::Synth(a) => synth::run(a),
         Command::Demo(a) => pipeline::demo(a),
         Command::Run(a) => {
-            let paths = a.inputs.paths()?;
+            let paths = a.inputs.paths(&stores)?;
             let (als, km) = (a.model.als()?, a.model.kmeans()?);
             let tp = a.targeting.params()?;
-            let opts = a.inputs.ingest_options();
-            pipeline::run_all(&paths, &opts, a.inputs.truth_dir().as_deref(), &als, &km, &tp, a.policy, &a.out)
-                .map(|_| ())
+            let opts = a.inputs.ingest_options(&cli.s3);
+            let truth = truth(a.inputs.truth_dir(&stores)?)?;
+            let truth = truth.as_ref().map(|t| t.path());
+            staged(&a.out, false, &|out| {
+                pipeline::run_all(&paths, &opts, truth, &als, &km, &tp, a.policy, out).map(|_| ())
+            })
         }
-        Command::Ingest(a) => pipeline::ingest_stage(&a.inputs.paths()?, &a.inputs.ingest_options(), &a.out),
-        Command::Train(a) => pipeline::train_stage(&a.out, &a.model.als()?, &a.model.kmeans()?),
-        Command::Target(a) => pipeline::target_stage(&a.out, a.policy, &a.targeting.params()?),
-        Command::Evaluate(a) => pipeline::evaluate_stage(&a.out, a.truth.as_deref(), &a.targeting.params()?, a.seed),
+        Command::Ingest(a) => {
+            let (paths, opts) = (a.inputs.paths(&stores)?, a.inputs.ingest_options(&cli.s3));
+            staged(&a.out, false, &|out| pipeline::ingest_stage(&paths, &opts, out))
+        }
+        Command::Train(a) => {
+            let (als, km) = (a.model.als()?, a.model.kmeans()?);
+            staged(&a.out, true, &|out| pipeline::train_stage(out, &als, &km))
+        }
+        Command::Target(a) => {
+            let tp = a.targeting.params()?;
+            staged(&a.out, true, &|out| pipeline::target_stage(out, a.policy, &tp))
+        }
+        Command::Evaluate(a) => {
+            let tp = a.targeting.params()?;
+            let truth = truth(a.truth.clone())?;
+            let truth = truth.as_ref().map(|t| t.path());
+            staged(&a.out, true, &|out| pipeline::evaluate_stage(out, truth, &tp, a.seed))
+        }
     }
 }

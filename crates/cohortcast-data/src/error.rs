@@ -73,6 +73,27 @@ pub enum IoError {
         #[source]
         source: datafusion::parquet::errors::ParquetError,
     },
+    /// A location that is not a usable `s3://` URL.
+    #[error("`{url}` is not a usable S3 URL: {detail}")]
+    BadUrl {
+        /// The URL as given.
+        url: String,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// A request to S3 failed (after its retries, where it was retried).
+    #[error("{url}: {what} failed: {hint}")]
+    Remote {
+        /// The object or prefix.
+        url: String,
+        /// What was being done.
+        what: String,
+        /// What the failure most likely means.
+        hint: String,
+        /// The client's error.
+        #[source]
+        source: Box<object_store::Error>,
+    },
     /// An input or model that the algorithms cannot use.
     #[error(transparent)]
     Data(#[from] cohortcast_core::DataError),
@@ -84,13 +105,46 @@ impl IoError {
         IoError::Io { path: path.into(), source }
     }
 
+    /// Wraps an S3 error with the URL and what was being done, and says
+    /// what it most likely means.
+    pub fn remote(url: &str, what: &str, source: object_store::Error) -> Self {
+        let hint = remote_hint(&source);
+        IoError::Remote { url: url.into(), what: what.into(), hint, source: Box::new(source) }
+    }
+
     /// Wraps an engine error with what was being done.
     pub fn engine(context: impl Into<String>, source: datafusion::error::DataFusionError) -> Self {
         let mut context = context.into();
-        if matches!(source.find_root(), datafusion::error::DataFusionError::ResourcesExhausted(_)) {
-            context.push_str(" (the ingest memory pool is too small for this step: raise --ingest-memory-mb)");
+        match source.find_root() {
+            datafusion::error::DataFusionError::ResourcesExhausted(_) => {
+                context.push_str(" (the ingest memory pool is too small for this step: raise --ingest-memory-mb)")
+            }
+            datafusion::error::DataFusionError::ObjectStore(e) => {
+                context.push_str(&format!(" (reading from S3 failed: {})", remote_hint(e)))
+            }
+            _ => {}
         }
         IoError::Engine { context, source }
+    }
+}
+
+/// What a failed S3 request most likely means, for a person.
+fn remote_hint(source: &object_store::Error) -> String {
+    let text = source.to_string();
+    let has = |needles: &[&str]| needles.iter().any(|n| text.contains(n));
+    let denied =
+        matches!(source, object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. })
+            || has(&["InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403 Forbidden"]);
+    match source {
+        _ if has(&["NoSuchBucket", "bucket does not exist"]) => "the bucket does not exist".to_string(),
+        object_store::Error::NotFound { .. } => "no such object: check the bucket and key".to_string(),
+        _ if denied => "access denied: check the credentials (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or \
+                        AWS_PROFILE) and the endpoint"
+            .to_string(),
+        _ if has(&["error sending request", "connect", "Connection refused", "timed out", "retries"]) => {
+            "the S3 endpoint did not answer or broke off, and retrying did not help".to_string()
+        }
+        _ => text.clone(),
     }
 }
 

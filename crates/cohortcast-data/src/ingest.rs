@@ -43,6 +43,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{IoError, Result};
 use crate::inputs::{resolve, sniff, Encoding, InputFiles, InputPaths};
 use crate::samples::{find_examples, RejectExample};
+use crate::store::{is_s3, S3Options, S3Url, Stores};
 
 /// Rejected rows of one input, by reason code, and the first examples.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -159,6 +160,8 @@ pub struct IngestOptions {
     /// spills sorted runs to the temporary folder and merges them. Default:
     /// a quarter of the machine's memory, at most 8 GiB.
     pub memory_limit: usize,
+    /// How to reach `s3://` inputs.
+    pub s3: S3Options,
 }
 
 /// A quarter of the machine's memory (Linux `/proc/meminfo`), at most 8 GiB;
@@ -190,6 +193,7 @@ impl Default for IngestOptions {
             partitions: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
             max_examples: 5,
             memory_limit: default_memory_limit(),
+            s3: S3Options::default(),
         }
     }
 }
@@ -354,7 +358,7 @@ fn parquet_columns(input: Input) -> &'static [&'static str] {
 /// Registers `<input>_lines(line)` for an input's files.
 async fn register_lines(ctx: &SessionContext, files: &InputFiles) -> Result<()> {
     let name = format!("{}_lines", files.input.name());
-    let paths: Vec<String> = files.files.iter().map(|p| p.to_string_lossy().into_owned()).collect();
+    let paths: Vec<String> = files.files.clone();
     let context = || format!("{}: reading {}", files.input.name(), paths.first().cloned().unwrap_or_default());
     let df = match files.encoding {
         Encoding::Csv => {
@@ -406,14 +410,19 @@ fn ints(col: &ArrayRef) -> Result<Int64Array> {
 
 /// Counts rows by reject code for a small input and returns the good lines'
 /// first two fields.
-async fn small_input(ctx: &SessionContext, input: Input, report: &mut InputReport) -> Result<Vec<(String, String)>> {
+async fn small_input(
+    ctx: &SessionContext,
+    input: Input,
+    location: &str,
+    report: &mut InputReport,
+) -> Result<Vec<(String, String)>> {
     let t = input.name();
     let sql = format!(
         "SELECT cc_reject_{t}(line) AS reject, split_part(l, ',', 1) AS a, split_part(l, ',', 2) AS b, count(*) AS n \
          FROM (SELECT line, rtrim(line, chr(13)) AS l FROM {t}_lines) GROUP BY 1, 2, 3"
     );
     let mut good = Vec::new();
-    for batch in collect(ctx, &sql, &format!("{t}: parsing")).await? {
+    for batch in collect(ctx, &sql, &format!("{t} ({location}): parsing")).await? {
         let (rej, a, b, n) =
             (strings(batch.column(0))?, strings(batch.column(1))?, strings(batch.column(2))?, ints(batch.column(3))?);
         for i in 0..batch.num_rows() {
@@ -459,6 +468,23 @@ fn spills(plan: &Arc<dyn datafusion::physical_plan::ExecutionPlan>) -> (usize, u
     plan.children().into_iter().map(spills).fold(own.unwrap_or((0, 0)), |(f, b), (cf, cb)| (f + cf, b + cb))
 }
 
+/// Gives the engine the S3 client of every bucket the inputs are in.
+fn register_stores(ctx: &SessionContext, all: &[InputFiles], stores: &Stores) -> Result<()> {
+    let mut buckets: Vec<String> = Vec::new();
+    for f in all.iter().flat_map(|i| &i.files).filter(|f| is_s3(f)) {
+        let b = S3Url::parse(f)?.bucket;
+        if !buckets.contains(&b) {
+            buckets.push(b);
+        }
+    }
+    for b in buckets {
+        let url = datafusion::execution::object_store::ObjectStoreUrl::parse(format!("s3://{b}"))
+            .map_err(|e| IoError::engine(format!("s3://{b}"), e))?;
+        ctx.register_object_store(url.as_ref(), stores.bucket(&b)?);
+    }
+    Ok(())
+}
+
 /// Runs the whole ingest on the embedded engine.
 pub fn ingest(paths: &InputPaths, opts: &IngestOptions) -> Result<Ingested> {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -470,13 +496,13 @@ pub fn ingest(paths: &InputPaths, opts: &IngestOptions) -> Result<Ingested> {
 }
 
 /// Resolves and sniffs every given input, before any work starts.
-pub fn resolve_all(paths: &InputPaths) -> Result<Vec<InputFiles>> {
+pub async fn resolve_all(paths: &InputPaths, stores: &Stores) -> Result<Vec<InputFiles>> {
     let mut out = Vec::new();
     for input in Input::ALL {
         match paths.get(input) {
             Some(spec) => {
-                let files = resolve(input, spec)?;
-                sniff(&files)?;
+                let files = resolve(input, spec, stores).await?;
+                sniff(&files, stores).await?;
                 out.push(files);
             }
             None if input == Input::NotificationClicks => {}
@@ -491,7 +517,10 @@ pub fn resolve_all(paths: &InputPaths) -> Result<Vec<InputFiles>> {
 async fn ingest_async(paths: &InputPaths, opts: &IngestOptions) -> Result<Ingested> {
     let clock = std::time::Instant::now();
     let lap = |what: &str| tracing::info!(seconds = clock.elapsed().as_secs_f64(), "ingest: {what}");
-    let all = resolve_all(paths)?;
+    let stores = Stores::new(opts.s3.clone());
+    let all = resolve_all(paths, &stores).await?;
+    // Errors name the input and where it was read from.
+    let meta = |what: &str| format!("metadata ({}): {what}", paths.metadata.as_deref().unwrap_or_default());
     let partitions = opts.effective_partitions();
     if partitions < opts.partitions {
         tracing::info!(
@@ -502,6 +531,7 @@ async fn ingest_async(paths: &InputPaths, opts: &IngestOptions) -> Result<Ingest
         );
     }
     let ctx = session(partitions, opts.memory_limit)?;
+    register_stores(&ctx, &all, &stores)?;
     let mut report = IngestReport::default();
     report.engine.partitions = partitions;
     report.engine.memory_limit = opts.memory_limit;
@@ -516,7 +546,7 @@ async fn ingest_async(paths: &InputPaths, opts: &IngestOptions) -> Result<Ingest
                     FROM metadata_lines GROUP BY 1";
     {
         let r = report.inputs.get_mut("metadata").expect("registered");
-        for batch in collect(&ctx, meta_sql, "metadata: parsing").await? {
+        for batch in collect(&ctx, meta_sql, &meta("parsing")).await? {
             let (rej, n, songs) = (strings(batch.column(0))?, ints(batch.column(1))?, ints(batch.column(2))?);
             for i in 0..batch.num_rows() {
                 r.rows += n.value(i) as u64;
@@ -543,15 +573,15 @@ async fn ingest_async(paths: &InputPaths, opts: &IngestOptions) -> Result<Ingest
                artist_id = min(artist_id) OVER (PARTITION BY song_id) AS rep \
         FROM pairs";
     // Materialised once: the key check, the artist list and the join all read it.
-    let songs = ctx.sql(artists_sql).await.map_err(|e| IoError::engine("metadata: numbering artists", e))?;
-    let songs = songs.cache().await.map_err(|e| IoError::engine("metadata: numbering artists", e))?;
-    ctx.register_table("songs", songs.into_view()).map_err(|e| IoError::engine("metadata: numbering artists", e))?;
+    let songs = ctx.sql(artists_sql).await.map_err(|e| IoError::engine(meta("numbering artists"), e))?;
+    let songs = songs.cache().await.map_err(|e| IoError::engine(meta("numbering artists"), e))?;
+    ctx.register_table("songs", songs.into_view()).map_err(|e| IoError::engine(meta("numbering artists"), e))?;
     let keys_sql = "SELECT count(DISTINCT song_id), count(DISTINCT song_key) FROM songs";
-    for batch in collect(&ctx, keys_sql, "metadata: song keys").await? {
+    for batch in collect(&ctx, keys_sql, &meta("song keys")).await? {
         let (ids, keys) = (ints(batch.column(0))?, ints(batch.column(1))?);
         if ids.value(0) != keys.value(0) {
             return Err(IoError::engine(
-                "metadata: song keys",
+                meta("song keys"),
                 datafusion::error::DataFusionError::Execution(format!(
                     "{} song ids hash to {} keys: two song ids share a 64-bit key; rename one",
                     ids.value(0),
@@ -561,8 +591,7 @@ async fn ingest_async(paths: &InputPaths, opts: &IngestOptions) -> Result<Ingest
         }
     }
     let mut all_artists: Vec<String> = Vec::new();
-    for batch in
-        collect(&ctx, "SELECT DISTINCT artist, artist_id FROM songs ORDER BY artist", "metadata: artists").await?
+    for batch in collect(&ctx, "SELECT DISTINCT artist, artist_id FROM songs ORDER BY artist", &meta("artists")).await?
     {
         let (idx, id) = (ints(batch.column(0))?, strings(batch.column(1))?);
         for i in 0..batch.num_rows() {
@@ -578,7 +607,8 @@ async fn ingest_async(paths: &InputPaths, opts: &IngestOptions) -> Result<Ingest
         FROM songs s RIGHT JOIN plays p ON p.song_key = s.song_key \
         GROUP BY 1, 2, 3";
     lap("inputs resolved and metadata counted");
-    let context = "clickstream: parsing and aggregating plays";
+    let context =
+        &format!("clickstream ({}): parsing and aggregating plays", paths.clickstream.as_deref().unwrap_or_default());
     let df = ctx.sql(sql).await.map_err(|e| IoError::engine(context, e))?;
     let plan = df.create_physical_plan().await.map_err(|e| IoError::engine(context, e))?;
     let mut stream = datafusion::physical_plan::execute_stream(plan.clone(), ctx.task_ctx())
@@ -673,7 +703,13 @@ async fn ingest_async(paths: &InputPaths, opts: &IngestOptions) -> Result<Ingest
 
     // Notifications.
     let mut actor = InputReport::default();
-    let rows = small_input(&ctx, Input::NotificationActor, &mut actor).await?;
+    let rows = small_input(
+        &ctx,
+        Input::NotificationActor,
+        paths.notification_actor.as_deref().unwrap_or_default(),
+        &mut actor,
+    )
+    .await?;
     let notifications = RawNotification::group(rows);
     report.notifications = notifications.len();
     let mut unplayed: Vec<&str> = notifications
@@ -693,11 +729,16 @@ async fn ingest_async(paths: &InputPaths, opts: &IngestOptions) -> Result<Ingest
     let clicks = if paths.notification_clicks.is_some() {
         let mut r = InputReport::default();
         // User ids as the clickstream's are written: lowercase.
-        let mut c: Vec<(String, String)> = small_input(&ctx, Input::NotificationClicks, &mut r)
-            .await?
-            .into_iter()
-            .map(|(n, u)| (n, saavn::user_key(&u).map(saavn::user_id).unwrap_or(u)))
-            .collect();
+        let mut c: Vec<(String, String)> = small_input(
+            &ctx,
+            Input::NotificationClicks,
+            paths.notification_clicks.as_deref().unwrap_or_default(),
+            &mut r,
+        )
+        .await?
+        .into_iter()
+        .map(|(n, u)| (n, saavn::user_key(&u).map(saavn::user_id).unwrap_or(u)))
+        .collect();
         c.sort();
         c.dedup();
         let entry = report.inputs.get_mut("notification_clicks").expect("registered");
@@ -714,7 +755,7 @@ async fn ingest_async(paths: &InputPaths, opts: &IngestOptions) -> Result<Ingest
     for files in &all {
         let r = report.inputs.get_mut(files.input.name()).expect("registered");
         if r.rejected_total() > 0 && opts.max_examples > 0 {
-            r.examples = find_examples(files, opts.max_examples)?;
+            r.examples = find_examples(files, opts.max_examples, &stores).await?;
         }
     }
     lap("reject examples found");

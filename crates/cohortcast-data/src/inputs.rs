@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use cohortcast_core::saavn::Input;
 
 use crate::error::{IoError, Result};
+use crate::store::{is_s3, S3Url, Stores};
 
 /// The four inputs, each a file, a folder of `part-*` files, or a glob.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -59,8 +60,10 @@ pub enum Encoding {
 pub struct InputFiles {
     /// Which input.
     pub input: Input,
-    /// Files, sorted by path.
-    pub files: Vec<PathBuf>,
+    /// Files (local paths or `s3://` URLs), sorted.
+    pub files: Vec<String>,
+    /// Their sizes in bytes.
+    pub sizes: Vec<u64>,
     /// Their encoding (by extension: `.parquet` or anything else as CSV).
     pub encoding: Encoding,
 }
@@ -71,8 +74,35 @@ fn is_data_file(p: &Path) -> bool {
 }
 
 /// Resolves a file, folder (its data files, recursively) or glob (`*`, `?`
-/// in the last component) to a sorted list of files.
-pub fn resolve(input: Input, spec: &str) -> Result<InputFiles> {
+/// in the last component) to a sorted list of files; `s3://` URLs the
+/// same way, a key prefix standing for a folder.
+pub async fn resolve(input: Input, spec: &str, stores: &Stores) -> Result<InputFiles> {
+    let mut files = if is_s3(spec) { resolve_s3(input, spec, stores).await? } else { resolve_local(input, spec)? };
+    files.sort();
+    if files.is_empty() {
+        return Err(IoError::NoFiles { input: input.name().into(), path: spec.into() });
+    }
+    let parquet = files.iter().filter(|(f, _)| f.ends_with(".parquet")).count();
+    let encoding = if parquet == files.len() {
+        Encoding::Parquet
+    } else if parquet == 0 {
+        Encoding::Csv
+    } else {
+        return Err(IoError::NotTheLayout {
+            input: input.name().into(),
+            path: PathBuf::from(spec),
+            layout: input.layout().into(),
+            detail: format!(
+                "mixes {parquet} Parquet files with {} other files; keep one format per input",
+                files.len() - parquet
+            ),
+        });
+    };
+    let (files, sizes) = files.into_iter().unzip();
+    Ok(InputFiles { input, files, sizes, encoding })
+}
+
+fn resolve_local(input: Input, spec: &str) -> Result<Vec<(String, u64)>> {
     let path = Path::new(spec);
     let mut files = Vec::new();
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -93,27 +123,51 @@ pub fn resolve(input: Input, spec: &str) -> Result<InputFiles> {
     } else {
         return Err(IoError::Missing { input: input.name().into(), path: spec.into() });
     }
-    files.sort();
-    if files.is_empty() {
-        return Err(IoError::NoFiles { input: input.name().into(), path: spec.into() });
-    }
-    let parquet = files.iter().filter(|f| f.extension().is_some_and(|e| e == "parquet")).count();
-    let encoding = if parquet == files.len() {
-        Encoding::Parquet
-    } else if parquet == 0 {
-        Encoding::Csv
-    } else {
-        return Err(IoError::NotTheLayout {
-            input: input.name().into(),
-            path: path.to_path_buf(),
-            layout: input.layout().into(),
-            detail: format!(
-                "mixes {parquet} Parquet files with {} other files; keep one format per input",
-                files.len() - parquet
-            ),
-        });
+    files
+        .into_iter()
+        .map(|f| {
+            let size = f.metadata().map_err(|e| IoError::io(&f, e))?.len();
+            Ok((f.to_string_lossy().into_owned(), size))
+        })
+        .collect()
+}
+
+/// Whether a key below a prefix names a data file: no part of it hidden
+/// (`.x`, `_x`: Spark's `_SUCCESS`, `_temporary/`), no `.crc` checksum.
+fn is_data_key(relative: &str) -> bool {
+    !relative.is_empty() && !relative.split('/').any(|part| part.starts_with(['.', '_'])) && !relative.ends_with(".crc")
+}
+
+async fn resolve_s3(input: Input, spec: &str, stores: &Stores) -> Result<Vec<(String, u64)>> {
+    let url = S3Url::parse(spec)?;
+    let (parent, name) = match url.key.rsplit_once('/') {
+        Some((p, n)) => (p.to_string(), n.to_string()),
+        None => (String::new(), url.key.clone()),
     };
-    Ok(InputFiles { input, files, encoding })
+    let glob = name.contains('*') || name.contains('?');
+    let listed_under = if glob { S3Url { bucket: url.bucket.clone(), key: parent } } else { url.clone() };
+    let objects = stores.list(&listed_under).await?;
+    let strip = |key: &str| -> String {
+        let rest = key.strip_prefix(listed_under.key.as_str()).unwrap_or(key);
+        rest.trim_start_matches('/').to_string()
+    };
+    let files: Vec<(String, u64)> = objects
+        .into_iter()
+        .filter(|o| {
+            let rel = strip(&o.url.key);
+            if glob {
+                !rel.contains('/') && glob_match(&name, &rel) && is_data_key(&rel)
+            } else {
+                // The URL itself is an object, or a data file below it.
+                rel.is_empty() || is_data_key(&rel)
+            }
+        })
+        .map(|o| (o.url.url(), o.size))
+        .collect();
+    if files.is_empty() && !glob {
+        return Err(IoError::Missing { input: input.name().into(), path: spec.into() });
+    }
+    Ok(files)
 }
 
 fn collect_dir(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
@@ -158,20 +212,26 @@ pub const SNIFF_LINES: usize = 20;
 /// Refuses an input whose first file is plainly not the layout: more than
 /// half of its first [`SNIFF_LINES`] lines break the row rules. A file of
 /// occasional bad rows passes (those are counted later, not fatal).
-pub fn sniff(files: &InputFiles) -> Result<()> {
+pub async fn sniff(files: &InputFiles, stores: &Stores) -> Result<()> {
+    const HEAD: u64 = 64 * 1024;
     if files.encoding != Encoding::Csv {
         return Ok(());
     }
-    let Some(first) = files.files.iter().find(|f| f.metadata().map(|m| m.len() > 0).unwrap_or(false)) else {
+    let Some((first, size)) = files.files.iter().zip(&files.sizes).find(|(_, s)| **s > 0) else {
         return Ok(());
     };
-    let mut buf = Vec::with_capacity(64 * 1024);
-    std::fs::File::open(first)
-        .and_then(|f| f.take(64 * 1024).read_to_end(&mut buf))
-        .map_err(|e| IoError::io(first, e))?;
+    let buf = if is_s3(first) {
+        stores.head_bytes(&S3Url::parse(first)?, *size, HEAD).await?
+    } else {
+        let mut buf = Vec::with_capacity(HEAD as usize);
+        std::fs::File::open(first)
+            .and_then(|f| f.take(HEAD).read_to_end(&mut buf))
+            .map_err(|e| IoError::io(first, e))?;
+        buf
+    };
     let text = String::from_utf8_lossy(&buf);
     let mut lines: Vec<&str> = text.split('\n').collect();
-    if buf.len() == 64 * 1024 {
+    if buf.len() as u64 == HEAD {
         lines.pop(); // the last line may be cut
     }
     let lines: Vec<(usize, &str)> =
@@ -182,7 +242,7 @@ pub fn sniff(files: &InputFiles) -> Result<()> {
         let (line, text, reason) = bad[0];
         return Err(IoError::NotTheLayout {
             input: files.input.name().into(),
-            path: first.clone(),
+            path: PathBuf::from(first),
             layout: files.input.layout().into(),
             detail: format!(
                 "{} of the first {} lines are malformed; line {line}: {} (`{}`)",
@@ -207,6 +267,8 @@ mod tests {
         assert!(!glob_match("*.csv", "x.csv.crc"));
         assert!(glob_match("p?rt*", "part"));
         assert!(!glob_match("part-*", "_SUCCESS"));
+        assert!(is_data_key("day=1/part-0.csv") && !is_data_key("_temporary/0/part-0") && !is_data_key("_SUCCESS"));
+        assert!(!is_data_key("part-0.csv.crc") && !is_data_key(".part-0.crc") && !is_data_key(""));
     }
 
     #[test]
@@ -217,17 +279,21 @@ mod tests {
         std::fs::write(d.join("part-00001.csv"), "n2,a2\n").unwrap();
         std::fs::write(d.join("_SUCCESS"), "").unwrap();
         std::fs::write(d.join(".part-00000.crc"), "xx").unwrap();
-        let f = resolve(Input::NotificationActor, d.to_str().unwrap()).unwrap();
+        let stores = Stores::default();
+        let resolve = |input, p: &Path| crate::store::block_on(resolve(input, p.to_str().unwrap(), &stores)).unwrap();
+        let sniff = |f| crate::store::block_on(sniff(f, &stores)).unwrap();
+        let f = resolve(Input::NotificationActor, d).unwrap();
         assert_eq!(f.files.len(), 2);
+        assert_eq!(f.sizes, vec![6, 6]);
         assert_eq!(f.encoding, Encoding::Csv);
         sniff(&f).unwrap();
         // The same files passed as the clickstream: every line has 2 fields.
-        let wrong = InputFiles { input: Input::Clickstream, ..f };
+        let wrong = InputFiles { input: Input::Clickstream, ..f.clone() };
         let err = sniff(&wrong).unwrap_err().to_string();
         assert!(err.contains("clickstream") && err.contains("part-00000") && err.contains("line 1"), "{err}");
-        let missing = resolve(Input::Metadata, d.join("nope").to_str().unwrap()).unwrap_err().to_string();
+        let missing = resolve(Input::Metadata, &d.join("nope")).unwrap_err().to_string();
         assert!(missing.contains("metadata") && missing.contains("does not exist"), "{missing}");
-        let none = resolve(Input::Metadata, d.join("*.parquet").to_str().unwrap()).unwrap_err().to_string();
+        let none = resolve(Input::Metadata, &d.join("*.parquet")).unwrap_err().to_string();
         assert!(none.contains("no data files"), "{none}");
     }
 }

@@ -12,5 +12,6 @@ pub mod ingest;
 pub mod inputs;
 pub mod samples;
 pub mod stages;
+pub mod store;
 
 pub use error::{IoError, Result};

@@ -1,12 +1,13 @@
 //! Finding the first rejected rows with their file and line, for messages.
 
-use std::io::{BufRead, BufReader};
+use std::io::Read;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{IoError, Result};
 use crate::inputs::{Encoding, InputFiles};
+use crate::store::{is_s3, S3Url, Stores};
 
 /// One rejected row.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -29,42 +30,96 @@ impl std::fmt::Display for RejectExample {
     }
 }
 
-/// Scans the CSV files in order, stopping at the `max`-th rejected row; the
-/// rules are the same functions the ingest plan runs.
-pub fn find_examples(files: &InputFiles, max: usize) -> Result<Vec<RejectExample>> {
+/// Lines of one file, fed in chunks, checked against the input's rules.
+struct Scanner<'a> {
+    files: &'a InputFiles,
+    file: &'a str,
+    line_no: u64,
+    carry: Vec<u8>,
+    max: usize,
+    out: &'a mut Vec<RejectExample>,
+}
+
+impl Scanner<'_> {
+    /// Checks one line (without its `\n`); false once `max` are found.
+    fn line(&mut self, bytes: &[u8]) -> bool {
+        self.line_no += 1;
+        let text = String::from_utf8_lossy(bytes);
+        if text.trim_end_matches('\r').is_empty() {
+            return true;
+        }
+        if let Err(r) = self.files.input.check(&text) {
+            self.out.push(RejectExample {
+                file: PathBuf::from(self.file),
+                line: self.line_no,
+                reason: r.code().into(),
+                detail: r.describe(self.files.input, &text),
+                text: text.chars().take(120).collect(),
+            });
+        }
+        self.out.len() < self.max
+    }
+
+    /// Feeds a chunk; false once `max` are found.
+    fn chunk(&mut self, mut bytes: &[u8]) -> bool {
+        while let Some(nl) = bytes.iter().position(|&b| b == b'\n') {
+            let go = if self.carry.is_empty() {
+                self.line(&bytes[..nl])
+            } else {
+                let mut line = std::mem::take(&mut self.carry);
+                line.extend_from_slice(&bytes[..nl]);
+                self.line(&line)
+            };
+            if !go {
+                return false;
+            }
+            bytes = &bytes[nl + 1..];
+        }
+        self.carry.extend_from_slice(bytes);
+        true
+    }
+
+    /// The last line, when the file does not end with `\n`.
+    fn finish(&mut self) -> bool {
+        let rest = std::mem::take(&mut self.carry);
+        rest.is_empty() || self.line(&rest)
+    }
+}
+
+/// Scans the CSV files in order (local or `s3://`, streamed), stopping at
+/// the `max`-th rejected row; the rules are the same functions the ingest
+/// plan runs.
+pub async fn find_examples(files: &InputFiles, max: usize, stores: &Stores) -> Result<Vec<RejectExample>> {
     let mut out = Vec::new();
-    if files.encoding != Encoding::Csv {
+    if files.encoding != Encoding::Csv || max == 0 {
         return Ok(out);
     }
     for path in &files.files {
-        let f = std::fs::File::open(path).map_err(|e| IoError::io(path, e))?;
-        let mut reader = BufReader::with_capacity(1 << 20, f);
-        let mut buf = Vec::new();
-        let mut line_no = 0u64;
-        loop {
-            buf.clear();
-            let n = reader.read_until(b'\n', &mut buf).map_err(|e| IoError::io(path, e))?;
-            if n == 0 {
-                break;
-            }
-            line_no += 1;
-            let text = String::from_utf8_lossy(&buf);
-            let text = text.trim_end_matches('\n');
-            if text.trim_end_matches('\r').is_empty() {
-                continue;
-            }
-            if let Err(r) = files.input.check(text) {
-                out.push(RejectExample {
-                    file: path.clone(),
-                    line: line_no,
-                    reason: r.code().into(),
-                    detail: r.describe(files.input, text),
-                    text: text.chars().take(120).collect(),
-                });
-                if out.len() >= max {
-                    return Ok(out);
+        let mut sc = Scanner { files, file: path, line_no: 0, carry: Vec::new(), max, out: &mut out };
+        let go = if is_s3(path) {
+            let mut go = true;
+            stores
+                .read_chunks(&S3Url::parse(path)?, |c| {
+                    go = sc.chunk(c);
+                    go
+                })
+                .await?;
+            go && sc.finish()
+        } else {
+            let mut f = std::fs::File::open(path).map_err(|e| IoError::io(path, e))?;
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = f.read(&mut buf).map_err(|e| IoError::io(path, e))?;
+                if n == 0 {
+                    break sc.finish();
+                }
+                if !sc.chunk(&buf[..n]) {
+                    break false;
                 }
             }
+        };
+        if !go {
+            break;
         }
     }
     Ok(out)

@@ -1,6 +1,8 @@
 //! End-to-end tests of the `cohortcast` binary on small generated data. One
 //! harness: every test runs the real binary in a fresh temporary folder.
 
+mod s3;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

@@ -1,5 +1,6 @@
 //! Command-line arguments, parsed into validated parameters in one place.
 
+mod cluster;
 mod pipeline;
 mod progress;
 mod remote;
@@ -49,6 +50,8 @@ enum Command {
     Evaluate(EvaluateArgs),
     /// Write realistic generated data in the Saavn layout, with ground truth.
     Synth(synth::SynthArgs),
+    /// Run a Ballista scheduler or executor that can run cohortcast's ingest.
+    Cluster(cluster::ClusterArgs),
 }
 
 /// Where the four inputs are.
@@ -85,6 +88,11 @@ pub struct InputArgs {
     /// share of --ingest-memory-mb, so more partitions need more memory.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     ingest_partitions: Option<u16>,
+    /// Where the ingest runs: `embedded` (DataFusion in this process) or
+    /// `ballista://HOST:PORT`, a Ballista cluster started with
+    /// `cohortcast cluster scheduler` and `cohortcast cluster executor`.
+    #[arg(long, default_value = "embedded")]
+    engine: String,
 }
 
 impl InputArgs {
@@ -95,6 +103,9 @@ impl InputArgs {
         }
         if let Some(n) = self.ingest_partitions {
             o.partitions = n as usize;
+        }
+        if self.engine != "embedded" {
+            o.cluster = Some(self.engine.clone());
         }
         o
     }
@@ -354,6 +365,7 @@ pub fn run(cli: Cli) -> Result<()> {
     let truth = |t: Option<String>| t.map(|t| LocalCopy::of(&t, &stores)).transpose();
     match cli.command {
         Command::Synth(a) => synth::run(a),
+        Command::Cluster(a) => cluster::run(a, cli.s3.options()),
         Command::Demo(a) => pipeline::demo(a),
         Command::Run(a) => {
             let paths = a.inputs.paths(&stores)?;

@@ -1,6 +1,7 @@
 //! End-to-end tests of the `cohortcast` binary on small generated data. One
 //! harness: every test runs the real binary in a fresh temporary folder.
 
+mod cluster;
 mod s3;
 
 use std::path::{Path, PathBuf};

@@ -18,12 +18,12 @@ use std::time::{Duration, Instant};
 use super::{s, synth, MODEL};
 
 /// A moto server of this test alone, with a key of full rights.
-struct Moto {
+pub(crate) struct Moto {
     child: Child,
-    endpoint: String,
+    pub(crate) endpoint: String,
     python: PathBuf,
-    key: String,
-    secret: String,
+    pub(crate) key: String,
+    pub(crate) secret: String,
 }
 
 impl Drop for Moto {
@@ -33,7 +33,7 @@ impl Drop for Moto {
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
@@ -56,7 +56,7 @@ fn find_moto() -> Option<PathBuf> {
 
 /// Starts moto with buckets, or `None` (the test is skipped) where it is
 /// not installed and CI does not require it.
-fn moto(buckets: &[&str]) -> Option<Moto> {
+pub(crate) fn moto(buckets: &[&str]) -> Option<Moto> {
     let Some(server) = find_moto() else {
         assert!(
             std::env::var("COHORTCAST_REQUIRE_S3").is_err(),
@@ -100,11 +100,11 @@ impl Moto {
         out
     }
 
-    fn upload(&self, dir: &Path, url: &str) {
+    pub(crate) fn upload(&self, dir: &Path, url: &str) {
         self.helper(&["upload", &self.endpoint, s(dir), url]);
     }
 
-    fn download(&self, url: &str, dir: &Path) {
+    pub(crate) fn download(&self, url: &str, dir: &Path) {
         self.helper(&["download", &self.endpoint, url, s(dir)]);
     }
 
@@ -115,21 +115,24 @@ impl Moto {
 
     /// cohortcast with this server's credentials (and no others from the
     /// environment); the endpoint goes in by flag or by AWS_ENDPOINT_URL.
-    fn cohortcast(&self, args: &[&str], secret: Option<&str>, endpoint: &str) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_cohortcast"))
-            .args(args)
+    pub(crate) fn command(&self, args: &[&str], secret: Option<&str>, endpoint: &str) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_cohortcast"));
+        c.args(args)
             .env_remove("AWS_PROFILE")
             .env("AWS_ACCESS_KEY_ID", &self.key)
             .env("AWS_SECRET_ACCESS_KEY", secret.unwrap_or(&self.secret))
             .env("AWS_REGION", "us-east-1")
             .env("AWS_ENDPOINT_URL", endpoint)
             .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("HOME", "/nonexistent")
-            .output()
-            .expect("the binary runs")
+            .env("HOME", "/nonexistent");
+        c
     }
 
-    fn ok(&self, args: &[&str]) -> Output {
+    fn cohortcast(&self, args: &[&str], secret: Option<&str>, endpoint: &str) -> Output {
+        self.command(args, secret, endpoint).output().expect("the binary runs")
+    }
+
+    pub(crate) fn ok(&self, args: &[&str]) -> Output {
         let out = self.cohortcast(args, None, &self.endpoint);
         assert!(out.status.success(), "cohortcast {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
         out

@@ -43,7 +43,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{IoError, Result};
 use crate::inputs::{resolve, sniff, Encoding, InputFiles, InputPaths};
 use crate::samples::{find_examples, RejectExample};
-use crate::store::{is_s3, S3Options, S3Url, Stores};
+use crate::store::{S3Options, Stores};
 
 /// Rejected rows of one input, by reason code, and the first examples.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -105,6 +105,10 @@ pub struct EngineReport {
     pub spill_files: usize,
     /// Bytes written to those files.
     pub spilled_bytes: u64,
+    /// The Ballista cluster it ran on (`None`: embedded; spills are then
+    /// the executors' and not counted here).
+    #[serde(default)]
+    pub cluster: Option<String>,
 }
 
 /// A notification as read: its id and artist ids.
@@ -162,6 +166,9 @@ pub struct IngestOptions {
     pub memory_limit: usize,
     /// How to reach `s3://` inputs.
     pub s3: S3Options,
+    /// A Ballista cluster (`ballista://HOST:PORT`) to run the ingest on;
+    /// `None`: the embedded engine.
+    pub cluster: Option<String>,
 }
 
 /// A quarter of the machine's memory (Linux `/proc/meminfo`), at most 8 GiB;
@@ -194,6 +201,7 @@ impl Default for IngestOptions {
             max_examples: 5,
             memory_limit: default_memory_limit(),
             s3: S3Options::default(),
+            cluster: None,
         }
     }
 }
@@ -320,8 +328,8 @@ fn song_key_udf() -> datafusion::logical_expr::ScalarUDF {
 }
 
 /// A session with the UDFs registered, its operators held to
-/// `memory_limit` bytes (they spill beyond it).
-pub fn session(partitions: usize, memory_limit: usize) -> Result<SessionContext> {
+/// `memory_limit` bytes (they spill beyond it), `s3://` read through `stores`.
+pub fn session(partitions: usize, memory_limit: usize, stores: Arc<Stores>) -> Result<SessionContext> {
     // DATAFUSION_* environment variables tune the engine (as in every
     // DataFusion program); the partitions and batch size are set here.
     let config = SessionConfig::from_env()
@@ -335,15 +343,22 @@ pub fn session(partitions: usize, memory_limit: usize) -> Result<SessionContext>
     *reserve = (*reserve).min(memory_limit / 8);
     let runtime = RuntimeEnvBuilder::new()
         .with_memory_pool(Arc::new(FairSpillPool::new(memory_limit)))
+        .with_object_store_registry(Arc::new(crate::cluster::Registry::new(stores)))
         .build_arc()
         .map_err(|e| IoError::engine("starting the ingest engine", e))?;
     let ctx = SessionContext::new_with_config_rt(config, runtime);
-    for input in Input::ALL {
-        ctx.register_udf(reject_udf(input));
+    for f in udfs() {
+        ctx.register_udf(f);
     }
-    ctx.register_udf(play_udf());
-    ctx.register_udf(song_key_udf());
     Ok(ctx)
+}
+
+/// The scalar UDFs of the ingest plan: `cc_reject_<input>`, `cc_play`,
+/// `cc_song_key`. A cluster must have them registered too.
+pub fn udfs() -> Vec<datafusion::logical_expr::ScalarUDF> {
+    let mut out: Vec<_> = Input::ALL.into_iter().map(reject_udf).collect();
+    out.extend([play_udf(), song_key_udf()]);
+    out
 }
 
 fn parquet_columns(input: Input) -> &'static [&'static str] {
@@ -468,23 +483,6 @@ fn spills(plan: &Arc<dyn datafusion::physical_plan::ExecutionPlan>) -> (usize, u
     plan.children().into_iter().map(spills).fold(own.unwrap_or((0, 0)), |(f, b), (cf, cb)| (f + cf, b + cb))
 }
 
-/// Gives the engine the S3 client of every bucket the inputs are in.
-fn register_stores(ctx: &SessionContext, all: &[InputFiles], stores: &Stores) -> Result<()> {
-    let mut buckets: Vec<String> = Vec::new();
-    for f in all.iter().flat_map(|i| &i.files).filter(|f| is_s3(f)) {
-        let b = S3Url::parse(f)?.bucket;
-        if !buckets.contains(&b) {
-            buckets.push(b);
-        }
-    }
-    for b in buckets {
-        let url = datafusion::execution::object_store::ObjectStoreUrl::parse(format!("s3://{b}"))
-            .map_err(|e| IoError::engine(format!("s3://{b}"), e))?;
-        ctx.register_object_store(url.as_ref(), stores.bucket(&b)?);
-    }
-    Ok(())
-}
-
 /// Runs the whole ingest on the embedded engine.
 pub fn ingest(paths: &InputPaths, opts: &IngestOptions) -> Result<Ingested> {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -517,7 +515,7 @@ pub async fn resolve_all(paths: &InputPaths, stores: &Stores) -> Result<Vec<Inpu
 async fn ingest_async(paths: &InputPaths, opts: &IngestOptions) -> Result<Ingested> {
     let clock = std::time::Instant::now();
     let lap = |what: &str| tracing::info!(seconds = clock.elapsed().as_secs_f64(), "ingest: {what}");
-    let stores = Stores::new(opts.s3.clone());
+    let stores = Arc::new(Stores::new(opts.s3.clone()));
     let all = resolve_all(paths, &stores).await?;
     // Errors name the input and where it was read from.
     let meta = |what: &str| format!("metadata ({}): {what}", paths.metadata.as_deref().unwrap_or_default());
@@ -530,9 +528,12 @@ async fn ingest_async(paths: &InputPaths, opts: &IngestOptions) -> Result<Ingest
             "ingest: fewer partitions, so each has its share of the memory pool"
         );
     }
-    let ctx = session(partitions, opts.memory_limit)?;
-    register_stores(&ctx, &all, &stores)?;
+    let ctx = match &opts.cluster {
+        None => session(partitions, opts.memory_limit, stores.clone())?,
+        Some(url) => crate::cluster::client_session(url, partitions, stores.clone()).await?,
+    };
     let mut report = IngestReport::default();
+    report.engine.cluster = opts.cluster.clone();
     report.engine.partitions = partitions;
     report.engine.memory_limit = opts.memory_limit;
     for files in &all {
@@ -572,9 +573,14 @@ async fn ingest_async(paths: &InputPaths, opts: &IngestOptions) -> Result<Ingest
                CAST(dense_rank() OVER (ORDER BY artist_id) - 1 AS BIGINT) AS artist, \
                artist_id = min(artist_id) OVER (PARTITION BY song_id) AS rep \
         FROM pairs";
-    // Materialised once: the key check, the artist list and the join all read it.
+    // Materialised once: the key check, the artist list and the join all
+    // read it. A memory table cannot travel to a cluster's executors: there
+    // it stays a view, planned three times (it is small).
     let songs = ctx.sql(artists_sql).await.map_err(|e| IoError::engine(meta("numbering artists"), e))?;
-    let songs = songs.cache().await.map_err(|e| IoError::engine(meta("numbering artists"), e))?;
+    let songs = match opts.cluster {
+        None => songs.cache().await.map_err(|e| IoError::engine(meta("numbering artists"), e))?,
+        Some(_) => songs,
+    };
     ctx.register_table("songs", songs.into_view()).map_err(|e| IoError::engine(meta("numbering artists"), e))?;
     let keys_sql = "SELECT count(DISTINCT song_id), count(DISTINCT song_key) FROM songs";
     for batch in collect(&ctx, keys_sql, &meta("song keys")).await? {

@@ -111,6 +111,9 @@ impl InputArgs {
     }
 
     fn paths(&self, stores: &Stores) -> Result<InputPaths> {
+        if !(self.engine == "embedded" || self.engine.starts_with("ballista://") || self.engine.starts_with("df://")) {
+            bail!("--engine `{}`: give `embedded` or `ballista://HOST:PORT`", self.engine);
+        }
         let mut p = match &self.data {
             Some(d) if is_s3(d) => remote::data_url_paths(d, stores)?,
             Some(d) => {

@@ -101,3 +101,21 @@ fn the_ingest_on_a_ballista_cluster_gives_the_embedded_runs_cohorts_and_pushes()
     // The scheduler saw the jobs.
     assert!(http_get(port, "/api/jobs").contains("Completed") || http_get(port, "/api/jobs").contains("completed"));
 }
+
+#[test]
+fn a_cluster_nobody_runs_is_a_clear_error_before_any_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = synth(dir.path());
+    let out = dir.path().join("out");
+    let engine = format!("ballista://127.0.0.1:{}", free_port());
+    let o = super::cohortcast(&["ingest", "--data", s(&data), "--out", s(&out), "--engine", &engine]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&engine) && err.contains("does not answer") && err.contains("cohortcast cluster scheduler"),
+        "{err}"
+    );
+    assert!(!out.exists(), "no output");
+    let o = super::cohortcast(&["ingest", "--data", s(&data), "--out", s(&out), "--engine", "spark://host:7077"]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("give `embedded` or `ballista://HOST:PORT`"));
+}

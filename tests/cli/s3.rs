@@ -46,12 +46,34 @@ fn wait_listening(addr: SocketAddr, child: &mut Child) {
     }
 }
 
+/// moto's version, from the Python beside its server script.
+fn moto_version(server: &Path) -> Option<(u32, u32, u32)> {
+    let out = Command::new(server.with_file_name("python3"))
+        .args(["-c", "import moto, boto3; print(moto.__version__)"])
+        .output()
+        .ok()?;
+    let text = String::from_utf8(out.stdout).ok()?;
+    let mut parts = text.trim().split('.').map(|p| p.parse::<u32>().ok());
+    Some((parts.next()??, parts.next()??, parts.next().flatten().unwrap_or(0)))
+}
+
+/// The oldest moto seen to work: 5.2.1 rejects object_store's signed
+/// list requests (SignatureDoesNotMatch); 5.2.5 accepts them.
+const MOTO_AT_LEAST: (u32, u32, u32) = (5, 2, 5);
+
 fn find_moto() -> Option<PathBuf> {
     if let Ok(p) = std::env::var("COHORTCAST_MOTO_SERVER") {
         return Some(PathBuf::from(p));
     }
-    std::env::var_os("PATH")
-        .and_then(|paths| std::env::split_paths(&paths).map(|d| d.join("moto_server")).find(|p| p.is_file()))
+    let found = std::env::var_os("PATH")
+        .and_then(|paths| std::env::split_paths(&paths).map(|d| d.join("moto_server")).find(|p| p.is_file()))?;
+    match moto_version(&found) {
+        Some(v) if v >= MOTO_AT_LEAST => Some(found),
+        v => {
+            eprintln!("{} is moto {v:?} (or lacks boto3); these tests need moto >= 5.2.5", found.display());
+            None
+        }
+    }
 }
 
 /// Starts moto with buckets, or `None` (the test is skipped) where it is

@@ -216,6 +216,18 @@ pub async fn client_session(
     let rest = url.strip_prefix("ballista://").or_else(|| url.strip_prefix("df://")).ok_or_else(|| {
         IoError::BadUrl { url: url.into(), detail: "a cluster is given as ballista://HOST:PORT".into() }
     })?;
+    // Ballista connects lazily, at the first query: say plainly when nobody
+    // is there, before any work.
+    let reach = tokio::time::timeout(std::time::Duration::from_secs(10), tokio::net::TcpStream::connect(rest)).await;
+    if let Err(why) = reach.map_err(|_| "timed out after 10 s".to_string()).and_then(|r| r.map_err(|e| e.to_string())) {
+        return Err(IoError::BadUrl {
+            url: url.into(),
+            detail: format!(
+                "the Ballista scheduler at {rest} does not answer ({why}); start one with \
+                 `cohortcast cluster scheduler` and at least one `cohortcast cluster executor`"
+            ),
+        });
+    }
     let config =
         SessionConfig::new_with_ballista().with_target_partitions(partitions.max(1)).with_batch_size(16 * 1024);
     let state = SessionStateBuilder::new()

@@ -73,8 +73,8 @@ pub enum IoError {
         #[source]
         source: datafusion::parquet::errors::ParquetError,
     },
-    /// A location that is not a usable `s3://` URL.
-    #[error("`{url}` is not a usable S3 URL: {detail}")]
+    /// A location (`s3://`, `ballista://`) that cannot be used.
+    #[error("`{url}` is not a usable URL: {detail}")]
     BadUrl {
         /// The URL as given.
         url: String,

@@ -5,6 +5,7 @@ mod pipeline;
 mod progress;
 mod remote;
 mod report;
+mod serve;
 mod synth;
 
 use std::path::PathBuf;
@@ -52,6 +53,8 @@ enum Command {
     Synth(synth::SynthArgs),
     /// Run a Ballista scheduler or executor that can run cohortcast's ingest.
     Cluster(cluster::ClusterArgs),
+    /// Serve the HTTP API over a trained model.
+    Serve(serve::ServeArgs),
 }
 
 /// Where the four inputs are.
@@ -369,6 +372,7 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Synth(a) => synth::run(a),
         Command::Cluster(a) => cluster::run(a, cli.s3.options()),
+        Command::Serve(a) => serve::run(a),
         Command::Demo(a) => pipeline::demo(a),
         Command::Run(a) => {
             let paths = a.inputs.paths(&stores)?;

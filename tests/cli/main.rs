@@ -3,6 +3,7 @@
 
 mod cluster;
 mod s3;
+mod serve;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

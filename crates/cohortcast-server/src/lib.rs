@@ -1,0 +1,37 @@
+//! # cohortcast-server
+//!
+//! The HTTP API over a trained model (axum): cohorts and their top
+//! artists, a user's cohort, and the release decision, meaning which
+//! cohorts to push a new notification and whom, ranked by the same
+//! expected-CTR score as the batch policy. [`app`] builds the router
+//! without a socket; [`serve`] binds it.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use cohortcast_server::{app, serve, AppState, Config, Served};
+//! let dir = std::path::Path::new("out");
+//! let model = Served::load(&dir.join("model"), &dir.join("ingest"))?;
+//! let config = Config { model_dir: dir.join("model"), ingest_dir: dir.join("ingest"), ..Config::default() };
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! serve(listener, AppState::new(config, model), std::future::pending()).await?;
+//! # Ok(()) }
+//! ```
+
+#![warn(missing_docs)]
+
+mod api;
+mod metrics;
+pub mod model;
+mod openapi;
+
+pub use api::{app, route_counts, ApiError, AppState, Config, ReleaseRequest, BODY_LIMIT, PAGE};
+pub use model::{LoadError, Served};
+
+/// Serves the API on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: std::sync::Arc<AppState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app(state)).with_graceful_shutdown(shutdown).await
+}

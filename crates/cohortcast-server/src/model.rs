@@ -1,0 +1,199 @@
+//! The model a server answers from: the factors and cohorts `train` wrote,
+//! the play counts `ingest` wrote, and what is derived from them once at
+//! load (each cohort's top artists, id lookups).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use cohortcast_core::sparse::Csr;
+use cohortcast_core::targeting::{cohort_affinity, Notification, TargetingParams};
+use cohortcast_data::stages::{load_ingested, load_model, StoredModel};
+use serde::Serialize;
+
+/// Artists listed per cohort and per user.
+pub const TOP_ARTISTS: usize = 10;
+
+/// An artist with its share of a cohort's (or user's) plays.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ArtistShare {
+    /// Artist id.
+    pub artist_id: String,
+    /// Plays of the artist ÷ all plays, in [0, 1].
+    pub share: f64,
+}
+
+/// A loaded model, immutable: a reload builds a new one.
+#[derive(Debug)]
+pub struct Served {
+    /// Where it was loaded from.
+    pub model_dir: PathBuf,
+    /// When it was loaded.
+    pub loaded_at: SystemTime,
+    /// Factors, ids and cohorts.
+    pub model: StoredModel,
+    /// Play counts, users × artists, in the model's user order.
+    pub plays: Csr,
+    /// Users in each cohort.
+    pub sizes: Vec<usize>,
+    /// Each cohort's most played artists.
+    pub top_artists: Vec<Vec<ArtistShare>>,
+    users: HashMap<String, u32>,
+    artists: HashMap<String, u32>,
+}
+
+/// Why a model could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// A file of the model or ingest folder.
+    #[error(transparent)]
+    Io(#[from] cohortcast_data::IoError),
+    /// The two folders do not belong together.
+    #[error("{0}")]
+    Mismatch(String),
+}
+
+fn top_shares(totals: &[f64], artists: &[String], n: usize) -> Vec<ArtistShare> {
+    let sum: f64 = totals.iter().sum();
+    let mut idx: Vec<usize> = (0..totals.len()).filter(|&a| totals[a] > 0.0).collect();
+    idx.sort_by(|&a, &b| totals[b].total_cmp(&totals[a]).then(a.cmp(&b)));
+    idx.truncate(n);
+    idx.into_iter().map(|a| ArtistShare { artist_id: artists[a].clone(), share: totals[a] / sum }).collect()
+}
+
+impl Served {
+    /// Loads `model_dir` (written by `train`) and `ingest_dir` (by `ingest`).
+    pub fn load(model_dir: &Path, ingest_dir: &Path) -> Result<Served, LoadError> {
+        let model = load_model(model_dir)?;
+        let ing = load_ingested(ingest_dir)?;
+        if ing.users != model.users || ing.artists != model.artists {
+            return Err(LoadError::Mismatch(format!(
+                "{} and {} are from different runs: their users or artists differ",
+                model_dir.display(),
+                ingest_dir.display()
+            )));
+        }
+        let k = model.cohorts.k();
+        let na = model.artists.len();
+        let mut totals = vec![0f64; k * na];
+        for (u, &c) in model.labels.iter().enumerate() {
+            let (idx, val) = ing.plays.row(u);
+            for (&a, &v) in idx.iter().zip(val) {
+                totals[c as usize * na + a as usize] += v as f64;
+            }
+        }
+        let top_artists =
+            (0..k).map(|c| top_shares(&totals[c * na..(c + 1) * na], &model.artists, TOP_ARTISTS)).collect();
+        let sizes = cohortcast_core::kmeans::cohort_sizes(&model.labels, k);
+        let users = model.users.iter().enumerate().map(|(i, u)| (u.clone(), i as u32)).collect();
+        let artists = model.artists.iter().enumerate().map(|(i, a)| (a.clone(), i as u32)).collect();
+        Ok(Served {
+            model_dir: model_dir.to_path_buf(),
+            loaded_at: SystemTime::now(),
+            model,
+            plays: ing.plays,
+            sizes,
+            top_artists,
+            users,
+            artists,
+        })
+    }
+
+    /// Cohorts.
+    pub fn k(&self) -> usize {
+        self.sizes.len()
+    }
+
+    /// The row of a user id (ids are matched in lowercase, as ingest writes them).
+    pub fn user(&self, id: &str) -> Option<usize> {
+        self.users.get(&id.to_ascii_lowercase()).map(|&u| u as usize)
+    }
+
+    /// The column of an artist id.
+    pub fn artist(&self, id: &str) -> Option<u32> {
+        self.artists.get(id).copied()
+    }
+
+    /// A user's most played artists.
+    pub fn user_top_artists(&self, u: usize) -> Vec<ArtistShare> {
+        let (idx, val) = self.plays.row(u);
+        let mut totals = vec![0f64; idx.len()];
+        totals.iter_mut().zip(val).for_each(|(t, v)| *t = *v as f64);
+        let names: Vec<String> = idx.iter().map(|&a| self.model.artists[a as usize].clone()).collect();
+        top_shares(&totals, &names, TOP_ARTISTS)
+    }
+
+    /// Members of a cohort, in user order.
+    pub fn members(&self, cohort: usize) -> impl Iterator<Item = usize> + '_ {
+        self.model.labels.iter().enumerate().filter(move |(_, &c)| c as usize == cohort).map(|(u, _)| u)
+    }
+
+    /// Each cohort's predicted affinity to a notification naming `artists`
+    /// (the same score the batch policy ranks by).
+    pub fn affinity(&self, artists: &[u32], tp: &TargetingParams) -> Vec<f64> {
+        let note = Notification { id: String::new(), artists: artists.to_vec() };
+        cohort_affinity(&self.model.als, &self.plays, &self.model.labels, self.k(), &[note], tp)
+    }
+}
+
+/// One cohort in a release decision.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RankedCohort {
+    /// Cohort number.
+    pub cohort: usize,
+    /// Users in it.
+    pub size: usize,
+    /// Predicted click-through rate of the release in this cohort.
+    pub expected_ctr: f64,
+    /// Whether it is pushed under the limits.
+    pub pushed: bool,
+}
+
+/// Cohorts ranked by expected CTR (ties to the lower number), and which are
+/// pushed: in rank order, each whose expected CTR reaches `min_ctr` and
+/// whose users still fit under `max_users` (a cohort that does not fit is
+/// skipped and smaller ones further down may still be taken).
+pub fn rank(sizes: &[usize], ctr: &[f64], max_users: Option<usize>, min_ctr: f64) -> Vec<RankedCohort> {
+    let mut order: Vec<usize> = (0..sizes.len()).filter(|&c| sizes[c] > 0).collect();
+    order.sort_by(|&a, &b| ctr[b].total_cmp(&ctr[a]).then(a.cmp(&b)));
+    let mut left = max_users.unwrap_or(usize::MAX);
+    order
+        .into_iter()
+        .map(|c| {
+            let pushed = ctr[c] >= min_ctr && sizes[c] <= left;
+            if pushed {
+                left -= sizes[c];
+            }
+            RankedCohort { cohort: c, size: sizes[c], expected_ctr: ctr[c], pushed }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranking_respects_the_limits_and_skips_what_does_not_fit() {
+        let sizes = [100, 50, 0, 30, 20];
+        let ctr = [0.05, 0.10, 0.9, 0.01, 0.10];
+        let r = rank(&sizes, &ctr, Some(80), 0.02);
+        // Empty cohorts are left out; ties go to the lower number.
+        let order: Vec<usize> = r.iter().map(|c| c.cohort).collect();
+        assert_eq!(order, vec![1, 4, 0, 3]);
+        let pushed: Vec<usize> = r.iter().filter(|c| c.pushed).map(|c| c.cohort).collect();
+        // 50 + 20 fit; 100 does not; cohort 3 is under the CTR floor.
+        assert_eq!(pushed, vec![1, 4]);
+        let all = rank(&sizes, &ctr, None, 0.0);
+        assert_eq!(all.iter().filter(|c| c.pushed).count(), 4);
+    }
+
+    #[test]
+    fn top_shares_are_sorted_shares_of_the_total() {
+        let names: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        let t = top_shares(&[1.0, 3.0, 0.0], &names, 5);
+        assert_eq!(t.len(), 2);
+        assert_eq!((t[0].artist_id.as_str(), t[0].share), ("b", 0.75));
+        assert_eq!((t[1].artist_id.as_str(), t[1].share), ("a", 0.25));
+    }
+}

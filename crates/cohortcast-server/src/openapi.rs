@@ -1,0 +1,62 @@
+//! The OpenAPI 3 description served at `/openapi.json`.
+
+use serde_json::{json, Value};
+
+fn error_responses() -> Value {
+    json!({ "description": "An error", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } })
+}
+
+/// The document.
+pub fn document() -> Value {
+    let ok = |d: &str| json!({ "description": d, "content": { "application/json": {} } });
+    json!({
+        "openapi": "3.0.3",
+        "info": { "title": "cohortcast", "version": env!("CARGO_PKG_VERSION"),
+                  "description": "Cohorts of listeners and the notifications to push them." },
+        "components": {
+            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
+            "schemas": {
+                "Error": { "type": "object", "required": ["error"], "properties": { "error": { "type": "string" } } },
+                "Release": {
+                    "type": "object", "required": ["notification_id", "artist_ids"],
+                    "properties": {
+                        "notification_id": { "type": "string" },
+                        "artist_ids": { "type": "array", "items": { "type": "string" }, "minItems": 1 },
+                        "max_users": { "type": "integer", "minimum": 0 },
+                        "min_expected_ctr": { "type": "number", "minimum": 0, "maximum": 1 }
+                    }
+                }
+            }
+        },
+        "paths": {
+            "/healthz": { "get": { "summary": "Liveness, with the model's size", "responses": { "200": ok("Up") } } },
+            "/metrics": { "get": { "summary": "Prometheus metrics", "responses": { "200": { "description": "text/plain exposition" } } } },
+            "/v1/cohorts": { "get": { "summary": "Every cohort: size and top artists with play shares",
+                                       "responses": { "200": ok("The cohorts") } } },
+            "/v1/cohorts/{id}": { "get": {
+                "summary": "One cohort, with a sample of members",
+                "parameters": [{ "name": "id", "in": "path", "required": true, "schema": { "type": "integer" } }],
+                "responses": { "200": ok("The cohort"), "400": error_responses(), "404": error_responses() } } },
+            "/v1/users/{user_id}": { "get": {
+                "summary": "A user's cohort and top artists",
+                "parameters": [{ "name": "user_id", "in": "path", "required": true, "schema": { "type": "string" } }],
+                "responses": { "200": ok("The user"), "404": error_responses() } } },
+            "/v1/releases": { "post": {
+                "summary": "Decide whom to push a new release: cohorts ranked by expected CTR, those pushed under the limits, expected clicks, the first page of user ids",
+                "security": [{ "bearer": [] }],
+                "requestBody": { "required": true, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Release" } } } },
+                "responses": { "200": ok("The decision"), "400": error_responses(), "401": error_responses(),
+                               "403": error_responses(), "413": error_responses(), "422": error_responses() } } },
+            "/v1/releases/{notification_id}/users": { "get": {
+                "summary": "A page of a recent decision's pushed user ids",
+                "parameters": [
+                    { "name": "notification_id", "in": "path", "required": true, "schema": { "type": "string" } },
+                    { "name": "page", "in": "query", "schema": { "type": "integer", "minimum": 0 } }],
+                "responses": { "200": ok("The page"), "404": error_responses() } } },
+            "/v1/model/reload": { "post": {
+                "summary": "Load the model folder again, atomically; requests in flight finish on the old model",
+                "security": [{ "bearer": [] }],
+                "responses": { "200": ok("Reloaded"), "401": error_responses(), "422": error_responses() } } }
+        }
+    })
+}

@@ -1,0 +1,242 @@
+//! The API against a small trained model with planted tastes: two groups
+//! of users, one playing artists a0–a4, the other a5–a9. Requests go
+//! through the router directly (no socket), as a client's would.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{header, Request, StatusCode};
+use cohortcast_core::als::{AlsModel, AlsParams};
+use cohortcast_core::kmeans::{normalize_rows, Cohorts, KMeansParams};
+use cohortcast_core::sparse::Csr;
+use cohortcast_data::ingest::Ingested;
+use cohortcast_data::stages::{save_ingested, save_model, ModelParams, StoredModel};
+use cohortcast_server::{app, AppState, Config, Served};
+use serde_json::Value;
+use tower::ServiceExt;
+
+const TOKEN: &str = "s3cret-token";
+
+/// Writes model/ and ingest/ for 200 users; returns the folder.
+fn fixture(users: usize) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let ids: Vec<String> = (0..users).map(|u| format!("{u:032x}")).collect();
+    let artists: Vec<String> = (0..10).map(|a| format!("a{a}")).collect();
+    let mut t = Vec::new();
+    for u in 0..users {
+        let base = if u % 2 == 0 { 0 } else { 5 };
+        for j in 0..4 {
+            t.push((u as u32, (base + (u / 2 + j) % 5) as u32, (5 + (u % 7)) as f32));
+        }
+    }
+    let plays = Csr::from_triplets(users, 10, &t).unwrap();
+    let als = AlsParams { factors: 8, iterations: 8, ..AlsParams::default() };
+    let model = AlsModel::fit(&plays, &als).unwrap();
+    let km = KMeansParams { n_clusters: 4, ..KMeansParams::default() };
+    let cohorts = Cohorts::fit(&normalize_rows(model.user_factors(), 8), 8, &km).unwrap();
+    let params = ModelParams { als, kmeans: km, loss_history: model.loss_history.clone(), inertia: cohorts.inertia };
+    let stored = StoredModel {
+        users: ids.clone(),
+        artists: artists.clone(),
+        labels: cohorts.labels().to_vec(),
+        als: model,
+        cohorts,
+        params,
+    };
+    save_model(&dir.path().join("model"), &stored).unwrap();
+    let ing =
+        Ingested { users: ids, artists, plays, notifications: Vec::new(), clicks: None, report: Default::default() };
+    save_ingested(&dir.path().join("ingest"), &ing).unwrap();
+    dir
+}
+
+fn state(dir: &std::path::Path, token: Option<&str>) -> Arc<AppState> {
+    let config = Config {
+        token: token.map(String::from),
+        model_dir: dir.join("model"),
+        ingest_dir: dir.join("ingest"),
+        ..Config::default()
+    };
+    AppState::new(config, Served::load(&dir.join("model"), &dir.join("ingest")).unwrap())
+}
+
+async fn call(
+    st: &Arc<AppState>,
+    method: &str,
+    uri: &str,
+    body: Option<&str>,
+    token: Option<&str>,
+) -> (StatusCode, Value) {
+    let mut req = Request::builder().method(method).uri(uri);
+    if let Some(t) = token {
+        req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    let req = match body {
+        Some(b) => req.header(header::CONTENT_TYPE, "application/json").body(Body::from(b.to_string())),
+        None => req.body(Body::empty()),
+    }
+    .unwrap();
+    let resp = app(st.clone()).oneshot(req).await.unwrap();
+    let status = resp.status();
+    let bytes = axum::body::to_bytes(resp.into_body(), 64 << 20).await.unwrap();
+    let v = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+    (status, v)
+}
+
+#[tokio::test]
+async fn cohorts_and_users_describe_the_planted_tastes() {
+    let dir = fixture(200);
+    let st = state(dir.path(), Some(TOKEN));
+    let (s, v) = call(&st, "GET", "/v1/cohorts", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    let cohorts = v["cohorts"].as_array().unwrap();
+    assert_eq!(cohorts.len(), 4);
+    assert_eq!(cohorts.iter().map(|c| c["size"].as_u64().unwrap()).sum::<u64>(), 200);
+    for c in cohorts.iter().filter(|c| c["size"].as_u64().unwrap() > 0) {
+        // A cohort is one taste group: its top artists all come from one half.
+        let tops: Vec<usize> = c["top_artists"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["artist_id"].as_str().unwrap()[1..].parse().unwrap())
+            .collect();
+        assert!(tops.iter().all(|&a| a < 5) || tops.iter().all(|&a| a >= 5), "{c}");
+        let shares: f64 = c["top_artists"].as_array().unwrap().iter().map(|a| a["share"].as_f64().unwrap()).sum();
+        assert!((shares - 1.0).abs() < 1e-9, "five artists hold all the plays: {shares}");
+    }
+    let (s, v) = call(&st, "GET", "/v1/cohorts/0", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(!v["sample_members"].as_array().unwrap().is_empty());
+    let (s, v) = call(&st, "GET", "/v1/cohorts/9", None, None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert!(v["error"].as_str().unwrap().contains("no cohort 9"));
+
+    // User 1 plays the second half; ids are matched whatever their case.
+    let id = format!("{:032X}", 1);
+    let (s, v) = call(&st, "GET", &format!("/v1/users/{id}"), None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["user_id"], format!("{:032x}", 1));
+    assert!(v["top_artists"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|a| a["artist_id"].as_str().unwrap()[1..].parse::<u32>().unwrap() >= 5));
+    let (s, v) = call(&st, "GET", "/v1/users/nobody", None, None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert!(v["error"].as_str().unwrap().contains("unknown user `nobody`"));
+}
+
+#[tokio::test]
+async fn a_release_goes_to_the_cohorts_of_its_artist_and_respects_the_limits() {
+    let dir = fixture(200);
+    let st = state(dir.path(), Some(TOKEN));
+    let body = r#"{"notification_id": "n-1", "artist_ids": ["a2", "not-an-artist"]}"#;
+    let (s, v) = call(&st, "POST", "/v1/releases", Some(body), Some(TOKEN)).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["unknown_artists"][0], "not-an-artist");
+    let ranked = v["cohorts"].as_array().unwrap();
+    // The best cohort is a first-half cohort, and scores are descending.
+    let first = ranked[0]["cohort"].as_u64().unwrap();
+    let (_, c) = call(&st, "GET", &format!("/v1/cohorts/{first}"), None, None).await;
+    assert!(c["top_artists"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|a| a["artist_id"].as_str().unwrap()[1..].parse::<u32>().unwrap() < 5));
+    let ctrs: Vec<f64> = ranked.iter().map(|c| c["expected_ctr"].as_f64().unwrap()).collect();
+    assert!(ctrs.windows(2).all(|w| w[0] >= w[1]), "{ctrs:?}");
+    assert_eq!(v["pushed_users"], 200, "no limits: everybody");
+    assert_eq!(v["users"].as_array().unwrap().len(), 200);
+
+    // Limits: at most 60 users, and only cohorts above the median score.
+    let floor = ctrs[ctrs.len() / 2];
+    let body =
+        format!(r#"{{"notification_id": "n-2", "artist_ids": ["a2"], "max_users": 60, "min_expected_ctr": {floor}}}"#);
+    let (s, v) = call(&st, "POST", "/v1/releases", Some(&body), Some(TOKEN)).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let pushed: Vec<&Value> = v["cohorts"].as_array().unwrap().iter().filter(|c| c["pushed"] == true).collect();
+    let n: u64 = pushed.iter().map(|c| c["size"].as_u64().unwrap()).sum();
+    assert!(n <= 60 && n == v["pushed_users"].as_u64().unwrap());
+    assert!(pushed.iter().all(|c| c["expected_ctr"].as_f64().unwrap() >= floor));
+    let clicks: f64 = pushed.iter().map(|c| c["size"].as_f64().unwrap() * c["expected_ctr"].as_f64().unwrap()).sum();
+    assert!((v["expected_clicks"].as_f64().unwrap() - clicks).abs() < 1e-9);
+    let (s, page) = call(&st, "GET", "/v1/releases/n-2/users?page=0", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(page["total"].as_u64().unwrap(), n);
+
+    // Only unknown artists: 422 that says so.
+    let (s, v) =
+        call(&st, "POST", "/v1/releases", Some(r#"{"notification_id": "n-3", "artist_ids": ["zz"]}"#), Some(TOKEN))
+            .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(v["error"].as_str().unwrap().contains("no artist of this notification is known"), "{v}");
+}
+
+#[tokio::test]
+async fn bad_requests_name_the_problem_and_mutations_need_the_token() {
+    let dir = fixture(200);
+    let st = state(dir.path(), Some(TOKEN));
+    let good = r#"{"notification_id": "n", "artist_ids": ["a1"]}"#;
+    let (s, v) = call(&st, "POST", "/v1/releases", Some(good), None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
+    let (s, _) = call(&st, "POST", "/v1/releases", Some(good), Some("wrong")).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, v) = call(&st, "POST", "/v1/releases", Some(r#"{"notification_id": "n"}"#), Some(TOKEN)).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(v["error"].as_str().unwrap().contains("artist_ids"), "{v}");
+    let (s, _) = call(&st, "POST", "/v1/releases", Some("{not json"), Some(TOKEN)).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, v) = call(
+        &st,
+        "POST",
+        "/v1/releases",
+        Some(r#"{"notification_id": "n", "artist_ids": ["a1"], "max_users": -3}"#),
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(v["error"].as_str().unwrap().contains("max_users"), "{v}");
+    let big = format!(r#"{{"notification_id": "n", "artist_ids": ["{}"]}}"#, "x".repeat(cohortcast_server::BODY_LIMIT));
+    let (s, _) = call(&st, "POST", "/v1/releases", Some(&big), Some(TOKEN)).await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
+    // Without a configured token, mutations are refused, not open.
+    let open = state(dir.path(), None);
+    let (s, v) = call(&open, "POST", "/v1/releases", Some(good), Some("anything")).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert!(v["error"].as_str().unwrap().contains("no token configured"));
+    // Reads stay open; metrics count what happened.
+    let (s, _) = call(&st, "GET", "/healthz", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, m) = call(&st, "GET", "/metrics", None, None).await;
+    let m = m.as_str().unwrap();
+    assert!(m.contains(r#"cohortcast_http_requests_total{route="/v1/releases",status="401"} 2"#), "{m}");
+    assert!(m.contains("cohortcast_users 200"), "{m}");
+    assert!(m.contains(r#"cohortcast_http_request_duration_seconds_count{route="/v1/releases"}"#));
+    let (s, doc) = call(&st, "GET", "/openapi.json", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(doc["paths"]["/v1/releases"]["post"].is_object());
+}
+
+#[tokio::test]
+async fn a_reload_swaps_the_model_and_a_broken_one_keeps_the_old() {
+    let dir = fixture(200);
+    let st = state(dir.path(), Some(TOKEN));
+    // A newer run with more users lands in the same folders.
+    let newer = fixture(240);
+    for sub in ["model", "ingest"] {
+        std::fs::remove_dir_all(dir.path().join(sub)).unwrap();
+        std::fs::rename(newer.path().join(sub), dir.path().join(sub)).unwrap();
+    }
+    let (s, v) = call(&st, "POST", "/v1/model/reload", None, Some(TOKEN)).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["users"], 240);
+    let (_, h) = call(&st, "GET", "/healthz", None, None).await;
+    assert_eq!(h["users"], 240);
+    // A broken model folder: the reload fails and the old model serves on.
+    std::fs::write(dir.path().join("model/users.csv"), "just one\n").unwrap();
+    let (s, v) = call(&st, "POST", "/v1/model/reload", None, Some(TOKEN)).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("old one serves on"));
+    let (_, h) = call(&st, "GET", "/healthz", None, None).await;
+    assert_eq!(h["users"], 240);
+}

@@ -1,0 +1,69 @@
+//! `cohortcast serve`: the HTTP API over a trained model.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use cohortcast_core::targeting::TargetingParams;
+use cohortcast_server::{serve, AppState, Config, Served};
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The model folder `train` (or `run`) wrote: OUT/model.
+    #[arg(long)]
+    model: PathBuf,
+    /// The ingest folder of the same run (default: beside the model, OUT/ingest).
+    #[arg(long)]
+    ingest: Option<PathBuf>,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: SocketAddr,
+    /// File holding the bearer token for mutating requests (default: the
+    /// COHORTCAST_TOKEN environment variable; with neither, they are refused).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Require the token for reads too.
+    #[arg(long)]
+    protect_reads: bool,
+    /// Weight of each user's own listening share in the release score (as
+    /// `run --history-weight`).
+    #[arg(long, default_value_t = TargetingParams::default().history_weight)]
+    history_weight: f32,
+}
+
+pub fn run(a: ServeArgs) -> Result<()> {
+    let token = match &a.token_file {
+        Some(f) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("reading the token file {}", f.display()))?
+                .trim()
+                .to_string(),
+        ),
+        None => std::env::var("COHORTCAST_TOKEN").ok().map(|t| t.trim().to_string()),
+    }
+    .filter(|t| !t.is_empty());
+    if token.as_ref().is_some_and(|t| t.len() < 16) {
+        bail!("the token is shorter than 16 characters: use a long random one");
+    }
+    let targeting = TargetingParams { history_weight: a.history_weight };
+    targeting.check()?;
+    let ingest_dir = a.ingest.clone().unwrap_or_else(|| a.model.with_file_name("ingest"));
+    let model = Served::load(&a.model, &ingest_dir)
+        .with_context(|| format!("loading {} and {}", a.model.display(), ingest_dir.display()))?;
+    if token.is_none() {
+        eprintln!("no token (COHORTCAST_TOKEN or --token-file): mutating requests will be refused");
+    }
+    let config = Config { token, protect_reads: a.protect_reads, model_dir: a.model, ingest_dir, targeting };
+    let state = AppState::new(config, model);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let listener =
+            tokio::net::TcpListener::bind(a.addr).await.with_context(|| format!("listening on {}", a.addr))?;
+        eprintln!("serving on http://{}", listener.local_addr()?);
+        let stop = async {
+            let _ = tokio::signal::ctrl_c().await;
+        };
+        serve(listener, state, stop).await.context("serving")
+    })
+}

@@ -82,4 +82,58 @@ fn serve_answers_from_the_model_a_run_wrote() {
         .sum();
     assert_eq!(sizes, pushed);
     assert_eq!(v["users"].as_array().unwrap().len() as u64, pushed);
+
+    // The dashboard, in a real browser: the charts and the run's numbers
+    // are on the page as the browser built it.
+    let Some(browser) = chromium() else { return };
+    let url = format!("http://127.0.0.1:{port}/");
+    let dom = Command::new(&browser)
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", &url])
+        .output()
+        .expect("chromium runs");
+    let dom = String::from_utf8_lossy(&dom.stdout);
+    for id in ["cohort-sizes", "user-map", "top-artists", "ctr-by-policy", "ctr-by-notification"] {
+        assert!(dom.contains(&format!("id=\"{id}\"")), "the page lacks {id}");
+    }
+    let users = cohorts.lines().count() - 1;
+    assert!(dom.contains(&format!("<b id=\"users\">{users}</b>")), "user count");
+    assert_eq!(dom.matches("class=\"user\"").count(), users.min(4000), "one point a user drawn");
+    assert!(dom.matches("class=\"bar\"").count() >= 20, "a bar per cohort at least");
+    let summary = super::summary(&out);
+    let ctr = format!("{:.2}%", 100.0 * summary["ctr"][0]["overall_ctr"].as_f64().unwrap());
+    assert!(dom.contains(&format!("<b id=\"headline-ctr\">{ctr}</b>")), "headline CTR {ctr}");
+    // The batch report is the same page.
+    let report = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(report.contains(&format!("<b id=\"headline-ctr\">{ctr}</b>")));
+    // A screenshot for people: CI keeps it as an artifact.
+    let shots = std::env::var("COHORTCAST_ARTIFACTS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| dir.path().join("artifacts"));
+    std::fs::create_dir_all(&shots).unwrap();
+    let png = shots.join("dashboard.png");
+    let shot = Command::new(&browser)
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--window-size=1200,2200"])
+        .arg(format!("--screenshot={}", png.display()))
+        .arg(&url)
+        .output()
+        .expect("chromium runs");
+    assert!(shot.status.success(), "{}", String::from_utf8_lossy(&shot.stderr));
+    assert!(std::fs::metadata(&png).unwrap().len() > 20_000, "a real picture");
+}
+
+/// Chromium, or `None` (the browser part is skipped) unless CI requires it.
+fn chromium() -> Option<std::path::PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .flat_map(|d| ["chromium", "chromium-browser", "google-chrome"].map(|n| d.join(n)))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        assert!(
+            std::env::var("COHORTCAST_REQUIRE_BROWSER").is_err(),
+            "COHORTCAST_REQUIRE_BROWSER is set but no chromium"
+        );
+        eprintln!("skipped the browser check: no chromium on PATH (.ci/run installs Debian's)");
+    }
+    found
 }

@@ -139,6 +139,7 @@ async fn guard(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Res
 /// The API, without a socket (tests call it directly).
 pub fn app(state: Arc<AppState>) -> Router {
     Router::new()
+        .route("/", get(dashboard))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/v1/cohorts", get(cohorts))
@@ -151,6 +152,14 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), guard))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
+}
+
+async fn dashboard(State(st): State<Arc<AppState>>) -> Result<axum::response::Html<String>, ApiError> {
+    let m = st.model();
+    let page = tokio::task::spawn_blocking(move || m.dashboard())
+        .await
+        .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, format!("drawing the dashboard failed: {e}")))?;
+    Ok(axum::response::Html(page))
 }
 
 async fn healthz(State(st): State<Arc<AppState>>) -> Json<serde_json::Value> {

@@ -20,6 +20,7 @@
 #![warn(missing_docs)]
 
 mod api;
+pub mod dashboard;
 mod metrics;
 pub mod model;
 mod openapi;

@@ -61,6 +61,19 @@ fn top_shares(totals: &[f64], artists: &[String], n: usize) -> Vec<ArtistShare> 
     idx.into_iter().map(|a| ArtistShare { artist_id: artists[a].clone(), share: totals[a] / sum }).collect()
 }
 
+/// Each cohort's most played artists with their share of its plays.
+pub fn cohort_top_artists(plays: &Csr, labels: &[u32], k: usize, artists: &[String]) -> Vec<Vec<ArtistShare>> {
+    let na = artists.len();
+    let mut totals = vec![0f64; k * na];
+    for (u, &c) in labels.iter().enumerate() {
+        let (idx, val) = plays.row(u);
+        for (&a, &v) in idx.iter().zip(val) {
+            totals[c as usize * na + a as usize] += v as f64;
+        }
+    }
+    (0..k).map(|c| top_shares(&totals[c * na..(c + 1) * na], artists, TOP_ARTISTS)).collect()
+}
+
 impl Served {
     /// Loads `model_dir` (written by `train`) and `ingest_dir` (by `ingest`).
     pub fn load(model_dir: &Path, ingest_dir: &Path) -> Result<Served, LoadError> {
@@ -126,6 +139,25 @@ impl Served {
     /// Members of a cohort, in user order.
     pub fn members(&self, cohort: usize) -> impl Iterator<Item = usize> + '_ {
         self.model.labels.iter().enumerate().filter(move |(_, &c)| c as usize == cohort).map(|(u, _)| u)
+    }
+
+    /// The dashboard of this model, with the run's evaluation when its
+    /// folder (the model folder's parent) holds `summary.json` and `ctr.csv`.
+    pub fn dashboard(&self) -> String {
+        let run = self.model_dir.parent().map(Path::to_path_buf).unwrap_or_default();
+        let summary: Option<serde_json::Value> =
+            std::fs::read_to_string(run.join("summary.json")).ok().and_then(|t| serde_json::from_str(&t).ok());
+        let ctr = std::fs::read_to_string(run.join("ctr.csv")).ok();
+        crate::dashboard::render(&crate::dashboard::Inputs {
+            title: "cohortcast",
+            labels: &self.model.labels,
+            sizes: &self.sizes,
+            user_factors: self.model.als.user_factors(),
+            factors: self.model.als.factors(),
+            top_artists: &self.top_artists,
+            summary: summary.as_ref(),
+            ctr_csv: ctr.as_deref(),
+        })
     }
 
     /// Each cohort's predicted affinity to a notification naming `artists`

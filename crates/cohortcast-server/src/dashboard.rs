@@ -1,0 +1,335 @@
+//! The dashboard: one server-rendered HTML page of SVG charts, with no
+//! scripts and no build chain. `GET /` serves it, and `cohortcast run`
+//! writes the same page as `report.html`.
+//!
+//! Charts: cohort sizes; the top artists of the largest cohorts; a 2-D map
+//! of users (the first two principal components of their factors, a
+//! sample of at most [`MAP_POINTS`]) coloured by cohort; and, when the run
+//! was evaluated, CTR by policy beside the baselines and CTR per
+//! notification of the chosen policy.
+
+use std::fmt::Write;
+
+use serde_json::Value;
+
+use crate::model::ArtistShare;
+
+/// Users drawn on the map, at most.
+pub const MAP_POINTS: usize = 4000;
+/// Cohorts whose top artists are drawn (the largest).
+pub const ARTIST_PANELS: usize = 12;
+
+/// What the page shows.
+pub struct Inputs<'a> {
+    /// Page title.
+    pub title: &'a str,
+    /// Each user's cohort.
+    pub labels: &'a [u32],
+    /// Users in each cohort.
+    pub sizes: &'a [usize],
+    /// User factors, row-major `users × factors`.
+    pub user_factors: &'a [f32],
+    /// Factors per user.
+    pub factors: usize,
+    /// Each cohort's top artists.
+    pub top_artists: &'a [Vec<ArtistShare>],
+    /// `summary.json` of the run, when there is one.
+    pub summary: Option<&'a Value>,
+    /// `ctr.csv` of the run (notification_id, cohorts, users_pushed,
+    /// users_clicked, ctr), when there is one.
+    pub ctr_csv: Option<&'a str>,
+}
+
+/// A colour per cohort: hues a golden angle apart.
+fn colour(c: usize) -> String {
+    format!("hsl({:.0},65%,48%)", (c as f64 * 137.508) % 360.0)
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+/// Vertical bars with a label under each (every `label_every`-th).
+fn bars(id: &str, title: &str, values: &[(String, f64, String)], fmt: &dyn Fn(f64) -> String) -> String {
+    let (w, h, left, bottom) = (900.0, 260.0, 50.0, 40.0);
+    let max = values.iter().map(|v| v.1).fold(0.0, f64::max).max(1e-12);
+    let n = values.len().max(1) as f64;
+    let bw = (w - left - 10.0) / n;
+    let mut s = format!(
+        r#"<figure><figcaption>{}</figcaption><svg id="{id}" viewBox="0 0 {w} {h}" width="100%" role="img" aria-label="{}">"#,
+        esc(title),
+        esc(title)
+    );
+    let _ = write!(s, r##"<line x1="{left}" y1="{}" x2="{w}" y2="{}" stroke="#888"/>"##, h - bottom, h - bottom);
+    let _ =
+        write!(s, r##"<text x="{}" y="12" font-size="11" text-anchor="end">{}</text>"##, left - 4.0, esc(&fmt(max)));
+    let every = (values.len() / 30).max(1);
+    for (i, (label, v, col)) in values.iter().enumerate() {
+        let bh = (h - bottom - 20.0) * v / max;
+        let x = left + i as f64 * bw;
+        let _ = write!(
+            s,
+            r#"<rect class="bar" x="{x:.1}" y="{:.1}" width="{:.1}" height="{bh:.1}" fill="{col}"><title>{}: {}</title></rect>"#,
+            h - bottom - bh,
+            (bw * 0.85).max(0.5),
+            esc(label),
+            esc(&fmt(*v))
+        );
+        if values.len() <= 12 {
+            let _ = write!(
+                s,
+                r#"<text class="value" x="{:.1}" y="{:.1}" font-size="11" text-anchor="middle">{}</text>"#,
+                x + bw / 2.0,
+                h - bottom - bh - 4.0,
+                esc(&fmt(*v))
+            );
+        }
+        if i % every == 0 {
+            let _ = write!(
+                s,
+                r#"<text x="{:.1}" y="{}" font-size="10" text-anchor="middle">{}</text>"#,
+                x + bw / 2.0,
+                h - bottom + 14.0,
+                esc(label)
+            );
+        }
+    }
+    s.push_str("</svg></figure>");
+    s
+}
+
+/// The first two principal components of the sampled rows (power iteration
+/// with deflation on the covariance; deterministic).
+fn pca2(x: &[f32], f: usize, rows: &[usize]) -> Vec<(f64, f64)> {
+    let n = rows.len().max(1) as f64;
+    let mut mean = vec![0f64; f];
+    for &r in rows {
+        for d in 0..f {
+            mean[d] += x[r * f + d] as f64 / n;
+        }
+    }
+    let mut cov = vec![0f64; f * f];
+    for &r in rows {
+        let v: Vec<f64> = (0..f).map(|d| x[r * f + d] as f64 - mean[d]).collect();
+        for i in 0..f {
+            for j in 0..f {
+                cov[i * f + j] += v[i] * v[j] / n;
+            }
+        }
+    }
+    let mut comps: Vec<Vec<f64>> = Vec::new();
+    for _ in 0..2 {
+        let mut v: Vec<f64> = (0..f).map(|i| 1.0 + (i as f64 * 0.37).sin()).collect();
+        for _ in 0..200 {
+            let mut w: Vec<f64> = (0..f).map(|i| (0..f).map(|j| cov[i * f + j] * v[j]).sum()).collect();
+            for c in &comps {
+                let p: f64 = w.iter().zip(c).map(|(a, b)| a * b).sum();
+                w.iter_mut().zip(c).for_each(|(a, b)| *a -= p * b);
+            }
+            let norm = w.iter().map(|a| a * a).sum::<f64>().sqrt();
+            if norm < 1e-300 {
+                break;
+            }
+            v = w.into_iter().map(|a| a / norm).collect();
+        }
+        comps.push(v);
+    }
+    rows.iter()
+        .map(|&r| {
+            let p = |c: &Vec<f64>| (0..f).map(|d| (x[r * f + d] as f64 - mean[d]) * c[d]).sum::<f64>();
+            (p(&comps[0]), p(&comps[1]))
+        })
+        .collect()
+}
+
+fn map(inp: &Inputs) -> String {
+    let users = inp.labels.len();
+    let step = users.div_ceil(MAP_POINTS).max(1);
+    let rows: Vec<usize> = (0..users).step_by(step).collect();
+    let pts = pca2(inp.user_factors, inp.factors, &rows);
+    let (w, h, pad) = (560.0, 420.0, 12.0);
+    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+    for &(x, y) in &pts {
+        (x0, x1, y0, y1) = (x0.min(x), x1.max(x), y0.min(y), y1.max(y));
+    }
+    let sx = (w - 2.0 * pad) / (x1 - x0).max(1e-12);
+    let sy = (h - 2.0 * pad) / (y1 - y0).max(1e-12);
+    let title = format!("Users on the first two principal components of their taste ({} of {users} drawn)", rows.len());
+    let mut s = format!(
+        r#"<figure><figcaption>{}</figcaption><svg id="user-map" viewBox="0 0 {w} {h}" width="62%" role="img" aria-label="{}">"#,
+        esc(&title),
+        esc(&title)
+    );
+    for (&r, &(x, y)) in rows.iter().zip(&pts) {
+        let c = inp.labels[r] as usize;
+        let _ = write!(
+            s,
+            r#"<circle class="user" cx="{:.1}" cy="{:.1}" r="2" fill="{}" fill-opacity="0.7"><title>cohort {c}</title></circle>"#,
+            pad + (x - x0) * sx,
+            h - pad - (y - y0) * sy,
+            colour(c)
+        );
+    }
+    s.push_str("</svg></figure>");
+    s
+}
+
+fn artist_panels(inp: &Inputs) -> String {
+    let mut order: Vec<usize> = (0..inp.sizes.len()).filter(|&c| inp.sizes[c] > 0).collect();
+    order.sort_by(|&a, &b| inp.sizes[b].cmp(&inp.sizes[a]).then(a.cmp(&b)));
+    order.truncate(ARTIST_PANELS);
+    let mut s = format!(
+        r#"<h2>Top artists of the {} largest cohorts (share of the cohort's plays)</h2><div class="panels" id="top-artists">"#,
+        order.len()
+    );
+    for c in order {
+        let _ = write!(
+            s,
+            r#"<div class="panel"><h3 style="color:{}">cohort {c} · {} users</h3><svg class="artists" viewBox="0 0 260 110" width="260">"#,
+            colour(c),
+            inp.sizes[c]
+        );
+        let top = &inp.top_artists[c];
+        let max = top.first().map(|a| a.share).unwrap_or(1.0).max(1e-12);
+        for (i, a) in top.iter().take(5).enumerate() {
+            let y = 4.0 + i as f64 * 21.0;
+            let _ = write!(
+                s,
+                r#"<text x="0" y="{:.0}" font-size="11">{}</text><rect x="90" y="{y:.0}" width="{:.1}" height="15" fill="{}"/><text x="{:.1}" y="{:.0}" font-size="10">{:.1}%</text>"#,
+                y + 12.0,
+                esc(&a.artist_id.chars().take(14).collect::<String>()),
+                130.0 * a.share / max,
+                colour(c),
+                94.0 + 130.0 * a.share / max,
+                y + 12.0,
+                100.0 * a.share
+            );
+        }
+        s.push_str("</svg></div>");
+    }
+    s.push_str("</div>");
+    s
+}
+
+fn evaluation(inp: &Inputs) -> String {
+    let mut s = String::new();
+    if let Some(ctr) = inp.summary.and_then(|v| v["ctr"].as_array()) {
+        let vals: Vec<(String, f64, String)> = ctr
+            .iter()
+            .filter_map(|p| Some((p["policy"].as_str()?.to_string(), p["overall_ctr"].as_f64()?)))
+            .enumerate()
+            .map(|(i, (name, v))| (name, v, colour(i * 3)))
+            .collect();
+        if !vals.is_empty() {
+            s.push_str(&bars("ctr-by-policy", "CTR by policy: users who clicked ÷ users pushed", &vals, &|v| {
+                format!("{:.2}%", 100.0 * v)
+            }));
+        }
+    }
+    if let Some(csv) = inp.ctr_csv {
+        let mut rows: Vec<(String, f64, f64)> = csv
+            .lines()
+            .skip(1)
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split(',').collect();
+                Some((f.first()?.to_string(), f.get(2)?.parse().ok()?, f.get(4)?.parse().ok()?))
+            })
+            .filter(|r| r.1 > 0.0)
+            .collect();
+        rows.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        rows.truncate(40);
+        let vals: Vec<(String, f64, String)> = rows.into_iter().map(|(n, _, c)| (n, c, colour(7))).collect();
+        if !vals.is_empty() {
+            s.push_str(&bars(
+                "ctr-by-notification",
+                "CTR per notification of the chosen policy (the 40 pushed to most users)",
+                &vals,
+                &|v| format!("{:.2}%", 100.0 * v),
+            ));
+        }
+    }
+    s
+}
+
+/// The whole page.
+pub fn render(inp: &Inputs) -> String {
+    let users = inp.labels.len();
+    let k = inp.sizes.len();
+    let mut order: Vec<usize> = (0..k).collect();
+    order.sort_by(|&a, &b| inp.sizes[b].cmp(&inp.sizes[a]).then(a.cmp(&b)));
+    let size_bars: Vec<(String, f64, String)> =
+        order.iter().map(|&c| (c.to_string(), inp.sizes[c] as f64, colour(c))).collect();
+    let headline = inp
+        .summary
+        .and_then(|v| v["ctr"].as_array()?.first().cloned())
+        .map(|p| {
+            format!(
+                r#"<p class="headline">Policy <b>{}</b>: CTR <b id="headline-ctr">{:.2}%</b> over {} users pushed.</p>"#,
+                esc(p["policy"].as_str().unwrap_or("?")),
+                100.0 * p["overall_ctr"].as_f64().unwrap_or(0.0),
+                p["pushes"].as_u64().unwrap_or(0)
+            )
+        })
+        .unwrap_or_default();
+    let mut s = String::new();
+    let _ = write!(
+        s,
+        r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>body{{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1100px}}
+figure{{margin:18px 0}}figcaption,h2{{font-weight:600;font-size:15px;margin:6px 0}}
+.panels{{display:flex;flex-wrap:wrap;gap:14px}}.panel h3{{font-size:13px;margin:2px 0}}
+.stats span{{display:inline-block;margin-right:28px}}.stats b{{font-size:20px}}</style></head><body>
+<h1>{title}</h1><p class="stats"><span><b id="users">{users}</b> users</span><span><b id="cohorts">{k}</b> cohorts</span><span><b>{factors}</b> factors</span></p>{headline}"#,
+        title = esc(inp.title),
+        factors = inp.factors
+    );
+    s.push_str(&bars("cohort-sizes", "Cohort sizes (users), largest first", &size_bars, &|v| format!("{v:.0}")));
+    s.push_str(&map(inp));
+    s.push_str(&artist_panels(inp));
+    s.push_str(&evaluation(inp));
+    s.push_str("</body></html>\n");
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pca_finds_the_axis_of_largest_spread() {
+        // Points along (1, 1, 0) with a little noise on the third axis.
+        let mut x = Vec::new();
+        for i in 0..100 {
+            let t = i as f32 - 50.0;
+            x.extend([t, t, ((i * 7) % 5) as f32 * 0.01]);
+        }
+        let rows: Vec<usize> = (0..100).collect();
+        let p = pca2(&x, 3, &rows);
+        // The first component is ±√2 (t − mean t), mean t = −0.5.
+        let ratio = p[10].0 / (10.0 - 50.0 + 0.5);
+        assert!((ratio.abs() - 2f64.sqrt()).abs() < 1e-6, "{ratio}");
+        assert!(p.iter().all(|q| q.1.abs() < 0.1));
+    }
+
+    #[test]
+    fn the_page_has_every_chart_and_escapes_ids() {
+        let labels = [0u32, 1, 1, 0];
+        let top = vec![vec![ArtistShare { artist_id: "<b>".into(), share: 1.0 }], vec![]];
+        let summary = serde_json::json!({"ctr": [{"policy": "expected-ctr", "overall_ctr": 0.1234, "pushes": 4}]});
+        let page = render(&Inputs {
+            title: "t",
+            labels: &labels,
+            sizes: &[2, 2],
+            user_factors: &[1.0, 0.0, 0.0, 1.0, 0.5, 0.5, 1.0, 1.0],
+            factors: 2,
+            top_artists: &top,
+            summary: Some(&summary),
+            ctr_csv: Some("notification_id,cohorts,users_pushed,users_clicked,ctr\nn1,2,4,1,0.25\n"),
+        });
+        for id in ["cohort-sizes", "user-map", "top-artists", "ctr-by-policy", "ctr-by-notification"] {
+            assert!(page.contains(&format!("id=\"{id}\"")), "{id}");
+        }
+        assert_eq!(page.matches("class=\"user\"").count(), 4);
+        assert!(page.contains("12.34%") && page.contains("&lt;b&gt;") && !page.contains("<b></b>"));
+    }
+}

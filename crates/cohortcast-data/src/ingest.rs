@@ -149,6 +149,9 @@ pub struct Ingested {
     pub notifications: Vec<RawNotification>,
     /// Distinct (notification_id, user_id) clicks, when clicks were given.
     pub clicks: Option<Vec<(String, String)>>,
+    /// The metadata's (song_id, artist_id) pairs, sorted: what the serve
+    /// API folds new plays in with.
+    pub songs: Vec<(String, String)>,
     /// Counts for the summary.
     pub report: IngestReport,
 }
@@ -596,6 +599,14 @@ async fn ingest_async(paths: &InputPaths, opts: &IngestOptions) -> Result<Ingest
             ));
         }
     }
+    let mut songs_list: Vec<(String, String)> = Vec::new();
+    for batch in collect(&ctx, "SELECT DISTINCT song_id, artist_id FROM songs", &meta("song list")).await? {
+        let (song, artist) = (strings(batch.column(0))?, strings(batch.column(1))?);
+        for i in 0..batch.num_rows() {
+            songs_list.push((song.value(i).to_string(), artist.value(i).to_string()));
+        }
+    }
+    songs_list.sort_unstable();
     let mut all_artists: Vec<String> = Vec::new();
     for batch in collect(&ctx, "SELECT DISTINCT artist, artist_id FROM songs ORDER BY artist", &meta("artists")).await?
     {
@@ -765,7 +776,7 @@ async fn ingest_async(paths: &InputPaths, opts: &IngestOptions) -> Result<Ingest
         }
     }
     lap("reject examples found");
-    Ok(Ingested { users, artists, plays, notifications, clicks, report })
+    Ok(Ingested { users, artists, plays, notifications, clicks, songs: songs_list, report })
 }
 
 #[cfg(test)]

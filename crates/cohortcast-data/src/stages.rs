@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! ingest/  users.csv artists.csv plays.parquet (user, artist, plays as
-//!          indices into the two lists) notifications.csv clicks.csv report.json
+//!          indices into the two lists) notifications.csv clicks.csv
+//!          songs.csv (song_id, artist_id) report.json
 //! model/   params.json users.csv artists.csv user_factors.npy
 //!          artist_factors.npy centroids.npy cohorts.npy
 //! ```
@@ -30,6 +31,7 @@ use crate::ingest::{IngestReport, Ingested, RawNotification};
 
 const NOTIFICATIONS_HEADER: &str = "notification_id,artist_id";
 const CLICKS_HEADER: &str = "notification_id,user_id";
+const SONGS_HEADER: &str = "song_id,artist_id";
 
 /// Writes the ingest folder.
 pub fn save_ingested(dir: &Path, ing: &Ingested) -> Result<()> {
@@ -70,6 +72,7 @@ pub fn save_ingested(dir: &Path, ing: &Ingested) -> Result<()> {
     if let Some(c) = &ing.clicks {
         write_lines(&dir.join("clicks.csv"), Some(CLICKS_HEADER), c.iter().map(|(n, u)| format!("{n},{u}")))?;
     }
+    write_lines(&dir.join("songs.csv"), Some(SONGS_HEADER), ing.songs.iter().map(|(s, a)| format!("{s},{a}")))?;
     write_json(&dir.join("report.json"), &ing.report)
 }
 
@@ -119,8 +122,17 @@ pub fn load_ingested(dir: &Path) -> Result<Ingested> {
     } else {
         None
     };
+    // Older ingest folders have no song list; only the serve API's
+    // fold-in needs it.
+    let spath = dir.join("songs.csv");
+    let mut songs = Vec::new();
+    if spath.exists() {
+        for (i, l) in read_lines(&spath, Some(SONGS_HEADER))?.iter().enumerate() {
+            songs.push(split2(&spath, i + 2, l)?);
+        }
+    }
     let report: IngestReport = read_json(&dir.join("report.json"))?;
-    Ok(Ingested { users, artists, plays, notifications, clicks, report })
+    Ok(Ingested { users, artists, plays, notifications, clicks, songs, report })
 }
 
 /// Parameters stored beside the factors.

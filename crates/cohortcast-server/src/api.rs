@@ -42,11 +42,28 @@ pub struct Config {
     pub targeting: TargetingParams,
 }
 
+/// Users whose plays arrived since the model was loaded (most kept).
+pub const MAX_UPDATED_USERS: usize = 1_000_000;
+/// Plays accepted in one request, at most.
+pub const MAX_PLAYS: usize = 10_000;
+
+/// A user whose plays arrived since the model was loaded: all their plays
+/// so far and the cohort their folded-in factors are nearest to.
+#[derive(Debug, Clone)]
+struct Update {
+    cohort: u32,
+    plays: Vec<(u32, f32)>,
+}
+
+/// A release decision kept for paging: model rows, then updated users' ids.
+type Kept = (String, Vec<u32>, Vec<String>);
+
 /// What every handler shares.
 pub struct AppState {
     config: Config,
     model: RwLock<Arc<Served>>,
-    releases: Mutex<VecDeque<(String, Vec<u32>)>>,
+    updates: RwLock<HashMap<String, Update>>,
+    releases: Mutex<VecDeque<Kept>>,
     metrics: Metrics,
 }
 
@@ -56,6 +73,7 @@ impl AppState {
         Arc::new(AppState {
             config,
             model: RwLock::new(Arc::new(model)),
+            updates: RwLock::new(HashMap::new()),
             releases: Mutex::new(VecDeque::new()),
             metrics: Metrics::default(),
         })
@@ -145,6 +163,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/v1/cohorts", get(cohorts))
         .route("/v1/cohorts/{id}", get(cohort))
         .route("/v1/users/{user_id}", get(user))
+        .route("/v1/users/{user_id}/plays", post(add_plays))
         .route("/v1/releases", post(release))
         .route("/v1/releases/{notification_id}/users", get(release_users))
         .route("/v1/model/reload", post(reload))
@@ -213,11 +232,119 @@ async fn cohort(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Resu
 
 async fn user(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
     let m = st.model();
+    let key = id.to_ascii_lowercase();
+    if let Some(up) = st.updates.read().expect("poisoned").get(&key) {
+        return Ok(Json(json!({
+            "user_id": key,
+            "cohort": up.cohort,
+            "top_artists": m.top_of(&up.plays),
+            "updated_since_training": true,
+        })));
+    }
     let u = m.user(&id).ok_or_else(|| err(StatusCode::NOT_FOUND, format!("unknown user `{id}`: not in the model")))?;
     Ok(Json(json!({
         "user_id": m.model.users[u],
         "cohort": m.model.labels[u],
         "top_artists": m.user_top_artists(u),
+        "updated_since_training": false,
+    })))
+}
+
+/// One play of `POST /v1/users/{user_id}/plays`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlayIn {
+    /// The song, as in the metadata.
+    pub song_id: String,
+    /// Unix seconds.
+    pub timestamp: i64,
+}
+
+/// `POST /v1/users/{user_id}/plays`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlaysRequest {
+    /// New plays, at most [`MAX_PLAYS`].
+    pub plays: Vec<PlayIn>,
+}
+
+async fn add_plays(
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    body: Result<Json<PlaysRequest>, JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let r = json_body(body)?;
+    let unprocessable = |m: String| err(StatusCode::UNPROCESSABLE_ENTITY, m);
+    if cohortcast_core::saavn::user_key(&id).is_none() {
+        return Err(unprocessable(format!("user_id `{id}` is not 32 hexadecimal characters")));
+    }
+    if r.plays.is_empty() || r.plays.len() > MAX_PLAYS {
+        return Err(unprocessable(format!("plays: send 1 to {MAX_PLAYS} plays, not {}", r.plays.len())));
+    }
+    if let Some((i, p)) = r.plays.iter().enumerate().find(|(_, p)| p.timestamp <= 0) {
+        return Err(unprocessable(format!("plays[{i}].timestamp: {} is not a Unix time in seconds", p.timestamp)));
+    }
+    let m = st.model();
+    if !m.has_songs() {
+        return Err(err(
+            StatusCode::CONFLICT,
+            "the ingest folder has no songs.csv (older runs did not write it): run `cohortcast ingest` again",
+        ));
+    }
+    let key = id.to_ascii_lowercase();
+    let mut added: HashMap<u32, f32> = HashMap::new();
+    let mut unknown: Vec<&str> = Vec::new();
+    for p in &r.plays {
+        let artists = m.song_artists(&p.song_id);
+        if artists.is_empty() {
+            unknown.push(&p.song_id);
+        }
+        for &a in artists {
+            *added.entry(a).or_default() += 1.0;
+        }
+    }
+    if added.is_empty() {
+        return Err(unprocessable(format!(
+            "plays: none of the songs is known to the model (e.g. `{}`)",
+            unknown.first().copied().unwrap_or_default()
+        )));
+    }
+    let before = st.updates.read().expect("poisoned").get(&key).cloned();
+    let in_model = m.user(&key);
+    let previous = before.as_ref().map(|b| b.cohort).or_else(|| in_model.map(|u| m.model.labels[u]));
+    let mut merged: HashMap<u32, f32> = match (&before, in_model) {
+        (Some(b), _) => b.plays.iter().copied().collect(),
+        (None, Some(u)) => m.user_plays(u).into_iter().collect(),
+        (None, None) => HashMap::new(),
+    };
+    for (a, n) in added {
+        *merged.entry(a).or_default() += n;
+    }
+    let mut plays: Vec<(u32, f32)> = merged.into_iter().collect();
+    plays.sort_unstable_by_key(|p| p.0);
+    let (m2, p2) = (m.clone(), plays.clone());
+    let (_, cohort) = tokio::task::spawn_blocking(move || m2.fold_in(&p2))
+        .await
+        .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, format!("fold-in failed: {e}")))?
+        .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, format!("fold-in failed: {e}")))?;
+    {
+        let mut updates = st.updates.write().expect("poisoned");
+        if !updates.contains_key(&key) && updates.len() >= MAX_UPDATED_USERS {
+            return Err(err(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{MAX_UPDATED_USERS} users were updated since the model was loaded: retrain and reload"),
+            ));
+        }
+        updates.insert(key.clone(), Update { cohort, plays: plays.clone() });
+    }
+    Ok(Json(json!({
+        "user_id": key,
+        "cohort": cohort,
+        "previous_cohort": previous,
+        "new_user": in_model.is_none() && before.is_none(),
+        "plays_added": r.plays.len() - unknown.len(),
+        "unknown_songs": unknown.len(),
+        "top_artists": m.top_of(&plays),
     })))
 }
 
@@ -278,33 +405,58 @@ async fn release(
     let ctr = tokio::task::spawn_blocking(move || m2.affinity(&ids, &tp))
         .await
         .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, format!("scoring failed: {e}")))?;
-    let ranked = rank(&m.sizes, &ctr, r.max_users, min);
+    // Users updated since training count in their new cohorts.
+    let (mut sizes, mut moved, mut extra) = (m.sizes.clone(), vec![false; m.model.users.len()], Vec::new());
+    for (id, up) in st.updates.read().expect("poisoned").iter() {
+        if let Some(u) = m.user(id) {
+            sizes[m.model.labels[u] as usize] -= 1;
+            moved[u] = true;
+        }
+        sizes[up.cohort as usize] += 1;
+        extra.push((id.clone(), up.cohort));
+    }
+    extra.sort();
+    let ranked = rank(&sizes, &ctr, r.max_users, min);
     let chosen: Vec<bool> = {
         let mut v = vec![false; m.k()];
         ranked.iter().filter(|c| c.pushed).for_each(|c| v[c.cohort] = true);
         v
     };
-    let users: Vec<u32> =
-        m.model.labels.iter().enumerate().filter(|(_, &c)| chosen[c as usize]).map(|(u, _)| u as u32).collect();
+    let users: Vec<u32> = m
+        .model
+        .labels
+        .iter()
+        .enumerate()
+        .filter(|&(u, &c)| chosen[c as usize] && !moved[u])
+        .map(|(u, _)| u as u32)
+        .collect();
+    let extra: Vec<String> = extra.into_iter().filter(|(_, c)| chosen[*c as usize]).map(|(id, _)| id).collect();
+    let total = users.len() + extra.len();
     let expected_clicks: f64 = ranked.iter().filter(|c| c.pushed).map(|c| c.size as f64 * c.expected_ctr).sum();
     let answer = ReleaseAnswer {
         notification_id: r.notification_id.clone(),
         known_artists: known.into_iter().cloned().collect(),
         unknown_artists: unknown.into_iter().cloned().collect(),
-        pushed_users: users.len(),
+        pushed_users: total,
         expected_clicks,
-        expected_ctr: (!users.is_empty()).then(|| expected_clicks / users.len() as f64),
-        users: users.iter().take(PAGE).map(|&u| m.model.users[u as usize].clone()).collect(),
-        next: (users.len() > PAGE).then(|| format!("/v1/releases/{}/users?page=1", encode(&r.notification_id))),
+        expected_ctr: (total > 0).then(|| expected_clicks / total as f64),
+        users: page_of(&m, &users, &extra, 0),
+        next: (total > PAGE).then(|| format!("/v1/releases/{}/users?page=1", encode(&r.notification_id))),
         cohorts: ranked,
     };
     let mut kept = st.releases.lock().expect("poisoned");
-    kept.retain(|(id, _)| id != &r.notification_id);
+    kept.retain(|(id, _, _)| id != &r.notification_id);
     if kept.len() >= KEPT_RELEASES {
         kept.pop_front();
     }
-    kept.push_back((r.notification_id, users));
+    kept.push_back((r.notification_id, users, extra));
     Ok(Json(answer))
+}
+
+/// Page `page` of the pushed ids: the model's users, then the updated ones.
+fn page_of(m: &Served, users: &[u32], extra: &[String], page: usize) -> Vec<String> {
+    let ids = users.iter().map(|&u| m.model.users[u as usize].as_str()).chain(extra.iter().map(String::as_str));
+    ids.skip(page * PAGE).take(PAGE).map(String::from).collect()
 }
 
 /// Percent-encodes what is not unreserved in a URL path segment.
@@ -328,17 +480,16 @@ async fn release_users(
     };
     let m = st.model();
     let kept = st.releases.lock().expect("poisoned");
-    let Some((_, users)) = kept.iter().find(|(n, _)| n == &id) else {
+    let Some((_, users, extra)) = kept.iter().find(|(n, _, _)| n == &id) else {
         return Err(err(
             StatusCode::NOT_FOUND,
             format!("no recent release decision for `{id}`: POST /v1/releases first"),
         ));
     };
-    let slice: Vec<&str> =
-        users.iter().skip(page * PAGE).take(PAGE).map(|&u| m.model.users[u as usize].as_str()).collect();
-    let next =
-        ((page + 1) * PAGE < users.len()).then(|| format!("/v1/releases/{}/users?page={}", encode(&id), page + 1));
-    Ok(Json(json!({ "notification_id": id, "page": page, "total": users.len(), "users": slice, "next": next })))
+    let total = users.len() + extra.len();
+    let slice = page_of(&m, users, extra, page);
+    let next = ((page + 1) * PAGE < total).then(|| format!("/v1/releases/{}/users?page={}", encode(&id), page + 1));
+    Ok(Json(json!({ "notification_id": id, "page": page, "total": total, "users": slice, "next": next })))
 }
 
 async fn reload(State(st): State<Arc<AppState>>) -> Result<Json<serde_json::Value>, ApiError> {
@@ -352,6 +503,9 @@ async fn reload(State(st): State<Arc<AppState>>) -> Result<Json<serde_json::Valu
     let (users, k) = (loaded.model.users.len(), loaded.k());
     // Requests in flight hold the old model's Arc and finish on it.
     *st.model.write().expect("poisoned") = Arc::new(loaded);
+    // A newer model was trained on newer plays: the updates are dropped
+    // with the decisions made on the old one.
+    st.updates.write().expect("poisoned").clear();
     st.releases.lock().expect("poisoned").clear();
     Ok(Json(json!({ "reloaded": true, "users": users, "cohorts": k })))
 }

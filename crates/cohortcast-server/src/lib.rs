@@ -1,9 +1,11 @@
 //! # cohortcast-server
 //!
 //! The HTTP API over a trained model (axum): cohorts and their top
-//! artists, a user's cohort, and the release decision, meaning which
-//! cohorts to push a new notification and whom, ranked by the same
-//! expected-CTR score as the batch policy. [`app`] builds the router
+//! artists, a user's cohort, new plays folded into a user's factors (the
+//! ALS fold-in, Hu, Koren & Volinsky 2008: one least-squares solve with the
+//! artist factors fixed) and the nearest cohort, and the release decision,
+//! meaning which cohorts to push a new notification and whom, ranked by
+//! the same expected-CTR score as the batch policy. [`app`] builds the router
 //! without a socket; [`serve`] binds it.
 //!
 //! ```no_run
@@ -25,7 +27,10 @@ mod metrics;
 pub mod model;
 mod openapi;
 
-pub use api::{app, route_counts, ApiError, AppState, Config, ReleaseRequest, BODY_LIMIT, PAGE};
+pub use api::{
+    app, route_counts, ApiError, AppState, Config, PlayIn, PlaysRequest, ReleaseRequest, BODY_LIMIT, MAX_PLAYS,
+    MAX_UPDATED_USERS, PAGE,
+};
 pub use model::{LoadError, Served};
 
 /// Serves the API on `listener` until `shutdown` completes.

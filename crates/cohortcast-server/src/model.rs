@@ -40,6 +40,9 @@ pub struct Served {
     pub top_artists: Vec<Vec<ArtistShare>>,
     users: HashMap<String, u32>,
     artists: HashMap<String, u32>,
+    /// Song id → the model's artists of the song (artists nobody played
+    /// are not in the model and are left out).
+    songs: HashMap<String, Vec<u32>>,
 }
 
 /// Why a model could not be loaded.
@@ -99,7 +102,14 @@ impl Served {
             (0..k).map(|c| top_shares(&totals[c * na..(c + 1) * na], &model.artists, TOP_ARTISTS)).collect();
         let sizes = cohortcast_core::kmeans::cohort_sizes(&model.labels, k);
         let users = model.users.iter().enumerate().map(|(i, u)| (u.clone(), i as u32)).collect();
-        let artists = model.artists.iter().enumerate().map(|(i, a)| (a.clone(), i as u32)).collect();
+        let artists: HashMap<String, u32> =
+            model.artists.iter().enumerate().map(|(i, a)| (a.clone(), i as u32)).collect();
+        let mut songs: HashMap<String, Vec<u32>> = HashMap::new();
+        for (song, artist) in &ing.songs {
+            if let Some(&a) = artists.get(artist) {
+                songs.entry(song.clone()).or_default().push(a);
+            }
+        }
         Ok(Served {
             model_dir: model_dir.to_path_buf(),
             loaded_at: SystemTime::now(),
@@ -109,7 +119,40 @@ impl Served {
             top_artists,
             users,
             artists,
+            songs,
         })
+    }
+
+    /// The model's artists of a song (empty for an unknown song).
+    pub fn song_artists(&self, song: &str) -> &[u32] {
+        self.songs.get(song).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// Whether the ingest folder had the song list (older ones did not).
+    pub fn has_songs(&self) -> bool {
+        !self.songs.is_empty()
+    }
+
+    /// A user's (artist, plays) as trained.
+    pub fn user_plays(&self, u: usize) -> Vec<(u32, f32)> {
+        let (idx, val) = self.plays.row(u);
+        idx.iter().copied().zip(val.iter().copied()).collect()
+    }
+
+    /// Factors from `plays` with the artist factors fixed (the ALS
+    /// fold-in) and the nearest cohort (the cohorts were fitted on
+    /// unit-length factors).
+    pub fn fold_in(&self, plays: &[(u32, f32)]) -> Result<(Vec<f32>, u32), cohortcast_core::DataError> {
+        let x = self.model.als.fold_in(plays)?;
+        let unit = cohortcast_core::kmeans::normalize_rows(&x, x.len());
+        Ok((x, self.model.cohorts.predict(&unit)))
+    }
+
+    /// Top artists of `(artist, plays)`.
+    pub fn top_of(&self, plays: &[(u32, f32)]) -> Vec<ArtistShare> {
+        let totals: Vec<f64> = plays.iter().map(|p| p.1 as f64).collect();
+        let names: Vec<String> = plays.iter().map(|p| self.model.artists[p.0 as usize].clone()).collect();
+        top_shares(&totals, &names, TOP_ARTISTS)
     }
 
     /// Cohorts.
@@ -129,11 +172,7 @@ impl Served {
 
     /// A user's most played artists.
     pub fn user_top_artists(&self, u: usize) -> Vec<ArtistShare> {
-        let (idx, val) = self.plays.row(u);
-        let mut totals = vec![0f64; idx.len()];
-        totals.iter_mut().zip(val).for_each(|(t, v)| *t = *v as f64);
-        let names: Vec<String> = idx.iter().map(|&a| self.model.artists[a as usize].clone()).collect();
-        top_shares(&totals, &names, TOP_ARTISTS)
+        self.top_of(&self.user_plays(u))
     }
 
     /// Members of a cohort, in user order.

@@ -41,6 +41,17 @@ pub fn document() -> Value {
                 "summary": "A user's cohort and top artists",
                 "parameters": [{ "name": "user_id", "in": "path", "required": true, "schema": { "type": "string" } }],
                 "responses": { "200": ok("The user"), "404": error_responses() } } },
+            "/v1/users/{user_id}/plays": { "post": {
+                "summary": "New plays of a user (new users too): the factors are folded in from the fixed artist factors and the user moves to the nearest cohort; reads see it at once",
+                "security": [{ "bearer": [] }],
+                "parameters": [{ "name": "user_id", "in": "path", "required": true, "schema": { "type": "string", "pattern": "^[0-9a-fA-F]{32}$" } }],
+                "requestBody": { "required": true, "content": { "application/json": { "schema": {
+                    "type": "object", "required": ["plays"],
+                    "properties": { "plays": { "type": "array", "minItems": 1, "maxItems": 10000, "items": {
+                        "type": "object", "required": ["song_id", "timestamp"],
+                        "properties": { "song_id": { "type": "string" }, "timestamp": { "type": "integer", "minimum": 1 } } } } } } } } },
+                "responses": { "200": ok("The user's cohort now"), "401": error_responses(), "409": error_responses(),
+                               "422": error_responses(), "503": error_responses() } } },
             "/v1/releases": { "post": {
                 "summary": "Decide whom to push a new release: cohorts ranked by expected CTR, those pushed under the limits, expected clicks, the first page of user ids",
                 "security": [{ "bearer": [] }],

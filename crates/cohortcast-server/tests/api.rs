@@ -44,8 +44,15 @@ fn fixture(users: usize) -> tempfile::TempDir {
         params,
     };
     save_model(&dir.path().join("model"), &stored).unwrap();
-    let ing =
-        Ingested { users: ids, artists, plays, notifications: Vec::new(), clicks: None, report: Default::default() };
+    let ing = Ingested {
+        users: ids,
+        artists,
+        plays,
+        notifications: Vec::new(),
+        clicks: None,
+        songs: (0..10).map(|a| (format!("s{a}"), format!("a{a}"))).collect(),
+        report: Default::default(),
+    };
     save_ingested(&dir.path().join("ingest"), &ing).unwrap();
     dir
 }
@@ -239,4 +246,93 @@ async fn a_reload_swaps_the_model_and_a_broken_one_keeps_the_old() {
     assert!(v["error"].as_str().unwrap().contains("old one serves on"));
     let (_, h) = call(&st, "GET", "/healthz", None, None).await;
     assert_eq!(h["users"], 240);
+}
+
+#[tokio::test]
+async fn new_plays_move_a_user_and_add_new_users_without_retraining() {
+    let dir = fixture(200);
+    let st = state(dir.path(), Some(TOKEN));
+    let user0 = format!("{:032x}", 0);
+    let half = |v: &Value| -> Vec<bool> {
+        v["top_artists"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["artist_id"].as_str().unwrap()[1..].parse::<u32>().unwrap() >= 5)
+            .collect()
+    };
+    let post = |user: String, songs: Vec<(usize, usize)>| {
+        let plays: Vec<String> = songs
+            .iter()
+            .flat_map(|&(song, n)| {
+                (0..n).map(move |i| format!(r#"{{"song_id": "s{song}", "timestamp": {}}}"#, 1_485_000_000 + i))
+            })
+            .collect();
+        (format!("/v1/users/{user}/plays"), format!(r#"{{"plays": [{}]}}"#, plays.join(",")))
+    };
+    // A listener the model never saw plays one first-taste artist ...
+    let mover = "e".repeat(32);
+    let (path, body) = post(mover.clone(), vec![(1, 2)]);
+    let (s, v) = call(&st, "POST", &path, Some(&body), Some(TOKEN)).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!((v["new_user"].as_bool(), v["previous_cohort"].is_null()), (Some(true), true));
+    let first = v["cohort"].as_u64().unwrap();
+    let (_, c) = call(&st, "GET", &format!("/v1/cohorts/{first}"), None, None).await;
+    assert!(half(&c).iter().all(|&h| !h), "a first-taste cohort: {c}");
+    // ... then the five second-taste artists, many times: the user moves.
+    let (path, body) = post(mover.clone(), (5..10).map(|s| (s, 20)).collect());
+    let (s, v) = call(&st, "POST", &path, Some(&body), Some(TOKEN)).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!((v["new_user"].as_bool(), v["previous_cohort"].as_u64()), (Some(false), Some(first)));
+    let second = v["cohort"].as_u64().unwrap();
+    let (_, c) = call(&st, "GET", &format!("/v1/cohorts/{second}"), None, None).await;
+    assert!(half(&c).iter().all(|&h| h), "a second-taste cohort: {c}");
+    let (_, after) = call(&st, "GET", &format!("/v1/users/{mover}"), None, None).await;
+    assert_eq!((after["cohort"].as_u64(), after["updated_since_training"].as_bool()), (Some(second), Some(true)));
+    assert!(half(&after)[0], "the new taste leads: {after}");
+    // A user of the model gets new plays: they count on top of the old ones.
+    let (path, body) = post(user0.clone(), vec![(2, 3)]);
+    let (s, v) = call(&st, "POST", &path, Some(&body), Some(TOKEN)).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["new_user"], false);
+    assert!(v["top_artists"].as_array().unwrap().iter().any(|a| a["artist_id"] == "a2"));
+
+    // A user the model never saw.
+    let newbie = "F".repeat(32); // ids match whatever their case
+    let (s, v) = call(&st, "POST", &format!("/v1/users/{newbie}/plays"), Some(r#"{"plays": [{"song_id": "s1", "timestamp": 1485000000}, {"song_id": "s2", "timestamp": 1485000100}, {"song_id": "zzz", "timestamp": 1485000200}]}"#), Some(TOKEN)).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        (v["new_user"].as_bool(), v["unknown_songs"].as_u64(), v["plays_added"].as_u64()),
+        (Some(true), Some(1), Some(2))
+    );
+    // A release to the newbie's cohort pushes them too, and user 0 counts in its new cohort.
+    let body = r#"{"notification_id": "n", "artist_ids": ["a1", "a7"]}"#;
+    let (_, r) = call(&st, "POST", "/v1/releases", Some(body), Some(TOKEN)).await;
+    let ids: Vec<&str> = r["users"].as_array().unwrap().iter().map(|u| u.as_str().unwrap()).collect();
+    assert_eq!(r["pushed_users"], 202, "everybody, both new users included: {}", r["pushed_users"]);
+    assert!(ids.contains(&"f".repeat(32).as_str()));
+    assert_eq!(ids.iter().filter(|&&u| u == user0).count(), 1);
+
+    // Bad requests.
+    let bad = [
+        ("nothex", r#"{"plays": [{"song_id": "s1", "timestamp": 1}]}"#, "32 hexadecimal"),
+        (user0.as_str(), r#"{"plays": []}"#, "plays: send 1 to"),
+        (user0.as_str(), r#"{"plays": [{"song_id": "s1", "timestamp": -5}]}"#, "plays[0].timestamp"),
+        (user0.as_str(), r#"{"plays": [{"song_id": "nope", "timestamp": 5}]}"#, "none of the songs is known"),
+        (user0.as_str(), r#"{"plays": [{"song": "s1"}]}"#, "unknown field"),
+    ];
+    for (user, body, needle) in bad {
+        let (s, v) = call(&st, "POST", &format!("/v1/users/{user}/plays"), Some(body), Some(TOKEN)).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {v}");
+        assert!(v["error"].as_str().unwrap().contains(needle), "{body}: {v}");
+    }
+    let (s, _) = call(
+        &st,
+        "POST",
+        &format!("/v1/users/{user0}/plays"),
+        Some(r#"{"plays": [{"song_id": "s1", "timestamp": 5}]}"#),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
 }

@@ -68,6 +68,6 @@ done | sort -n | awk '{ t[NR] = $1 } END { printf "release, one at a time (30): 
 echo "== GET /v1/users/{id}: $conns connections, ${secs}s"
 wrk -t2 -c"$conns" -d"${secs}s" --latency -s "$work/users.lua" "$url" | tee "$work/users.txt"
 echo "== POST /v1/releases: 4 connections, ${secs}s"
-wrk -t1 -c4 -d"${secs}s" --latency -s "$work/release.lua" "$url" | tee "$work/releases.txt"
+wrk -t1 -c4 -d"${secs}s" --latency -s "$work/release.lua" "$url/v1/releases" | tee "$work/releases.txt"
 grep -q 'Non-2xx' "$work/users.txt" "$work/releases.txt" && { echo "some requests failed" >&2; exit 1; }
 echo "model: $(python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); print(s["users"], "users,", s["cohorts"], "cohorts")' "$work/out/summary.json")"

@@ -40,6 +40,8 @@ pub struct Served {
     pub top_artists: Vec<Vec<ArtistShare>>,
     users: HashMap<String, u32>,
     artists: HashMap<String, u32>,
+    /// Plays per user (row sums of `plays`).
+    row_totals: Vec<f32>,
     /// Song id → the model's artists of the song (artists nobody played
     /// are not in the model and are left out).
     songs: HashMap<String, Vec<u32>>,
@@ -101,6 +103,7 @@ impl Served {
         let top_artists =
             (0..k).map(|c| top_shares(&totals[c * na..(c + 1) * na], &model.artists, TOP_ARTISTS)).collect();
         let sizes = cohortcast_core::kmeans::cohort_sizes(&model.labels, k);
+        let row_totals = (0..ing.plays.rows()).map(|u| ing.plays.row(u).1.iter().sum()).collect();
         let users = model.users.iter().enumerate().map(|(i, u)| (u.clone(), i as u32)).collect();
         let artists: HashMap<String, u32> =
             model.artists.iter().enumerate().map(|(i, a)| (a.clone(), i as u32)).collect();
@@ -117,6 +120,7 @@ impl Served {
             plays: ing.plays,
             sizes,
             top_artists,
+            row_totals,
             users,
             artists,
             songs,
@@ -199,9 +203,50 @@ impl Served {
         })
     }
 
-    /// Each cohort's predicted affinity to a notification naming `artists`
-    /// (the same score the batch policy ranks by).
+    /// Each cohort's predicted affinity to a notification naming `artists`:
+    /// the batch policy's score ([`cohort_affinity`]) computed for one
+    /// notification. Per user, the best over the artists of the clamped
+    /// preference `x·y` plus `history_weight` × the user's share of plays of
+    /// that artist; averaged per cohort. Row totals are computed once at
+    /// load, and users are scored in parallel blocks reduced in order, so
+    /// the result repeats exactly.
     pub fn affinity(&self, artists: &[u32], tp: &TargetingParams) -> Vec<f64> {
+        use rayon::prelude::*;
+        const BLOCK: usize = 8192;
+        let (k, als) = (self.k(), &self.model.als);
+        let ys: Vec<&[f32]> = artists.iter().map(|&a| als.item(a as usize)).collect();
+        let labels = &self.model.labels;
+        let parts: Vec<Vec<f64>> = (0..labels.len().div_ceil(BLOCK))
+            .into_par_iter()
+            .map(|b| {
+                let mut acc = vec![0f64; k];
+                for u in b * BLOCK..((b + 1) * BLOCK).min(labels.len()) {
+                    let x = als.user(u);
+                    let (idx, val) = self.plays.row(u);
+                    let mut best = 0f32;
+                    for (&a, y) in artists.iter().zip(&ys) {
+                        let mut p = cohortcast_core::linalg::dot(x, y).clamp(0.0, 1.0);
+                        if tp.history_weight > 0.0 && self.row_totals[u] > 0.0 {
+                            if let Ok(i) = idx.binary_search(&a) {
+                                p += tp.history_weight * (val[i] / self.row_totals[u]);
+                            }
+                        }
+                        best = best.max(p);
+                    }
+                    acc[labels[u] as usize] += best as f64;
+                }
+                acc
+            })
+            .collect();
+        let mut sums = vec![0f64; k];
+        for p in parts {
+            sums.iter_mut().zip(p).for_each(|(s, v)| *s += v);
+        }
+        sums.iter().zip(&self.sizes).map(|(s, &n)| if n > 0 { s / n as f64 } else { 0.0 }).collect()
+    }
+
+    /// [`cohort_affinity`] itself, for checking [`Served::affinity`].
+    pub fn affinity_reference(&self, artists: &[u32], tp: &TargetingParams) -> Vec<f64> {
         let note = Notification { id: String::new(), artists: artists.to_vec() };
         cohort_affinity(&self.model.als, &self.plays, &self.model.labels, self.k(), &[note], tp)
     }

@@ -336,3 +336,19 @@ async fn new_plays_move_a_user_and_add_new_users_without_retraining() {
     .await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
 }
+
+#[test]
+fn the_release_score_is_the_batch_policys_score() {
+    let dir = fixture(200);
+    let m = Served::load(&dir.path().join("model"), &dir.path().join("ingest")).unwrap();
+    for hw in [0.0, 0.5, 2.0] {
+        let tp = cohortcast_core::targeting::TargetingParams { history_weight: hw };
+        for artists in [vec![2u32], vec![1, 7], vec![0, 4, 9]] {
+            let (fast, reference) = (m.affinity(&artists, &tp), m.affinity_reference(&artists, &tp));
+            assert_eq!(fast.len(), 4);
+            for (a, b) in fast.iter().zip(&reference) {
+                assert!((a - b).abs() < 1e-5, "history weight {hw}, artists {artists:?}: {fast:?} vs {reference:?}");
+            }
+        }
+    }
+}

@@ -352,7 +352,6 @@ fn write_report(out: &Path, ing: &Ingested, model: &StoredModel) -> Result<()> {
     let k = model.cohorts.k();
     let top = cohortcast_server::model::cohort_top_artists(&ing.plays, &model.labels, k, &model.artists);
     let sizes = cohortcast_core::kmeans::cohort_sizes(&model.labels, k);
-    let hours = cohortcast_server::model::cohort_hours(&ing.hours, &model.labels, k);
     let summary: Option<serde_json::Value> =
         std::fs::read_to_string(out.join("summary.json")).ok().and_then(|t| serde_json::from_str(&t).ok());
     let ctr = std::fs::read_to_string(out.join("ctr.csv")).ok();
@@ -363,7 +362,6 @@ fn write_report(out: &Path, ing: &Ingested, model: &StoredModel) -> Result<()> {
         user_factors: model.als.user_factors(),
         factors: model.als.factors(),
         top_artists: &top,
-        hours: &hours,
         summary: summary.as_ref(),
         ctr_csv: ctr.as_deref(),
     });

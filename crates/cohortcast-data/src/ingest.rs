@@ -152,8 +152,6 @@ pub struct Ingested {
     /// The metadata's (song_id, artist_id) pairs, sorted: what the serve
     /// API folds new plays in with.
     pub songs: Vec<(String, String)>,
-    /// Each user's plays by UTC hour of day (rows of `plays`).
-    pub hours: Vec<[u32; 24]>,
     /// Counts for the summary.
     pub report: IngestReport,
 }
@@ -237,15 +235,13 @@ fn reject_udf(input: Input) -> datafusion::logical_expr::ScalarUDF {
 
 /// The fields `cc_play` returns: the reject code (0 for a good row, else
 /// 1 + its index in [`Reject::ALL`]), the user key's high and low halves,
-/// the song key ([`saavn::song_key`]) and the UTC hour of day of the
-/// timestamp (all four NULL on a rejected row).
+/// and the song key ([`saavn::song_key`]; all three NULL on a rejected row).
 fn play_fields() -> Fields {
     Fields::from(vec![
         Field::new("reject", DataType::UInt8, false),
         Field::new("user_hi", DataType::UInt64, true),
         Field::new("user_lo", DataType::UInt64, true),
         Field::new("song_key", DataType::UInt64, true),
-        Field::new("hour", DataType::UInt8, true),
     ])
 }
 
@@ -263,7 +259,6 @@ fn parse_plays(lines: &ArrayRef) -> datafusion::error::Result<ArrayRef> {
     let mut hi = UInt64Builder::with_capacity(n);
     let mut lo = UInt64Builder::with_capacity(n);
     let mut song = UInt64Builder::with_capacity(n);
-    let mut hour = datafusion::arrow::array::UInt8Builder::with_capacity(n);
     for line in lines.iter() {
         match line.map(saavn::parse_play) {
             Some(Ok(p)) => {
@@ -271,7 +266,6 @@ fn parse_plays(lines: &ArrayRef) -> datafusion::error::Result<ArrayRef> {
                 hi.append_value((p.user >> 64) as u64);
                 lo.append_value(p.user as u64);
                 song.append_value(saavn::song_key(p.song));
-                hour.append_value((p.timestamp.rem_euclid(86_400) / 3_600) as u8);
             }
             other => {
                 let r = match other {
@@ -282,17 +276,11 @@ fn parse_plays(lines: &ArrayRef) -> datafusion::error::Result<ArrayRef> {
                 hi.append_null();
                 lo.append_null();
                 song.append_null();
-                hour.append_null();
             }
         }
     }
-    let columns: Vec<ArrayRef> = vec![
-        Arc::new(UInt8Array::from(reject)),
-        Arc::new(hi.finish()),
-        Arc::new(lo.finish()),
-        Arc::new(song.finish()),
-        Arc::new(hour.finish()),
-    ];
+    let columns: Vec<ArrayRef> =
+        vec![Arc::new(UInt8Array::from(reject)), Arc::new(hi.finish()), Arc::new(lo.finish()), Arc::new(song.finish())];
     Ok(Arc::new(StructArray::try_new(play_fields(), columns, None)?))
 }
 
@@ -628,18 +616,13 @@ async fn ingest_async(paths: &InputPaths, opts: &IngestOptions) -> Result<Ingest
             all_artists.push(id.value(i).to_string());
         }
     }
-    // Two groupings in one scan: (user, artist) → play counts, and
-    // (user, hour of day) → plays, each play once (`play_rows`).
     let sql = "WITH plays AS ( \
-          SELECT p['reject'] AS reject, p['user_hi'] AS user_hi, p['user_lo'] AS user_lo, p['song_key'] AS song_key, \
-                 p['hour'] AS hour \
-          FROM (SELECT cc_play(line) AS p FROM clickstream_lines) c), \
-        joined AS ( \
-          SELECT p.user_hi, p.user_lo, COALESCE(s.artist, -1 - CAST(p.reject AS BIGINT)) AS artist, p.hour, \
-                 CASE WHEN s.rep IS NULL OR s.rep THEN 1 ELSE 0 END AS play_row \
-          FROM songs s RIGHT JOIN plays p ON p.song_key = s.song_key) \
-        SELECT user_hi, user_lo, artist, hour, count(*) AS plays, sum(play_row) AS play_rows \
-        FROM joined GROUP BY GROUPING SETS ((user_hi, user_lo, artist), (user_hi, user_lo, hour))";
+          SELECT p['reject'] AS reject, p['user_hi'] AS user_hi, p['user_lo'] AS user_lo, p['song_key'] AS song_key \
+          FROM (SELECT cc_play(line) AS p FROM clickstream_lines) c) \
+        SELECT p.user_hi, p.user_lo, COALESCE(s.artist, -1 - CAST(p.reject AS BIGINT)) AS artist, count(*) AS plays, \
+               sum(CASE WHEN s.rep IS NULL OR s.rep THEN 1 ELSE 0 END) AS play_rows \
+        FROM songs s RIGHT JOIN plays p ON p.song_key = s.song_key \
+        GROUP BY 1, 2, 3";
     lap("inputs resolved and metadata counted");
     let context =
         &format!("clickstream ({}): parsing and aggregating plays", paths.clickstream.as_deref().unwrap_or_default());
@@ -654,26 +637,14 @@ async fn ingest_async(paths: &InputPaths, opts: &IngestOptions) -> Result<Ingest
     let mut triplets: Vec<(u32, u32, f32)> = Vec::new();
     let mut rows_read = 0u64;
     let mut rejected = [0u64; Reject::ALL.len()];
-    let mut hours_by_user: HashMap<u128, [u32; 24], KeyHash> = HashMap::default();
     while let Some(batch) = stream.next().await {
         let batch = batch.map_err(|e| IoError::engine(context, e))?;
         let hi = cast(batch.column(0), &DataType::UInt64).map_err(|e| IoError::engine(context, e.into()))?;
         let hi = hi.as_primitive::<UInt64Type>();
         let lo = cast(batch.column(1), &DataType::UInt64).map_err(|e| IoError::engine(context, e.into()))?;
         let lo = lo.as_primitive::<UInt64Type>();
-        let artist = ints(batch.column(2))?;
-        let hour = cast(batch.column(3), &DataType::UInt8).map_err(|e| IoError::engine(context, e.into()))?;
-        let hour = hour.as_primitive::<datafusion::arrow::datatypes::UInt8Type>();
-        let (n, rows) = (ints(batch.column(4))?, ints(batch.column(5))?);
+        let (artist, n, rows) = (ints(batch.column(2))?, ints(batch.column(3))?, ints(batch.column(4))?);
         for i in 0..batch.num_rows() {
-            // A row of the (user, hour) grouping: its artist is not grouped.
-            if artist.is_null(i) {
-                if hour.is_valid(i) && hi.is_valid(i) {
-                    let user = ((hi.value(i) as u128) << 64) | lo.value(i) as u128;
-                    hours_by_user.entry(user).or_insert([0; 24])[hour.value(i) as usize % 24] += rows.value(i) as u32;
-                }
-                continue;
-            }
             let count = n.value(i) as u64;
             // A play of a song with k artists is k groups' worth of
             // `plays` but one row, counted where its artist is the song's
@@ -735,8 +706,6 @@ async fn ingest_async(paths: &InputPaths, opts: &IngestOptions) -> Result<Ingest
     let plays = Csr::from_triplets(keys.len(), artists.len(), &triplets)?;
     drop(triplets);
     let users: Vec<String> = keys.iter().map(|(k, _)| saavn::user_id(*k)).collect();
-    let hours: Vec<[u32; 24]> = keys.iter().map(|(k, _)| hours_by_user.get(k).copied().unwrap_or([0; 24])).collect();
-    drop(hours_by_user);
     drop(keys);
     let artist_index: HashMap<&str, u32> = artists.iter().enumerate().map(|(i, a)| (a.as_str(), i as u32)).collect();
     lap("pairs mapped to indices");
@@ -807,7 +776,7 @@ async fn ingest_async(paths: &InputPaths, opts: &IngestOptions) -> Result<Ingest
         }
     }
     lap("reject examples found");
-    Ok(Ingested { users, artists, plays, notifications, clicks, songs: songs_list, hours, report })
+    Ok(Ingested { users, artists, plays, notifications, clicks, songs: songs_list, report })
 }
 
 #[cfg(test)]
@@ -883,13 +852,6 @@ mod tests {
         assert_eq!(r.songs, 3);
         // Play counts: a play of a multi-artist song counts for each artist.
         assert_eq!(ing.users, vec![U1.to_string(), U2.to_string()]);
-        // Plays by UTC hour: each well-formed play once, even of a song with
-        // two artists (1 500 000 000 s is 02:40 UTC).
-        let mut h1 = [0u32; 24];
-        h1[2] = 3;
-        let mut h2 = [0u32; 24];
-        h2[2] = 9;
-        assert_eq!(ing.hours, vec![h1, h2]);
         assert_eq!(ing.artists, vec!["a1", "a2", "a3"]);
         let row = |u: usize| -> Vec<(u32, f32)> {
             let (i, v) = ing.plays.row(u);

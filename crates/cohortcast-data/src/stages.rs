@@ -5,8 +5,7 @@
 //! ```text
 //! ingest/  users.csv artists.csv plays.parquet (user, artist, plays as
 //!          indices into the two lists) notifications.csv clicks.csv
-//!          songs.csv (song_id, artist_id) hours.npy (users × 24 plays by
-//!          UTC hour) report.json
+//!          songs.csv (song_id, artist_id) report.json
 //! model/   params.json users.csv artists.csv user_factors.npy
 //!          artist_factors.npy centroids.npy cohorts.npy
 //! ```
@@ -74,8 +73,6 @@ pub fn save_ingested(dir: &Path, ing: &Ingested) -> Result<()> {
         write_lines(&dir.join("clicks.csv"), Some(CLICKS_HEADER), c.iter().map(|(n, u)| format!("{n},{u}")))?;
     }
     write_lines(&dir.join("songs.csv"), Some(SONGS_HEADER), ing.songs.iter().map(|(s, a)| format!("{s},{a}")))?;
-    let hours: Vec<f32> = ing.hours.iter().flat_map(|h| h.iter().map(|&n| n as f32)).collect();
-    crate::files::write_npy_f32(&dir.join("hours.npy"), &hours, ing.hours.len(), 24)?;
     write_json(&dir.join("report.json"), &ing.report)
 }
 
@@ -134,24 +131,8 @@ pub fn load_ingested(dir: &Path) -> Result<Ingested> {
             songs.push(split2(&spath, i + 2, l)?);
         }
     }
-    // Older ingest folders have no hours either: zeros, one row a user.
-    let hpath = dir.join("hours.npy");
-    let mut hours = vec![[0u32; 24]; users.len()];
-    if hpath.exists() {
-        let (data, rows, cols) = crate::files::read_npy_f32(&hpath)?;
-        if rows != users.len() || cols != 24 {
-            return Err(IoError::Malformed {
-                path: hpath,
-                line: 0,
-                detail: format!("{rows} × {cols} where {} users × 24 hours were expected", users.len()),
-            });
-        }
-        for (h, row) in hours.iter_mut().zip(data.chunks(24)) {
-            h.iter_mut().zip(row).for_each(|(a, b)| *a = *b as u32);
-        }
-    }
     let report: IngestReport = read_json(&dir.join("report.json"))?;
-    Ok(Ingested { users, artists, plays, notifications, clicks, songs, hours, report })
+    Ok(Ingested { users, artists, plays, notifications, clicks, songs, report })
 }
 
 /// Parameters stored beside the factors.

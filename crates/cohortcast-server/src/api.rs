@@ -202,10 +202,6 @@ struct CohortView {
     id: usize,
     size: usize,
     top_artists: Vec<ArtistShare>,
-    /// Share of the cohort's plays in each UTC hour of the day.
-    hours_utc: [f64; 24],
-    /// Its three most active UTC hours.
-    peak_hours_utc: Vec<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     sample_members: Option<Vec<String>>,
 }
@@ -215,8 +211,6 @@ fn cohort_view(m: &Served, c: usize, sample: bool) -> CohortView {
         id: c,
         size: m.sizes[c],
         top_artists: m.top_artists[c].clone(),
-        hours_utc: m.hours[c],
-        peak_hours_utc: crate::model::peak_hours(&m.hours[c], 3),
         sample_members: sample.then(|| m.members(c).take(20).map(|u| m.model.users[u].clone()).collect()),
     }
 }

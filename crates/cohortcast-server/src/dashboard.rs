@@ -4,8 +4,7 @@
 //!
 //! Charts: cohort sizes; the top artists of the largest cohorts; a 2-D map
 //! of users (the first two principal components of their factors, a
-//! sample of at most [`MAP_POINTS`]) coloured by cohort; each cohort's
-//! plays by hour of day (UTC); and, when the run
+//! sample of at most [`MAP_POINTS`]) coloured by cohort; and, when the run
 //! was evaluated, CTR by policy beside the baselines and CTR per
 //! notification of the chosen policy.
 
@@ -34,8 +33,6 @@ pub struct Inputs<'a> {
     pub factors: usize,
     /// Each cohort's top artists.
     pub top_artists: &'a [Vec<ArtistShare>],
-    /// Each cohort's share of plays by UTC hour of day.
-    pub hours: &'a [[f64; 24]],
     /// `summary.json` of the run, when there is one.
     pub summary: Option<&'a Value>,
     /// `ctr.csv` of the run (notification_id, cohorts, users_pushed,
@@ -214,50 +211,6 @@ fn artist_panels(inp: &Inputs) -> String {
     s
 }
 
-/// A heatmap: the largest cohorts (rows) × the 24 UTC hours, each row
-/// shaded against its own busiest hour.
-fn hours(inp: &Inputs) -> String {
-    let mut order: Vec<usize> = (0..inp.sizes.len()).filter(|&c| inp.sizes[c] > 0).collect();
-    order.sort_by(|&a, &b| inp.sizes[b].cmp(&inp.sizes[a]).then(a.cmp(&b)));
-    order.truncate(20);
-    if order.iter().all(|&c| inp.hours.get(c).is_none_or(|h| h.iter().all(|&v| v == 0.0))) {
-        return String::new();
-    }
-    let (left, top, cw, ch) = (70.0, 18.0, 34.0, 16.0);
-    let (w, h) = (left + 24.0 * cw + 10.0, top + order.len() as f64 * ch + 6.0);
-    let title = "When each cohort listens: share of its plays by UTC hour of day (largest cohorts)";
-    let mut s = format!(
-        r#"<figure><figcaption>{title}</figcaption><svg id="cohort-hours" viewBox="0 0 {w} {h}" width="100%" role="img" aria-label="{title}">"#
-    );
-    for hr in 0..24 {
-        let _ = write!(
-            s,
-            r#"<text x="{:.0}" y="12" font-size="10" text-anchor="middle">{hr}</text>"#,
-            left + (hr as f64 + 0.5) * cw
-        );
-    }
-    for (row, &c) in order.iter().enumerate() {
-        let y = top + row as f64 * ch;
-        let _ = write!(s, r#"<text x="0" y="{:.0}" font-size="11" fill="{}">cohort {c}</text>"#, y + 12.0, colour(c));
-        let shares = inp.hours[c];
-        let max = shares.iter().copied().fold(0.0, f64::max).max(1e-12);
-        for (hr, v) in shares.iter().enumerate() {
-            let _ = write!(
-                s,
-                r#"<rect class="hour" x="{:.0}" y="{y:.0}" width="{:.0}" height="{:.0}" fill="{}" fill-opacity="{:.2}"><title>cohort {c}, {hr}:00 UTC: {:.1}%</title></rect>"#,
-                left + hr as f64 * cw,
-                cw - 1.0,
-                ch - 1.0,
-                colour(c),
-                0.05 + 0.95 * v / max,
-                100.0 * v
-            );
-        }
-    }
-    s.push_str("</svg></figure>");
-    s
-}
-
 fn evaluation(inp: &Inputs) -> String {
     let mut s = String::new();
     if let Some(ctr) = inp.summary.and_then(|v| v["ctr"].as_array()) {
@@ -333,7 +286,6 @@ figure{{margin:18px 0}}figcaption,h2{{font-weight:600;font-size:15px;margin:6px 
     s.push_str(&bars("cohort-sizes", "Cohort sizes (users), largest first", &size_bars, &|v| format!("{v:.0}")));
     s.push_str(&map(inp));
     s.push_str(&artist_panels(inp));
-    s.push_str(&hours(inp));
     s.push_str(&evaluation(inp));
     s.push_str("</body></html>\n");
     s
@@ -371,19 +323,12 @@ mod tests {
             user_factors: &[1.0, 0.0, 0.0, 1.0, 0.5, 0.5, 1.0, 1.0],
             factors: 2,
             top_artists: &top,
-            hours: &[[0.0; 24], {
-                let mut h = [0.0; 24];
-                h[21] = 1.0;
-                h
-            }],
             summary: Some(&summary),
             ctr_csv: Some("notification_id,cohorts,users_pushed,users_clicked,ctr\nn1,2,4,1,0.25\n"),
         });
-        for id in ["cohort-sizes", "user-map", "top-artists", "cohort-hours", "ctr-by-policy", "ctr-by-notification"] {
+        for id in ["cohort-sizes", "user-map", "top-artists", "ctr-by-policy", "ctr-by-notification"] {
             assert!(page.contains(&format!("id=\"{id}\"")), "{id}");
         }
-        assert_eq!(page.matches("class=\"hour\"").count(), 48, "24 hours for each of the 2 cohorts");
-        assert!(page.contains("cohort 1, 21:00 UTC: 100.0%"));
         assert_eq!(page.matches("class=\"user\"").count(), 4);
         assert!(page.contains("12.34%") && page.contains("&lt;b&gt;") && !page.contains("<b></b>"));
     }

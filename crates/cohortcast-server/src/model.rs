@@ -38,8 +38,6 @@ pub struct Served {
     pub sizes: Vec<usize>,
     /// Each cohort's most played artists.
     pub top_artists: Vec<Vec<ArtistShare>>,
-    /// Each cohort's plays by UTC hour of day, as shares of its plays.
-    pub hours: Vec<[f64; 24]>,
     users: HashMap<String, u32>,
     artists: HashMap<String, u32>,
     /// Plays per user (row sums of `plays`).
@@ -81,30 +79,6 @@ pub fn cohort_top_artists(plays: &Csr, labels: &[u32], k: usize, artists: &[Stri
     (0..k).map(|c| top_shares(&totals[c * na..(c + 1) * na], artists, TOP_ARTISTS)).collect()
 }
 
-/// Each cohort's plays by hour of day (from each user's 24 counts), as
-/// shares of the cohort's plays (all zero for a cohort without any).
-pub fn cohort_hours(hours: &[[u32; 24]], labels: &[u32], k: usize) -> Vec<[f64; 24]> {
-    let mut out = vec![[0f64; 24]; k];
-    for (h, &c) in hours.iter().zip(labels) {
-        out[c as usize].iter_mut().zip(h).for_each(|(o, &n)| *o += n as f64);
-    }
-    for row in &mut out {
-        let total: f64 = row.iter().sum();
-        if total > 0.0 {
-            row.iter_mut().for_each(|v| *v /= total);
-        }
-    }
-    out
-}
-
-/// The `n` hours with the largest shares (ties to the earlier hour), leaving out empty ones.
-pub fn peak_hours(shares: &[f64; 24], n: usize) -> Vec<usize> {
-    let mut h: Vec<usize> = (0..24).filter(|&i| shares[i] > 0.0).collect();
-    h.sort_by(|&a, &b| shares[b].total_cmp(&shares[a]).then(a.cmp(&b)));
-    h.truncate(n);
-    h
-}
-
 impl Served {
     /// Loads `model_dir` (written by `train`) and `ingest_dir` (by `ingest`).
     pub fn load(model_dir: &Path, ingest_dir: &Path) -> Result<Served, LoadError> {
@@ -130,7 +104,6 @@ impl Served {
             (0..k).map(|c| top_shares(&totals[c * na..(c + 1) * na], &model.artists, TOP_ARTISTS)).collect();
         let sizes = cohortcast_core::kmeans::cohort_sizes(&model.labels, k);
         let row_totals = (0..ing.plays.rows()).map(|u| ing.plays.row(u).1.iter().sum()).collect();
-        let hours = cohort_hours(&ing.hours, &model.labels, k);
         let users = model.users.iter().enumerate().map(|(i, u)| (u.clone(), i as u32)).collect();
         let artists: HashMap<String, u32> =
             model.artists.iter().enumerate().map(|(i, a)| (a.clone(), i as u32)).collect();
@@ -148,7 +121,6 @@ impl Served {
             sizes,
             top_artists,
             row_totals,
-            hours,
             users,
             artists,
             songs,
@@ -226,7 +198,6 @@ impl Served {
             user_factors: self.model.als.user_factors(),
             factors: self.model.als.factors(),
             top_artists: &self.top_artists,
-            hours: &self.hours,
             summary: summary.as_ref(),
             ctr_csv: ctr.as_deref(),
         })

@@ -599,23 +599,24 @@ async fn ingest_async(paths: &InputPaths, opts: &IngestOptions) -> Result<Ingest
             ));
         }
     }
+    // One read of the song table gives both the (song, artist) list the
+    // serve API folds plays in with and the artist ids by rank.
     let mut songs_list: Vec<(String, String)> = Vec::new();
-    for batch in collect(&ctx, "SELECT DISTINCT song_id, artist_id FROM songs", &meta("song list")).await? {
-        let (song, artist) = (strings(batch.column(0))?, strings(batch.column(1))?);
+    let mut by_rank: Vec<Option<String>> = Vec::new();
+    for batch in collect(&ctx, "SELECT song_id, artist_id, artist FROM songs", &meta("artists")).await? {
+        let (song, id, rank) = (strings(batch.column(0))?, strings(batch.column(1))?, ints(batch.column(2))?);
         for i in 0..batch.num_rows() {
-            songs_list.push((song.value(i).to_string(), artist.value(i).to_string()));
+            let r = rank.value(i) as usize;
+            if by_rank.len() <= r {
+                by_rank.resize(r + 1, None);
+            }
+            by_rank[r].get_or_insert_with(|| id.value(i).to_string());
+            songs_list.push((song.value(i).to_string(), id.value(i).to_string()));
         }
     }
     songs_list.sort_unstable();
-    let mut all_artists: Vec<String> = Vec::new();
-    for batch in collect(&ctx, "SELECT DISTINCT artist, artist_id FROM songs ORDER BY artist", &meta("artists")).await?
-    {
-        let (idx, id) = (ints(batch.column(0))?, strings(batch.column(1))?);
-        for i in 0..batch.num_rows() {
-            debug_assert_eq!(idx.value(i) as usize, all_artists.len());
-            all_artists.push(id.value(i).to_string());
-        }
-    }
+    // dense_rank numbers every artist of the table: no rank is missing.
+    let mut all_artists: Vec<String> = by_rank.into_iter().map(|a| a.expect("dense ranks")).collect();
     let sql = "WITH plays AS ( \
           SELECT p['reject'] AS reject, p['user_hi'] AS user_hi, p['user_lo'] AS user_lo, p['song_key'] AS song_key \
           FROM (SELECT cc_play(line) AS p FROM clickstream_lines) c) \

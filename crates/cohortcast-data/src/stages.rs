@@ -84,6 +84,12 @@ fn split2(path: &Path, line_no: usize, l: &str) -> Result<(String, String)> {
     })
 }
 
+/// The two-field rows of a CSV file with `header` (line numbers in errors
+/// count the header).
+fn read_pairs(path: &Path, header: &str) -> Result<Vec<(String, String)>> {
+    read_lines(path, Some(header))?.iter().enumerate().map(|(i, l)| split2(path, i + 2, l)).collect()
+}
+
 /// Reads the ingest folder written by [`save_ingested`].
 pub fn load_ingested(dir: &Path) -> Result<Ingested> {
     let users = read_lines(&dir.join("users.csv"), None)?;
@@ -105,32 +111,13 @@ pub fn load_ingested(dir: &Path) -> Result<Ingested> {
         debug_assert_eq!(u.null_count(), 0);
     }
     let plays = Csr::from_triplets(users.len(), artists.len(), &triplets)?;
-    let npath = dir.join("notifications.csv");
-    let rows = read_lines(&npath, Some(NOTIFICATIONS_HEADER))?
-        .iter()
-        .enumerate()
-        .map(|(i, l)| split2(&npath, i + 2, l))
-        .collect::<Result<Vec<_>>>()?;
-    let notifications = RawNotification::group(rows);
+    let notifications = RawNotification::group(read_pairs(&dir.join("notifications.csv"), NOTIFICATIONS_HEADER)?);
     let cpath = dir.join("clicks.csv");
-    let clicks = if cpath.exists() {
-        let mut c = Vec::new();
-        for (i, l) in read_lines(&cpath, Some(CLICKS_HEADER))?.iter().enumerate() {
-            c.push(split2(&cpath, i + 2, l)?);
-        }
-        Some(c)
-    } else {
-        None
-    };
+    let clicks = if cpath.exists() { Some(read_pairs(&cpath, CLICKS_HEADER)?) } else { None };
     // Older ingest folders have no song list; only the serve API's
     // fold-in needs it.
     let spath = dir.join("songs.csv");
-    let mut songs = Vec::new();
-    if spath.exists() {
-        for (i, l) in read_lines(&spath, Some(SONGS_HEADER))?.iter().enumerate() {
-            songs.push(split2(&spath, i + 2, l)?);
-        }
-    }
+    let songs = if spath.exists() { read_pairs(&spath, SONGS_HEADER)? } else { Vec::new() };
     let report: IngestReport = read_json(&dir.join("report.json"))?;
     Ok(Ingested { users, artists, plays, notifications, clicks, songs, report })
 }

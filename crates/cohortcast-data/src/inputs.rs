@@ -1,6 +1,5 @@
 //! Finding the files of each input, and refusing the wrong file early.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use cohortcast_core::saavn::Input;
@@ -220,15 +219,7 @@ pub async fn sniff(files: &InputFiles, stores: &Stores) -> Result<()> {
     let Some((first, size)) = files.files.iter().zip(&files.sizes).find(|(_, s)| **s > 0) else {
         return Ok(());
     };
-    let buf = if is_s3(first) {
-        stores.head_bytes(&S3Url::parse(first)?, *size, HEAD).await?
-    } else {
-        let mut buf = Vec::with_capacity(HEAD as usize);
-        std::fs::File::open(first)
-            .and_then(|f| f.take(HEAD).read_to_end(&mut buf))
-            .map_err(|e| IoError::io(first, e))?;
-        buf
-    };
+    let buf = stores.read_head(first, *size, HEAD).await?;
     let text = String::from_utf8_lossy(&buf);
     let mut lines: Vec<&str> = text.split('\n').collect();
     if buf.len() as u64 == HEAD {

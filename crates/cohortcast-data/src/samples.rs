@@ -1,13 +1,12 @@
 //! Finding the first rejected rows with their file and line, for messages.
 
-use std::io::Read;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{IoError, Result};
+use crate::error::Result;
 use crate::inputs::{Encoding, InputFiles};
-use crate::store::{is_s3, S3Url, Stores};
+use crate::store::Stores;
 
 /// One rejected row.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -96,28 +95,8 @@ pub async fn find_examples(files: &InputFiles, max: usize, stores: &Stores) -> R
     }
     for path in &files.files {
         let mut sc = Scanner { files, file: path, line_no: 0, carry: Vec::new(), max, out: &mut out };
-        let go = if is_s3(path) {
-            let mut go = true;
-            stores
-                .read_chunks(&S3Url::parse(path)?, |c| {
-                    go = sc.chunk(c);
-                    go
-                })
-                .await?;
-            go && sc.finish()
-        } else {
-            let mut f = std::fs::File::open(path).map_err(|e| IoError::io(path, e))?;
-            let mut buf = vec![0u8; 1 << 20];
-            loop {
-                let n = f.read(&mut buf).map_err(|e| IoError::io(path, e))?;
-                if n == 0 {
-                    break sc.finish();
-                }
-                if !sc.chunk(&buf[..n]) {
-                    break false;
-                }
-            }
-        };
+        let whole = stores.read_chunks(path, |c| sc.chunk(c)).await?;
+        let go = whole && sc.finish();
         if !go {
             break;
         }

@@ -224,31 +224,57 @@ impl Stores {
         Ok(out)
     }
 
-    /// The first `n` bytes of an object (fewer when it is shorter).
-    pub async fn head_bytes(&self, url: &S3Url, size: u64, n: u64) -> Result<Vec<u8>> {
-        let store = self.bucket(&url.bucket)?;
+    /// The first `n` bytes of a local file or an `s3://` object whose
+    /// length is `size` (fewer when it is shorter).
+    pub async fn read_head(&self, location: &str, size: u64, n: u64) -> Result<Vec<u8>> {
         let end = size.min(n);
+        if !is_s3(location) {
+            use std::io::Read;
+            let mut buf = Vec::with_capacity(end as usize);
+            std::fs::File::open(location)
+                .and_then(|f| f.take(end).read_to_end(&mut buf))
+                .map_err(|e| IoError::io(location, e))?;
+            return Ok(buf);
+        }
         if end == 0 {
             return Ok(Vec::new());
         }
+        let url = S3Url::parse(location)?;
+        let store = self.bucket(&url.bucket)?;
         let bytes =
             store.get_range(&url.path(), 0..end).await.map_err(|e| IoError::remote(&url.url(), "reading it", e))?;
         Ok(bytes.to_vec())
     }
 
-    /// Streams an object's bytes to `sink`, chunk by chunk; `sink` returns
-    /// `false` to stop early.
-    pub async fn read_chunks(&self, url: &S3Url, mut sink: impl FnMut(&[u8]) -> bool) -> Result<()> {
+    /// Streams the bytes of a local file or an `s3://` object to `sink`,
+    /// chunk by chunk; `sink` returns `false` to stop early. `Ok(true)`
+    /// when the whole file was read.
+    pub async fn read_chunks(&self, location: &str, mut sink: impl FnMut(&[u8]) -> bool) -> Result<bool> {
+        if !is_s3(location) {
+            use std::io::Read;
+            let mut f = std::fs::File::open(location).map_err(|e| IoError::io(location, e))?;
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = f.read(&mut buf).map_err(|e| IoError::io(location, e))?;
+                if n == 0 {
+                    return Ok(true);
+                }
+                if !sink(&buf[..n]) {
+                    return Ok(false);
+                }
+            }
+        }
+        let url = S3Url::parse(location)?;
         let store = self.bucket(&url.bucket)?;
         let got = store.get(&url.path()).await.map_err(|e| IoError::remote(&url.url(), "reading it", e))?;
         let mut stream = got.into_stream();
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| IoError::remote(&url.url(), "reading it", e))?;
             if !sink(&chunk) {
-                break;
+                return Ok(false);
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Copies an object to a local file (written under a temporary name and
@@ -261,7 +287,7 @@ impl Stores {
         let tmp = to.with_extension("part-download");
         let mut file = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(|e| IoError::io(&tmp, e))?);
         let mut failed = None;
-        self.read_chunks(url, |c| match file.write_all(c) {
+        self.read_chunks(&url.url(), |c| match file.write_all(c) {
             Ok(()) => true,
             Err(e) => {
                 failed = Some(e);

@@ -24,12 +24,12 @@ use datafusion::execution::object_store::{DefaultObjectStoreRegistry, ObjectStor
 use datafusion::execution::registry::FunctionRegistry;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::execution::{SessionState, SessionStateBuilder};
-use datafusion::logical_expr::ScalarUDF;
 use datafusion::prelude::SessionConfig;
 use object_store::ObjectStore;
 use url::Url;
 
 use crate::error::{IoError, Result};
+use crate::ingest::udfs;
 use crate::store::{S3Options, Stores};
 
 /// Object stores of a process: `s3://bucket` through our [`Stores`]
@@ -67,9 +67,18 @@ pub fn runtime(stores: Arc<Stores>) -> datafusion::error::Result<Arc<RuntimeEnv>
     RuntimeEnvBuilder::new().with_object_store_registry(Arc::new(Registry::new(stores))).build_arc()
 }
 
-/// The scalar UDFs every plan of ours may call.
-pub fn udfs() -> Vec<ScalarUDF> {
-    crate::ingest::udfs()
+/// A session state with DataFusion's functions, ours ([`udfs`]) and our S3
+/// clients: what the scheduler plans with and what the client starts from.
+fn state(config: SessionConfig, stores: Arc<Stores>) -> datafusion::error::Result<SessionState> {
+    let mut state = SessionStateBuilder::new()
+        .with_config(config)
+        .with_runtime_env(runtime(stores)?)
+        .with_default_features()
+        .build();
+    for f in udfs() {
+        state.register_udf(Arc::new(f))?;
+    }
+    Ok(state)
 }
 
 /// Ballista's default functions, DataFusion's array functions (the
@@ -111,17 +120,7 @@ pub fn run_scheduler(opts: &SchedulerOptions) -> Result<()> {
 
     let stores = Arc::new(Stores::new(opts.s3.clone()));
     let host = opts.external_host.clone().unwrap_or_else(|| opts.bind.ip().to_string());
-    let builder = move |config: SessionConfig| -> datafusion::error::Result<SessionState> {
-        let mut state = SessionStateBuilder::new()
-            .with_config(config)
-            .with_runtime_env(runtime(stores.clone())?)
-            .with_default_features()
-            .build();
-        for f in udfs() {
-            state.register_udf(Arc::new(f))?;
-        }
-        Ok(state)
-    };
+    let builder = move |config: SessionConfig| state(config, stores.clone());
     let config = SchedulerConfig::default()
         .with_hostname(host)
         .with_port(opts.bind.port())
@@ -230,14 +229,12 @@ pub async fn client_session(
     }
     let config =
         SessionConfig::new_with_ballista().with_target_partitions(partitions.max(1)).with_batch_size(16 * 1024);
-    let state = SessionStateBuilder::new()
-        .with_config(config)
-        .with_runtime_env(runtime(stores).map_err(|e| IoError::engine("starting the ingest engine", e))?)
-        .with_default_features()
-        .build();
+    let state = state(config, stores).map_err(|e| IoError::engine("starting the ingest engine", e))?;
     let ctx = datafusion::prelude::SessionContext::remote_with_state(&format!("df://{rest}"), state)
         .await
         .map_err(|e| IoError::engine(format!("connecting to the Ballista scheduler at {rest}"), e))?;
+    // Ballista's upgrade of the state to a remote one drops registered
+    // functions: the client plans the SQL, so they go in again here.
     for f in udfs() {
         ctx.register_udf(f);
     }

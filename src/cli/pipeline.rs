@@ -352,19 +352,7 @@ fn write_report(out: &Path, ing: &Ingested, model: &StoredModel) -> Result<()> {
     let k = model.cohorts.k();
     let top = cohortcast_server::model::cohort_top_artists(&ing.plays, &model.labels, k, &model.artists);
     let sizes = cohortcast_core::kmeans::cohort_sizes(&model.labels, k);
-    let summary: Option<serde_json::Value> =
-        std::fs::read_to_string(out.join("summary.json")).ok().and_then(|t| serde_json::from_str(&t).ok());
-    let ctr = std::fs::read_to_string(out.join("ctr.csv")).ok();
-    let page = cohortcast_server::dashboard::render(&cohortcast_server::dashboard::Inputs {
-        title: "cohortcast run",
-        labels: &model.labels,
-        sizes: &sizes,
-        user_factors: model.als.user_factors(),
-        factors: model.als.factors(),
-        top_artists: &top,
-        summary: summary.as_ref(),
-        ctr_csv: ctr.as_deref(),
-    });
+    let page = cohortcast_server::dashboard::render_run("cohortcast run", model, &sizes, &top, out);
     cohortcast_data::files::write_atomic(&out.join("report.html"), |w| w.write_all(page.as_bytes()))?;
     Ok(())
 }

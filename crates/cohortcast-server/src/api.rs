@@ -175,7 +175,7 @@ pub fn app(state: Arc<AppState>) -> Router {
 
 async fn dashboard(State(st): State<Arc<AppState>>) -> Result<axum::response::Html<String>, ApiError> {
     let m = st.model();
-    let page = tokio::task::spawn_blocking(move || m.dashboard())
+    let page = tokio::task::spawn_blocking(move || m.dashboard().to_string())
         .await
         .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, format!("drawing the dashboard failed: {e}")))?;
     Ok(axum::response::Html(page))

@@ -251,6 +251,31 @@ fn evaluation(inp: &Inputs) -> String {
     s
 }
 
+/// The page of a trained model, with the evaluation of the run in
+/// `run_dir` when it holds `summary.json` and `ctr.csv`: what `GET /`
+/// serves and what `cohortcast run` writes as `report.html`.
+pub fn render_run(
+    title: &str,
+    model: &cohortcast_data::stages::StoredModel,
+    sizes: &[usize],
+    top_artists: &[Vec<ArtistShare>],
+    run_dir: &std::path::Path,
+) -> String {
+    let summary: Option<Value> =
+        std::fs::read_to_string(run_dir.join("summary.json")).ok().and_then(|t| serde_json::from_str(&t).ok());
+    let ctr = std::fs::read_to_string(run_dir.join("ctr.csv")).ok();
+    render(&Inputs {
+        title,
+        labels: &model.labels,
+        sizes,
+        user_factors: model.als.user_factors(),
+        factors: model.als.factors(),
+        top_artists,
+        summary: summary.as_ref(),
+        ctr_csv: ctr.as_deref(),
+    })
+}
+
 /// The whole page.
 pub fn render(inp: &Inputs) -> String {
     let users = inp.labels.len();

@@ -45,6 +45,8 @@ pub struct Served {
     /// Song id → the model's artists of the song (artists nobody played
     /// are not in the model and are left out).
     songs: HashMap<String, Vec<u32>>,
+    /// The dashboard, drawn on first request.
+    page: std::sync::OnceLock<String>,
 }
 
 /// Why a model could not be loaded.
@@ -92,16 +94,7 @@ impl Served {
             )));
         }
         let k = model.cohorts.k();
-        let na = model.artists.len();
-        let mut totals = vec![0f64; k * na];
-        for (u, &c) in model.labels.iter().enumerate() {
-            let (idx, val) = ing.plays.row(u);
-            for (&a, &v) in idx.iter().zip(val) {
-                totals[c as usize * na + a as usize] += v as f64;
-            }
-        }
-        let top_artists =
-            (0..k).map(|c| top_shares(&totals[c * na..(c + 1) * na], &model.artists, TOP_ARTISTS)).collect();
+        let top_artists = cohort_top_artists(&ing.plays, &model.labels, k, &model.artists);
         let sizes = cohortcast_core::kmeans::cohort_sizes(&model.labels, k);
         let row_totals = (0..ing.plays.rows()).map(|u| ing.plays.row(u).1.iter().sum()).collect();
         let users = model.users.iter().enumerate().map(|(i, u)| (u.clone(), i as u32)).collect();
@@ -124,6 +117,7 @@ impl Served {
             users,
             artists,
             songs,
+            page: std::sync::OnceLock::new(),
         })
     }
 
@@ -186,20 +180,11 @@ impl Served {
 
     /// The dashboard of this model, with the run's evaluation when its
     /// folder (the model folder's parent) holds `summary.json` and `ctr.csv`.
-    pub fn dashboard(&self) -> String {
-        let run = self.model_dir.parent().map(Path::to_path_buf).unwrap_or_default();
-        let summary: Option<serde_json::Value> =
-            std::fs::read_to_string(run.join("summary.json")).ok().and_then(|t| serde_json::from_str(&t).ok());
-        let ctr = std::fs::read_to_string(run.join("ctr.csv")).ok();
-        crate::dashboard::render(&crate::dashboard::Inputs {
-            title: "cohortcast",
-            labels: &self.model.labels,
-            sizes: &self.sizes,
-            user_factors: self.model.als.user_factors(),
-            factors: self.model.als.factors(),
-            top_artists: &self.top_artists,
-            summary: summary.as_ref(),
-            ctr_csv: ctr.as_deref(),
+    /// Drawn once per loaded model: a reload draws it anew.
+    pub fn dashboard(&self) -> &str {
+        self.page.get_or_init(|| {
+            let run = self.model_dir.parent().map(Path::to_path_buf).unwrap_or_default();
+            crate::dashboard::render_run("cohortcast", &self.model, &self.sizes, &self.top_artists, &run)
         })
     }
 

@@ -249,6 +249,17 @@ impl AlsModel {
     /// the fixed artist factors: one exact least-squares solve, the ALS
     /// "fold-in". `plays` lists `(artist index, play count)`.
     pub fn fold_in(&self, plays: &[(u32, f32)]) -> Result<Vec<f32>, DataError> {
+        self.fold_in_with(&self.item_gram(), plays)
+    }
+
+    /// `YᵀY` of the artist factors (`f × f`), which every fold-in needs:
+    /// a caller folding in many users computes it once.
+    pub fn item_gram(&self) -> Vec<f32> {
+        gram(&self.item_factors, self.items, self.factors())
+    }
+
+    /// [`AlsModel::fold_in`] with `YᵀY` given ([`AlsModel::item_gram`]).
+    pub fn fold_in_with(&self, yty: &[f32], plays: &[(u32, f32)]) -> Result<Vec<f32>, DataError> {
         let f = self.factors();
         let mut triplets = Vec::with_capacity(plays.len());
         for &(i, r) in plays {
@@ -256,9 +267,8 @@ impl AlsModel {
         }
         let row = Csr::from_triplets(1, self.items, &triplets)?;
         let c = confidence(&row, self.params.weighting, self.params.alpha);
-        let yty = gram(&self.item_factors, self.items, f);
         let (idx, val) = c.row(0);
-        Ok(solve_row_cholesky(&yty, &self.item_factors, idx, val, f, self.params.regularization))
+        Ok(solve_row_cholesky(yty, &self.item_factors, idx, val, f, self.params.regularization))
     }
 }
 

@@ -323,7 +323,7 @@ async fn add_plays(
     let mut plays: Vec<(u32, f32)> = merged.into_iter().collect();
     plays.sort_unstable_by_key(|p| p.0);
     let (m2, p2) = (m.clone(), plays.clone());
-    let (_, cohort) = tokio::task::spawn_blocking(move || m2.fold_in(&p2))
+    let cohort = tokio::task::spawn_blocking(move || m2.cohort_of(&p2))
         .await
         .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, format!("fold-in failed: {e}")))?
         .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, format!("fold-in failed: {e}")))?;

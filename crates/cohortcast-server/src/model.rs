@@ -42,6 +42,8 @@ pub struct Served {
     artists: HashMap<String, u32>,
     /// Plays per user (row sums of `plays`).
     row_totals: Vec<f32>,
+    /// `YᵀY` of the artist factors, for the fold-in.
+    item_gram: Vec<f32>,
     /// Song id → the model's artists of the song (artists nobody played
     /// are not in the model and are left out).
     songs: HashMap<String, Vec<u32>>,
@@ -106,6 +108,7 @@ impl Served {
                 songs.entry(song.clone()).or_default().push(a);
             }
         }
+        let item_gram = model.als.item_gram();
         Ok(Served {
             model_dir: model_dir.to_path_buf(),
             loaded_at: SystemTime::now(),
@@ -114,6 +117,7 @@ impl Served {
             sizes,
             top_artists,
             row_totals,
+            item_gram,
             users,
             artists,
             songs,
@@ -137,13 +141,14 @@ impl Served {
         idx.iter().copied().zip(val.iter().copied()).collect()
     }
 
-    /// Factors from `plays` with the artist factors fixed (the ALS
-    /// fold-in) and the nearest cohort (the cohorts were fitted on
-    /// unit-length factors).
-    pub fn fold_in(&self, plays: &[(u32, f32)]) -> Result<(Vec<f32>, u32), cohortcast_core::DataError> {
-        let x = self.model.als.fold_in(plays)?;
+    /// The cohort of a user who played `plays`: factors folded in with the
+    /// artist factors fixed (the ALS fold-in, with `YᵀY` computed once at
+    /// load), then the nearest centroid of the unit-length factors (the
+    /// cohorts were fitted on unit-length factors).
+    pub fn cohort_of(&self, plays: &[(u32, f32)]) -> Result<u32, cohortcast_core::DataError> {
+        let x = self.model.als.fold_in_with(&self.item_gram, plays)?;
         let unit = cohortcast_core::kmeans::normalize_rows(&x, x.len());
-        Ok((x, self.model.cohorts.predict(&unit)))
+        Ok(self.model.cohorts.predict(&unit))
     }
 
     /// Top artists of `(artist, plays)`.

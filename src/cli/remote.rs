@@ -15,6 +15,7 @@ use std::time::SystemTime;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use cohortcast_core::saavn::Input;
 use cohortcast_data::inputs::InputPaths;
 use cohortcast_data::store::{block_on, is_s3, S3Options, S3Url, Stores};
 
@@ -41,13 +42,14 @@ impl S3Args {
 /// taken only when objects exist under `notification_clicks/`.
 pub fn data_url_paths(spec: &str, stores: &Stores) -> Result<InputPaths> {
     let url = S3Url::parse(spec)?;
-    let sub = |name: &str| url.join(name).url();
-    let clicks = url.join("notification_clicks");
+    // The same layout as `InputPaths::from_data_dir`: one prefix an input.
+    let sub = |input: Input| url.join(input.name()).url();
+    let clicks = url.join(Input::NotificationClicks.name());
     let has_clicks = !block_on(stores.list(&clicks))??.is_empty();
     Ok(InputPaths {
-        clickstream: Some(sub("clickstream")),
-        metadata: Some(sub("metadata")),
-        notification_actor: Some(sub("notification_actor")),
+        clickstream: Some(sub(Input::Clickstream)),
+        metadata: Some(sub(Input::Metadata)),
+        notification_actor: Some(sub(Input::NotificationActor)),
         notification_clicks: has_clicks.then(|| clicks.url()),
     })
 }

@@ -7,7 +7,7 @@ use std::net::TcpStream;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use super::s3::{free_port, moto, Moto};
+use super::s3::{free_port, moto_with_data, Moto};
 use super::{s, synth, MODEL};
 
 /// Child processes killed when the test ends, however it ends.
@@ -67,18 +67,13 @@ fn cluster(m: &Moto, work: &std::path::Path) -> (Processes, u16) {
 
 #[test]
 fn the_ingest_on_a_ballista_cluster_gives_the_embedded_runs_cohorts_and_pushes() {
-    let Some(m) = moto(&["cc-data", "cc-out"]) else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let data = synth(dir.path());
-    m.upload(&data, "s3://cc-data/saavn");
+    let Some((m, dir, data)) = moto_with_data(&["cc-data", "cc-out"]) else { return };
     let work = dir.path().join("executor");
     std::fs::create_dir(&work).unwrap();
     let (_procs, port) = cluster(&m, &work);
 
     let embedded = dir.path().join("embedded");
-    let mut args = vec!["run", "--data", s(&data), "--out", s(&embedded)];
-    args.extend_from_slice(MODEL);
-    super::ok(&args);
+    super::run_small(&data, &embedded);
     let engine = format!("ballista://127.0.0.1:{port}");
     let mut args = vec!["run", "--data", "s3://cc-data/saavn", "--out", "s3://cc-out/cluster", "--engine", &engine];
     args.extend_from_slice(MODEL);
@@ -86,13 +81,7 @@ fn the_ingest_on_a_ballista_cluster_gives_the_embedded_runs_cohorts_and_pushes()
 
     let got = dir.path().join("cluster");
     m.download("s3://cc-out/cluster", &got);
-    for f in ["cohorts.csv", "pushes.csv", "ctr.csv"] {
-        assert_eq!(
-            std::fs::read_to_string(embedded.join(f)).unwrap(),
-            std::fs::read_to_string(got.join(f)).unwrap(),
-            "{f} differs between the cluster and the embedded run"
-        );
-    }
+    super::same_outputs(&embedded, &got, "between the cluster and the embedded run");
     let (a, b) = (super::summary(&embedded), super::summary(&got));
     assert_eq!(a["ctr"], b["ctr"]);
     assert_eq!(a["inputs"]["clickstream"]["rejected"], b["inputs"]["clickstream"]["rejected"]);

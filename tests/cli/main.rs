@@ -23,6 +23,24 @@ fn ok(args: &[&str]) -> Output {
     out
 }
 
+/// `cohortcast run` of local data into `out` with the small model.
+fn run_small(data: &Path, out: &Path) -> Output {
+    let mut args = vec!["run", "--data", s(data), "--out", s(out)];
+    args.extend_from_slice(MODEL);
+    ok(&args)
+}
+
+/// cohorts.csv, pushes.csv and ctr.csv of two output folders are equal byte for byte.
+fn same_outputs(a: &Path, b: &Path, what: &str) {
+    for f in ["cohorts.csv", "pushes.csv", "ctr.csv"] {
+        assert_eq!(
+            std::fs::read_to_string(a.join(f)).unwrap(),
+            std::fs::read_to_string(b.join(f)).unwrap(),
+            "{f} differs {what}"
+        );
+    }
+}
+
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
@@ -74,9 +92,7 @@ fn run_writes_every_output_and_the_default_policy_beats_the_baselines() {
     let dir = tempfile::tempdir().unwrap();
     let data = synth(dir.path());
     let out = dir.path().join("out");
-    let mut args = vec!["run", "--data", s(&data), "--out", s(&out)];
-    args.extend_from_slice(MODEL);
-    let o = ok(&args);
+    let o = run_small(&data, &out);
     let table = String::from_utf8_lossy(&o.stdout);
     for p in ["expected-ctr", "top-artist", "best-single", "random", "oracle"] {
         assert!(table.contains(p), "table lacks {p}:\n{table}");
@@ -148,9 +164,7 @@ fn stages_on_their_own_and_a_spilling_ingest_reproduce_the_whole_run() {
     let dir = tempfile::tempdir().unwrap();
     let data = synth(dir.path());
     let (whole, staged) = (dir.path().join("whole"), dir.path().join("staged"));
-    let mut args = vec!["run", "--data", s(&data), "--out", s(&whole)];
-    args.extend_from_slice(MODEL);
-    ok(&args);
+    run_small(&data, &whole);
     // With 4 MiB for DataFusion the aggregation must spill to disk and
     // merge: the outputs must not change. The pool leaves room for one
     // partition of its minimum share, whatever the machine's cores.
@@ -160,13 +174,7 @@ fn stages_on_their_own_and_a_spilling_ingest_reproduce_the_whole_run() {
     ok(&args);
     ok(&["target", "--out", s(&staged)]);
     ok(&["evaluate", "--out", s(&staged), "--truth", s(&data.join("truth"))]);
-    for f in ["cohorts.csv", "pushes.csv", "ctr.csv"] {
-        assert_eq!(
-            std::fs::read_to_string(whole.join(f)).unwrap(),
-            std::fs::read_to_string(staged.join(f)).unwrap(),
-            "{f} differs between `run` and the stages"
-        );
-    }
+    same_outputs(&whole, &staged, "between `run` and the stages");
     let (a, b) = (summary(&whole), summary(&staged));
     assert_eq!(a["ctr"][0], b["ctr"][0]);
     let (ea, eb) = (&a["inputs"]["engine"], &b["inputs"]["engine"]);

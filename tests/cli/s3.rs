@@ -108,6 +108,16 @@ pub(crate) fn moto(buckets: &[&str]) -> Option<Moto> {
     Some(m)
 }
 
+/// A moto server with `buckets` (the first is `cc-data`), and the small
+/// generated data in a temporary folder, uploaded to `s3://cc-data/saavn`.
+pub(crate) fn moto_with_data(buckets: &[&str]) -> Option<(Moto, tempfile::TempDir, PathBuf)> {
+    let m = moto(buckets)?;
+    let dir = tempfile::tempdir().unwrap();
+    let data = synth(dir.path());
+    m.upload(&data, "s3://cc-data/saavn");
+    Some((m, dir, data))
+}
+
 impl Moto {
     fn helper(&self, args: &[&str]) -> Output {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cli/s3_helper.py");
@@ -168,14 +178,9 @@ fn failed(out: &Output) -> String {
 
 #[test]
 fn the_whole_job_from_s3_to_s3_equals_the_local_run() {
-    let Some(m) = moto(&["cc-data", "cc-out"]) else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let data = synth(dir.path());
-    m.upload(&data, "s3://cc-data/saavn");
+    let Some((m, dir, data)) = moto_with_data(&["cc-data", "cc-out"]) else { return };
     let local = dir.path().join("local");
-    let mut args = vec!["run", "--data", s(&data), "--out", s(&local)];
-    args.extend_from_slice(MODEL);
-    super::ok(&args);
+    super::run_small(&data, &local);
 
     // The whole job, endpoint by flag (AWS_ENDPOINT_URL points nowhere).
     let mut args =
@@ -194,13 +199,7 @@ fn the_whole_job_from_s3_to_s3_equals_the_local_run() {
     for prefix in ["run", "staged"] {
         let got = dir.path().join(prefix);
         m.download(&format!("s3://cc-out/{prefix}"), &got);
-        for f in ["cohorts.csv", "pushes.csv", "ctr.csv"] {
-            assert_eq!(
-                std::fs::read_to_string(local.join(f)).unwrap(),
-                std::fs::read_to_string(got.join(f)).unwrap(),
-                "{prefix}/{f} differs from the local run"
-            );
-        }
+        super::same_outputs(&local, &got, &format!("in {prefix} from the local run"));
         let (a, b) = (super::summary(&local), super::summary(&got));
         assert_eq!(a["ctr"], b["ctr"], "{prefix}: CTR differs");
         assert!(got.join("model").is_dir() && got.join("notifications").is_dir(), "{prefix}: model and lists");
@@ -210,10 +209,7 @@ fn the_whole_job_from_s3_to_s3_equals_the_local_run() {
 
 #[test]
 fn a_missing_bucket_or_key_and_wrong_credentials_are_clear_errors_with_no_output() {
-    let Some(m) = moto(&["cc-data", "cc-out"]) else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let data = synth(dir.path());
-    m.upload(&data, "s3://cc-data/saavn");
+    let Some((m, _dir, _data)) = moto_with_data(&["cc-data", "cc-out"]) else { return };
     let cases: [(&str, Option<&str>, &[&str]); 3] = [
         ("s3://no-such-bucket/saavn", None, &["s3://no-such-bucket", "the bucket does not exist"]),
         (
@@ -307,10 +303,7 @@ fn proxy(upstream: &str, fail_first: usize, cut_after: Option<u64>) -> Proxy {
 
 #[test]
 fn transient_errors_are_retried_and_a_server_gone_mid_read_fails_cleanly() {
-    let Some(m) = moto(&["cc-data"]) else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let data = synth(dir.path());
-    m.upload(&data, "s3://cc-data/saavn");
+    let Some((m, dir, _data)) = moto_with_data(&["cc-data"]) else { return };
     let run = |endpoint: &str, retries: &str, out: &Path| {
         m.cohortcast(
             &["ingest", "--data", "s3://cc-data/saavn", "--out", s(out), "--s3-retries", retries],

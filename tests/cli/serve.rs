@@ -4,7 +4,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
 
-use super::{ok, s, synth, MODEL};
+use super::{run_small, s, synth};
 
 /// One HTTP/1.1 request; the status and the body.
 fn http(port: u16, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, serde_json::Value) {
@@ -28,9 +28,7 @@ fn serve_answers_from_the_model_a_run_wrote() {
     let dir = tempfile::tempdir().unwrap();
     let data = synth(dir.path());
     let out = dir.path().join("out");
-    let mut args = vec!["run", "--data", s(&data), "--out", s(&out)];
-    args.extend_from_slice(MODEL);
-    ok(&args);
+    run_small(&data, &out);
     let token = "a-token-of-at-least-16-chars";
     let mut child = Command::new(env!("CARGO_BIN_EXE_cohortcast"))
         .args(["serve", "--model", s(&out.join("model")), "--addr", "127.0.0.1:0"])

@@ -94,8 +94,17 @@ pub struct InputArgs {
     /// Where the ingest runs: `embedded` (DataFusion in this process) or
     /// `ballista://HOST:PORT`, a Ballista cluster started with
     /// `cohortcast cluster scheduler` and `cohortcast cluster executor`.
-    #[arg(long, default_value = "embedded")]
+    #[arg(long, default_value = "embedded", value_parser = engine)]
     engine: String,
+}
+
+/// `--engine`: `embedded` or a cluster URL, checked before any work.
+fn engine(v: &str) -> std::result::Result<String, String> {
+    if v == "embedded" || v.starts_with("ballista://") || v.starts_with("df://") {
+        Ok(v.to_string())
+    } else {
+        Err("give `embedded` or `ballista://HOST:PORT`".into())
+    }
 }
 
 impl InputArgs {
@@ -114,9 +123,6 @@ impl InputArgs {
     }
 
     fn paths(&self, stores: &Stores) -> Result<InputPaths> {
-        if !(self.engine == "embedded" || self.engine.starts_with("ballista://") || self.engine.starts_with("df://")) {
-            bail!("--engine `{}`: give `embedded` or `ballista://HOST:PORT`", self.engine);
-        }
         let mut p = match &self.data {
             Some(d) if is_s3(d) => remote::data_url_paths(d, stores)?,
             Some(d) => {

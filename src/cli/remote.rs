@@ -77,16 +77,20 @@ impl LocalCopy {
     }
 }
 
-fn download_prefix(url: &S3Url, to: &Path, stores: &Stores) -> Result<usize> {
-    let objects = block_on(stores.list(url))??;
-    for o in &objects {
-        let rel = o.url.key.strip_prefix(url.key.as_str()).unwrap_or(&o.url.key).trim_start_matches('/');
-        if rel.is_empty() || rel.split('/').any(|p| p == ".." || p.is_empty()) {
-            continue;
+/// Downloads everything under `url` into `to`, on one runtime (so the
+/// client's connections are reused from object to object).
+fn download_prefix(url: &S3Url, to: &Path, stores: &Stores) -> Result<()> {
+    block_on(async {
+        for o in stores.list(url).await? {
+            let rel = o.url.key.strip_prefix(url.key.as_str()).unwrap_or(&o.url.key).trim_start_matches('/');
+            if rel.is_empty() || rel.split('/').any(|p| p == ".." || p.is_empty()) {
+                continue;
+            }
+            stores.download(&o.url, &to.join(rel)).await?;
         }
-        block_on(stores.download(&o.url, &to.join(rel)))??;
-    }
-    Ok(objects.len())
+        Ok::<_, cohortcast_data::IoError>(())
+    })??;
+    Ok(())
 }
 
 type Snapshot = BTreeMap<PathBuf, (u64, Option<SystemTime>)>;
@@ -151,23 +155,26 @@ impl OutDir {
             after.iter().filter(|(p, m)| before.get(*p) != Some(*m)).map(|(p, _)| p).collect();
         // summary.json marks a complete set: it goes up last.
         changed.sort_by_key(|p| (p.as_path() == Path::new("summary.json"), (*p).clone()));
-        let mut done: Vec<S3Url> = Vec::new();
-        for rel in changed {
-            let key = rel.iter().map(|c| c.to_string_lossy()).collect::<Vec<_>>().join("/");
-            let to = url.join(&key);
-            let up = block_on(stores.upload(&staging.path().join(rel), &to)).and_then(|r| r);
-            if let Err(e) = up {
-                for u in done.iter().rev() {
-                    let _ = block_on(stores.delete(u));
+        // One runtime for the whole upload, so connections are reused.
+        block_on(async {
+            let mut done: Vec<S3Url> = Vec::new();
+            for rel in changed {
+                let key = rel.iter().map(|c| c.to_string_lossy()).collect::<Vec<_>>().join("/");
+                let to = url.join(&key);
+                if let Err(e) = stores.upload(&staging.path().join(rel), &to).await {
+                    for u in done.iter().rev() {
+                        let _ = stores.delete(u).await;
+                    }
+                    return Err(anyhow::Error::new(e).context(format!(
+                        "uploading the outputs to {} failed; the {} objects already uploaded were deleted",
+                        url.url(),
+                        done.len()
+                    )));
                 }
-                return Err(anyhow::Error::new(e).context(format!(
-                    "uploading the outputs to {} failed; the {} objects already uploaded were deleted",
-                    url.url(),
-                    done.len()
-                )));
+                done.push(to);
             }
-            done.push(to);
-        }
+            Ok(())
+        })??;
         Ok(())
     }
 }

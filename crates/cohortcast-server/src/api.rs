@@ -116,6 +116,14 @@ fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
     })
 }
 
+/// Runs CPU-bound work off the async workers; a panic in it is a 500
+/// that names `what`.
+async fn blocking<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, format!("{what} failed: {e}")))
+}
+
 /// Equal in constant time for equal lengths (the token's length is not secret).
 fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -175,9 +183,7 @@ pub fn app(state: Arc<AppState>) -> Router {
 
 async fn dashboard(State(st): State<Arc<AppState>>) -> Result<axum::response::Html<String>, ApiError> {
     let m = st.model();
-    let page = tokio::task::spawn_blocking(move || m.dashboard().to_string())
-        .await
-        .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, format!("drawing the dashboard failed: {e}")))?;
+    let page = blocking("drawing the dashboard", move || m.dashboard().to_string()).await?;
     Ok(axum::response::Html(page))
 }
 
@@ -323,9 +329,8 @@ async fn add_plays(
     let mut plays: Vec<(u32, f32)> = merged.into_iter().collect();
     plays.sort_unstable_by_key(|p| p.0);
     let (m2, p2) = (m.clone(), plays.clone());
-    let cohort = tokio::task::spawn_blocking(move || m2.cohort_of(&p2))
-        .await
-        .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, format!("fold-in failed: {e}")))?
+    let cohort = blocking("the fold-in", move || m2.cohort_of(&p2))
+        .await?
         .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, format!("fold-in failed: {e}")))?;
     {
         let mut updates = st.updates.write().expect("poisoned");
@@ -402,9 +407,7 @@ async fn release(
     let ids: Vec<u32> = known.iter().filter_map(|a| m.artist(a)).collect();
     let tp = st.config.targeting.clone();
     let m2 = m.clone();
-    let ctr = tokio::task::spawn_blocking(move || m2.affinity(&ids, &tp))
-        .await
-        .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, format!("scoring failed: {e}")))?;
+    let ctr = blocking("scoring", move || m2.affinity(&ids, &tp)).await?;
     // Users updated since training count in their new cohorts.
     let (mut sizes, mut moved, mut extra) = (m.sizes.clone(), vec![false; m.model.users.len()], Vec::new());
     for (id, up) in st.updates.read().expect("poisoned").iter() {
@@ -494,12 +497,9 @@ async fn release_users(
 
 async fn reload(State(st): State<Arc<AppState>>) -> Result<Json<serde_json::Value>, ApiError> {
     let (model_dir, ingest_dir) = (st.config.model_dir.clone(), st.config.ingest_dir.clone());
-    let loaded = tokio::task::spawn_blocking(move || Served::load(&model_dir, &ingest_dir))
-        .await
-        .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, format!("reload failed: {e}")))?
-        .map_err(|e| {
-            err(StatusCode::UNPROCESSABLE_ENTITY, format!("the model was not reloaded, the old one serves on: {e}"))
-        })?;
+    let loaded = blocking("the reload", move || Served::load(&model_dir, &ingest_dir)).await?.map_err(|e| {
+        err(StatusCode::UNPROCESSABLE_ENTITY, format!("the model was not reloaded, the old one serves on: {e}"))
+    })?;
     let (users, k) = (loaded.model.users.len(), loaded.k());
     // Requests in flight hold the old model's Arc and finish on it.
     *st.model.write().expect("poisoned") = Arc::new(loaded);

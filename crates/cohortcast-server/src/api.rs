@@ -513,8 +513,3 @@ async fn reload(State(st): State<Arc<AppState>>) -> Result<Json<serde_json::Valu
 async fn openapi() -> Json<serde_json::Value> {
     Json(crate::openapi::document())
 }
-
-/// Counts of the routes, for tests.
-pub fn route_counts(state: &AppState) -> HashMap<String, u64> {
-    state.metrics.counts()
-}

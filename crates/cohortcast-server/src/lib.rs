@@ -28,8 +28,8 @@ pub mod model;
 mod openapi;
 
 pub use api::{
-    app, route_counts, ApiError, AppState, Config, PlayIn, PlaysRequest, ReleaseRequest, BODY_LIMIT, MAX_PLAYS,
-    MAX_UPDATED_USERS, PAGE,
+    app, ApiError, AppState, Config, PlayIn, PlaysRequest, ReleaseRequest, BODY_LIMIT, MAX_PLAYS, MAX_UPDATED_USERS,
+    PAGE,
 };
 pub use model::{LoadError, Served};
 

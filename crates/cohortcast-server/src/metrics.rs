@@ -1,6 +1,6 @@
 //! Request counts and latencies in the Prometheus text format.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -36,11 +36,6 @@ impl Metrics {
         }
         r.count += 1;
         r.sum += s;
-    }
-
-    /// Requests per route.
-    pub fn counts(&self) -> HashMap<String, u64> {
-        self.routes.lock().expect("poisoned").iter().map(|(k, r)| (k.clone(), r.count)).collect()
     }
 
     /// The exposition text, with `gauges` (name, help, value) first.

@@ -96,6 +96,10 @@ pub struct InputArgs {
     /// `cohortcast cluster scheduler` and `cohortcast cluster executor`.
     #[arg(long, default_value = "embedded", value_parser = engine)]
     engine: String,
+    /// The time zone that hours of the day (when each user and cohort
+    /// listens) are counted in, as an offset from UTC: +05:30 for India.
+    #[arg(long, default_value = "+00:00", value_parser = cohortcast_core::hours::parse_utc_offset, allow_hyphen_values = true)]
+    utc_offset: i32,
 }
 
 /// `--engine`: `embedded` or a cluster URL, checked before any work.
@@ -109,7 +113,7 @@ fn engine(v: &str) -> std::result::Result<String, String> {
 
 impl InputArgs {
     fn ingest_options(&self, s3: &remote::S3Args) -> IngestOptions {
-        let mut o = IngestOptions { s3: s3.options(), ..IngestOptions::default() };
+        let mut o = IngestOptions { s3: s3.options(), utc_offset_minutes: self.utc_offset, ..IngestOptions::default() };
         if let Some(mb) = self.ingest_memory_mb {
             o.memory_limit = mb.max(1) << 20;
         }

@@ -7,14 +7,16 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use cohortcast_core::als::{AlsModel, AlsParams};
 use cohortcast_core::ctr::{evaluate, Clicks, CtrReport};
+use cohortcast_core::hours;
 use cohortcast_core::kmeans::{normalize_rows, Cohorts, KMeansParams};
 use cohortcast_core::targeting::{self, Notification, PushPlan, TargetingParams};
 use cohortcast_data::files::{read_lines, read_npy_f32_rows, write_dir_atomic, write_lines};
 use cohortcast_data::ingest::{ingest, IngestOptions, Ingested};
 use cohortcast_data::inputs::InputPaths;
 use cohortcast_data::stages::{load_ingested, load_model, save_ingested, save_model, ModelParams, StoredModel};
+use cohortcast_server::model::{CohortHours, PEAK_HOURS};
 
-use super::report::{print_ingest, print_table, write_ctr_csv, write_summary, Timings};
+use super::report::{print_ingest, print_table, write_ctr_by_policy_csv, write_ctr_csv, write_summary, Timings};
 use super::{progress, DemoArgs, PolicyArg};
 
 /// Reads and checks the inputs.
@@ -252,13 +254,38 @@ pub fn train_stage(out: &Path, als: &AlsParams, km: &KMeansParams) -> Result<()>
     Ok(())
 }
 
+/// `cohort_hours.csv`: per cohort, its members, its peak hours and the
+/// members who played during each hour of the day (h00 to h23, in the
+/// ingest's time zone). Not written when the ingest kept no hours.
+fn write_cohort_hours(out: &Path, ing: &Ingested, model: &StoredModel) -> Result<()> {
+    let k = model.cohorts.k();
+    let Some(h) = CohortHours::of(ing, &model.labels, k) else { return Ok(()) };
+    let sizes = cohortcast_core::kmeans::cohort_sizes(&model.labels, k);
+    let zone = hours::format_utc_offset(h.utc_offset_minutes);
+    let header = format!(
+        "cohort,members,utc_offset,peak_hours,{}",
+        (0..hours::HOURS).map(|x| format!("h{x:02}")).collect::<Vec<_>>().join(",")
+    );
+    write_lines(
+        &out.join("cohort_hours.csv"),
+        Some(&header),
+        h.active.iter().enumerate().map(|(c, a)| {
+            let peaks: Vec<String> = hours::peak_hours(a, PEAK_HOURS).iter().map(u8::to_string).collect();
+            let counts: Vec<String> = a.iter().map(u64::to_string).collect();
+            format!("{c},{},{zone},{},{}", sizes[c], peaks.join(" "), counts.join(","))
+        }),
+    )?;
+    Ok(())
+}
+
 /// `cohortcast target`.
 pub fn target_stage(out: &Path, policy: PolicyArg, tp: &TargetingParams) -> Result<()> {
     let ing = load_ingested(&out.join("ingest")).context("run `cohortcast ingest` first")?;
     let model = load_model(&out.join("model")).context("run `cohortcast train` first")?;
     let notes = notifications(&model, &ing);
     let p = plan(policy, &model, &ing, &notes, tp);
-    write_pushes(out, &model, &notes, &p)
+    write_pushes(out, &model, &notes, &p)?;
+    write_cohort_hours(out, &ing, &model)
 }
 
 /// `cohortcast evaluate`.
@@ -272,6 +299,7 @@ pub fn evaluate_stage(out: &Path, truth_dir: Option<&Path>, tp: &TargetingParams
         bail!("no notification_clicks were ingested: CTR needs the click log");
     };
     write_ctr_csv(&out.join("ctr.csv"), &notes, &ev.reports[0])?;
+    write_ctr_by_policy_csv(&out.join("ctr_by_policy.csv"), &notes, &ev.reports)?;
     write_summary(&out.join("summary.json"), &ing, &model, notes.len(), &ev, &Timings::default(), tp, chosen.policy)?;
     print_table(&ing, &model, notes.len(), &ev);
     Ok(())
@@ -312,6 +340,7 @@ pub fn run_all(
     let chosen = plan(policy, &model, &ing, &notes, tp);
     t.targeting = start.elapsed().as_secs_f64();
     write_pushes(out, &model, &notes, &chosen)?;
+    write_cohort_hours(out, &ing, &model)?;
     let start = Instant::now();
     let truth = truth_dir.map(|d| load_truth(d, &model, &notes)).transpose()?;
     let ev = evaluate_all(&model, &ing, &notes, &chosen, truth.as_deref(), tp, km.seed)?;
@@ -320,6 +349,7 @@ pub fn run_all(
     let empty = Evaluation { reports: Vec::new(), clicks_outside_model: 0 };
     if let Some(ev) = &ev {
         write_ctr_csv(&out.join("ctr.csv"), &notes, &ev.reports[0])?;
+        write_ctr_by_policy_csv(&out.join("ctr_by_policy.csv"), &notes, &ev.reports)?;
         print_table(&ing, &model, notes.len(), ev);
     } else {
         let used = chosen.user_push.iter().flatten().collect::<std::collections::BTreeSet<_>>().len();
@@ -352,7 +382,8 @@ fn write_report(out: &Path, ing: &Ingested, model: &StoredModel) -> Result<()> {
     let k = model.cohorts.k();
     let top = cohortcast_server::model::cohort_top_artists(&ing.plays, &model.labels, k, &model.artists);
     let sizes = cohortcast_core::kmeans::cohort_sizes(&model.labels, k);
-    let page = cohortcast_server::dashboard::render_run("cohortcast run", model, &sizes, &top, out);
+    let hours = CohortHours::of(ing, &model.labels, k);
+    let page = cohortcast_server::dashboard::render_run("cohortcast run", model, &sizes, &top, hours.as_ref(), out);
     cohortcast_data::files::write_atomic(&out.join("report.html"), |w| w.write_all(page.as_bytes()))?;
     Ok(())
 }

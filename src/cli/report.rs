@@ -128,6 +128,25 @@ pub fn write_ctr_csv(path: &Path, notes: &[Notification], r: &CtrReport) -> Resu
     Ok(())
 }
 
+/// `ctr_by_policy.csv`: every evaluated policy's CTR per notification it
+/// pushed, the chosen policy first (what the report's per-notification
+/// chart sets beside each other).
+pub fn write_ctr_by_policy_csv(path: &Path, notes: &[Notification], reports: &[CtrReport]) -> Result<()> {
+    write_lines(
+        path,
+        Some("policy,notification_id,users_pushed,users_clicked,ctr"),
+        reports.iter().flat_map(|r| {
+            r.per_notification.iter().map(move |n| {
+                format!(
+                    "{},{},{},{},{:.6}",
+                    r.policy, notes[n.notification as usize].id, n.users_pushed, n.users_clicked, n.ctr
+                )
+            })
+        }),
+    )?;
+    Ok(())
+}
+
 #[derive(Serialize)]
 struct CtrSummary<'a> {
     policy: &'a str,

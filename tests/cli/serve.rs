@@ -4,7 +4,9 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
 
-use super::{run_small, s, synth};
+use std::collections::HashMap;
+
+use super::{ok, s, synth, MODEL};
 
 /// One HTTP/1.1 request; the status and the body.
 fn http(port: u16, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, serde_json::Value) {
@@ -28,7 +30,9 @@ fn serve_answers_from_the_model_a_run_wrote() {
     let dir = tempfile::tempdir().unwrap();
     let data = synth(dir.path());
     let out = dir.path().join("out");
-    run_small(&data, &out);
+    let mut args = vec!["run", "--data", s(&data), "--out", s(&out), "--utc-offset", "+05:30"];
+    args.extend_from_slice(MODEL);
+    ok(&args);
     let token = "a-token-of-at-least-16-chars";
     let mut child = Command::new(env!("CARGO_BIN_EXE_cohortcast"))
         .args(["serve", "--model", s(&out.join("model")), "--addr", "127.0.0.1:0"])
@@ -61,6 +65,53 @@ fn serve_answers_from_the_model_a_run_wrote() {
         assert_eq!(status, 200);
         assert_eq!(v["cohort"].as_u64().unwrap().to_string(), cohort, "{user}");
     }
+    // Hours of the day, against the clickstream itself: every user's hours
+    // (of plays of known songs, at +05:30) and every cohort's count of
+    // members active at each hour.
+    let known: std::collections::HashSet<String> = std::fs::read_to_string(data.join("metadata/part-00000.csv"))
+        .unwrap()
+        .lines()
+        .map(|l| l.split(',').next().unwrap().to_string())
+        .collect();
+    let mut masks: HashMap<String, u32> = HashMap::new();
+    for entry in std::fs::read_dir(data.join("clickstream")).unwrap() {
+        for line in std::fs::read_to_string(entry.unwrap().path()).unwrap().lines() {
+            let f: Vec<&str> = line.split(',').collect();
+            let Ok(ts) = f.get(1).map_or(Err(()), |t| t.parse::<i64>().map_err(|_| ())) else { continue };
+            if f.len() == 4 && !f[0].is_empty() && f[3].len() == 8 && known.contains(f[2]) {
+                *masks.entry(f[0].to_string()).or_default() |= 1 << ((ts + 330 * 60).rem_euclid(86_400) / 3_600);
+            }
+        }
+    }
+    let label: HashMap<&str, usize> =
+        cohorts.lines().skip(1).map(|r| r.split_once(',').unwrap()).map(|(u, c)| (u, c.parse().unwrap())).collect();
+    assert_eq!(label.len(), masks.len(), "every user with a known play is in a cohort");
+    let hours_csv = std::fs::read_to_string(out.join("cohort_hours.csv")).unwrap();
+    let mut peaks = Vec::new();
+    for row in hours_csv.lines().skip(1) {
+        let f: Vec<&str> = row.split(',').collect();
+        let c: usize = f[0].parse().unwrap();
+        assert_eq!(f[2], "+05:30");
+        let want: Vec<u64> = (0..24)
+            .map(|h| masks.iter().filter(|(u, m)| label[u.as_str()] == c && *m & (1 << h) != 0).count() as u64)
+            .collect();
+        let got: Vec<u64> = f[4..].iter().map(|x| x.parse().unwrap()).collect();
+        assert_eq!(got, want, "cohort {c}");
+        let (status, v) = http(port, "GET", &format!("/v1/cohorts/{c}"), None, "");
+        assert_eq!(status, 200);
+        assert_eq!(v["active_hours"]["active_members"], serde_json::json!(want));
+        peaks.push(v["active_hours"]["peak_hours"][0].as_u64().unwrap());
+    }
+    // Listening time follows taste in the generated data, so cohorts of
+    // taste peak at different hours.
+    peaks.sort_unstable();
+    assert!(peaks.last().unwrap() - peaks[0] >= 3, "peaks {peaks:?}");
+    for (user, m) in masks.iter().step_by(401) {
+        let (_, v) = http(port, "GET", &format!("/v1/users/{user}"), None, "");
+        let want: Vec<u32> = (0..24).filter(|h| m & (1 << h) != 0).collect();
+        assert_eq!(v["active_hours"], serde_json::json!(want), "{user}");
+    }
+
     // A release for a notification of the data: the pushed users are those
     // of the pushed cohorts, and the token is needed.
     let notes = std::fs::read_to_string(data.join("notification_actor/part-00000.csv")).unwrap();
@@ -90,8 +141,15 @@ fn serve_answers_from_the_model_a_run_wrote() {
         .output()
         .expect("chromium runs");
     let dom = String::from_utf8_lossy(&dom.stdout);
-    for id in ["cohort-sizes", "user-map", "top-artists", "ctr-by-policy", "ctr-by-notification"] {
+    for id in ["cohort-sizes", "user-map", "top-artists", "cohort-hours", "ctr-by-policy", "ctr-by-notification"] {
         assert!(dom.contains(&format!("id=\"{id}\"")), "the page lacks {id}");
+    }
+    let k = hours_csv.lines().count() - 1;
+    assert_eq!(dom.matches("class=\"hour\"").count(), 24 * k.min(24), "a cell per hour and cohort drawn");
+    assert!(dom.contains("UTC+05:30"));
+    // The per-notification chart sets the baselines beside the chosen policy.
+    for policy in ["random", "top-artist"] {
+        assert!(dom.contains(&format!(">{policy}</text>")), "legend {policy}");
     }
     let users = cohorts.lines().count() - 1;
     assert!(dom.contains(&format!("<b id=\"users\">{users}</b>")), "user count");

@@ -9,6 +9,7 @@
 //! * [`kmeans`]: cohorts by k-means++ and Lloyd iterations.
 //! * [`targeting`]: one notification per cohort, and the baselines.
 //! * [`ctr`]: click-through rate of a push plan on a click log.
+//! * [`hours`]: the hours of the day users and cohorts listen at.
 //! * [`saavn`]: the input layout and its row rules.
 //! * [`synth`]: realistic generated data with known ground truth.
 //!
@@ -31,6 +32,7 @@ pub mod als;
 pub mod confidence;
 pub mod ctr;
 pub mod error;
+pub mod hours;
 pub mod kmeans;
 pub mod linalg;
 pub mod rng;

@@ -41,6 +41,9 @@ pub const FAVOURITE_SHARE: f64 = 0.45;
 /// (trending songs, discovery); the rest follow the user's communities.
 pub const GLOBAL_SHARE: f64 = 0.07;
 
+/// The hours (UTC) users' listening centres on: morning, midday, night.
+pub const PEAK_HOURS: [f64; 3] = [8.5, 13.0, 21.0];
+
 /// 2017-01-01T00:00:00Z, the default first day.
 pub const DEFAULT_START: i64 = 1_483_228_800;
 
@@ -163,7 +166,8 @@ pub struct UserProfile {
     pub favourites: Vec<u32>,
     /// Responsiveness to notifications (mean 1).
     pub responsiveness: f64,
-    /// Preferred hour of day (UTC).
+    /// Preferred hour of day (UTC): near one of [`PEAK_HOURS`], mostly
+    /// the one of the main genre (`genre % 3`).
     pub peak_hour: f64,
     /// Plays this user makes.
     pub plays: usize,
@@ -405,8 +409,13 @@ impl World {
             lang_w[lang_pick.sample(&mut rng)] += 0.4 + 0.4 * rng.f64();
         }
         let mut genre_w = vec![0.0; p.genres];
+        let mut main_genre = 0;
         for k in 0..1 + rng.below(3) {
-            genre_w[rng.below(p.genres)] += if k == 0 { 1.0 } else { 0.3 + 0.5 * rng.f64() };
+            let g = rng.below(p.genres);
+            if k == 0 {
+                main_genre = g;
+            }
+            genre_w[g] += if k == 0 { 1.0 } else { 0.3 + 0.5 * rng.f64() };
         }
         let mut taste: Vec<f64> =
             (0..p.languages * p.genres).map(|c| lang_w[c / p.genres] * genre_w[c % p.genres]).collect();
@@ -441,7 +450,11 @@ impl World {
         let mu = p.plays_per_user.ln() - sigma * sigma / 2.0;
         let plays = ((mu + sigma * rng.normal()).exp().round() as usize).max(1);
         let responsiveness = (-0.125 + 0.5 * rng.normal()).exp();
-        let peak_hour = [8.5, 13.0, 21.0][rng.below(3)] + rng.normal() * 1.5;
+        // Listening time follows taste, loosely: three users in four keep
+        // the hours of their main genre (morning, midday or night), so
+        // cohorts of taste differ in when they listen.
+        let slot = if rng.below(4) < 3 { main_genre % 3 } else { rng.below(3) };
+        let peak_hour = PEAK_HOURS[slot] + rng.normal() * 1.5;
         UserProfile {
             index: u,
             id: hex_id(p.seed, 1, u as u64),

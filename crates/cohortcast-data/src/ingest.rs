@@ -26,10 +26,12 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use cohortcast_core::hours;
 use cohortcast_core::saavn::{self, Input, Reject};
 use cohortcast_core::sparse::Csr;
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, Int64Array, RecordBatch, StringArray, StructArray, UInt64Array, UInt64Builder, UInt8Array,
+    Array, ArrayRef, AsArray, Int64Array, RecordBatch, StringArray, StructArray, UInt32Builder, UInt64Array,
+    UInt64Builder, UInt8Array,
 };
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Fields, Schema, UInt64Type};
@@ -37,6 +39,7 @@ use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::{create_udf, ColumnarValue, Volatility};
 use datafusion::prelude::{CsvReadOptions, ParquetReadOptions, SessionConfig, SessionContext};
+use datafusion::scalar::ScalarValue;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
@@ -91,6 +94,9 @@ pub struct IngestReport {
     /// How the engine ran the clickstream query.
     #[serde(default)]
     pub engine: EngineReport,
+    /// Minutes east of UTC of the users' hours of the day.
+    #[serde(default)]
+    pub utc_offset_minutes: i32,
 }
 
 /// How the engine ran the clickstream query: its parallelism, its memory
@@ -145,6 +151,10 @@ pub struct Ingested {
     pub artists: Vec<String>,
     /// Play counts, users × artists.
     pub plays: Csr,
+    /// Each user's hours of the day with plays ([`hours`] masks, at the
+    /// report's `utc_offset_minutes`); empty for folders written before
+    /// hours were kept.
+    pub active_hours: Vec<u32>,
     /// Notifications, sorted by id.
     pub notifications: Vec<RawNotification>,
     /// Distinct (notification_id, user_id) clicks, when clicks were given.
@@ -172,6 +182,9 @@ pub struct IngestOptions {
     /// A Ballista cluster (`ballista://HOST:PORT`) to run the ingest on;
     /// `None`: the embedded engine.
     pub cluster: Option<String>,
+    /// Minutes east of UTC that hours of the day are counted at (330 for
+    /// India). Default 0.
+    pub utc_offset_minutes: i32,
 }
 
 /// A quarter of the machine's memory (Linux `/proc/meminfo`), at most 8 GiB;
@@ -205,6 +218,7 @@ impl Default for IngestOptions {
             memory_limit: default_memory_limit(),
             s3: S3Options::default(),
             cluster: None,
+            utc_offset_minutes: 0,
         }
     }
 }
@@ -235,13 +249,15 @@ fn reject_udf(input: Input) -> datafusion::logical_expr::ScalarUDF {
 
 /// The fields `cc_play` returns: the reject code (0 for a good row, else
 /// 1 + its index in [`Reject::ALL`]), the user key's high and low halves,
-/// and the song key ([`saavn::song_key`]; all three NULL on a rejected row).
+/// the song key ([`saavn::song_key`]) and the bit of the play's hour of the
+/// day ([`hours::hour_bit`]; all but the first NULL on a rejected row).
 fn play_fields() -> Fields {
     Fields::from(vec![
         Field::new("reject", DataType::UInt8, false),
         Field::new("user_hi", DataType::UInt64, true),
         Field::new("user_lo", DataType::UInt64, true),
         Field::new("song_key", DataType::UInt64, true),
+        Field::new("hour_bit", DataType::UInt32, true),
     ])
 }
 
@@ -251,7 +267,8 @@ fn reject_number(r: Reject) -> u8 {
 }
 
 /// Parses a batch of clickstream lines into the [`play_fields`] struct.
-fn parse_plays(lines: &ArrayRef) -> datafusion::error::Result<ArrayRef> {
+/// Hours are of the day at `offset_minutes` east of UTC.
+fn parse_plays(lines: &ArrayRef, offset_minutes: i32) -> datafusion::error::Result<ArrayRef> {
     let lines = cast(lines, &DataType::Utf8)?;
     let lines = lines.as_string::<i32>();
     let n = lines.len();
@@ -259,6 +276,7 @@ fn parse_plays(lines: &ArrayRef) -> datafusion::error::Result<ArrayRef> {
     let mut hi = UInt64Builder::with_capacity(n);
     let mut lo = UInt64Builder::with_capacity(n);
     let mut song = UInt64Builder::with_capacity(n);
+    let mut hour = UInt32Builder::with_capacity(n);
     for line in lines.iter() {
         match line.map(saavn::parse_play) {
             Some(Ok(p)) => {
@@ -266,6 +284,7 @@ fn parse_plays(lines: &ArrayRef) -> datafusion::error::Result<ArrayRef> {
                 hi.append_value((p.user >> 64) as u64);
                 lo.append_value(p.user as u64);
                 song.append_value(saavn::song_key(p.song));
+                hour.append_value(hours::hour_bit(p.timestamp, offset_minutes));
             }
             other => {
                 let r = match other {
@@ -276,11 +295,17 @@ fn parse_plays(lines: &ArrayRef) -> datafusion::error::Result<ArrayRef> {
                 hi.append_null();
                 lo.append_null();
                 song.append_null();
+                hour.append_null();
             }
         }
     }
-    let columns: Vec<ArrayRef> =
-        vec![Arc::new(UInt8Array::from(reject)), Arc::new(hi.finish()), Arc::new(lo.finish()), Arc::new(song.finish())];
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(UInt8Array::from(reject)),
+        Arc::new(hi.finish()),
+        Arc::new(lo.finish()),
+        Arc::new(song.finish()),
+        Arc::new(hour.finish()),
+    ];
     Ok(Arc::new(StructArray::try_new(play_fields(), columns, None)?))
 }
 
@@ -289,9 +314,10 @@ thread_local! {
     static LAST_PLAYS: std::cell::RefCell<Option<(ArrayRef, ArrayRef)>> = const { std::cell::RefCell::new(None) };
 }
 
-/// The UDF `cc_play(line)`: one parse of a clickstream line into the
-/// [`play_fields`] struct, so the plan groups by integers (the user id as
-/// two 64-bit halves, see [`saavn::user_key`]) and never copies the line.
+/// The UDF `cc_play(line, offset_minutes)`: one parse of a clickstream
+/// line into the [`play_fields`] struct, so the plan groups by integers (the
+/// user id as two 64-bit halves, see [`saavn::user_key`]) and never copies
+/// the line. The offset (a literal) sets the day the hour bit is of.
 ///
 /// DataFusion 55 pushes each `p['field']` access down into the scan as its
 /// own `get_field(cc_play(raw), field)`, so the function is called once per
@@ -301,7 +327,15 @@ thread_local! {
 /// equal contents, and each line is parsed once.
 fn play_udf() -> datafusion::logical_expr::ScalarUDF {
     let fun = move |args: &[ColumnarValue]| -> datafusion::error::Result<ColumnarValue> {
-        let arrays = ColumnarValue::values_to_arrays(args)?;
+        let offset = match args.get(1) {
+            Some(ColumnarValue::Scalar(ScalarValue::Int32(Some(m)))) if hours::check_offset(*m).is_ok() => *m,
+            other => {
+                return Err(datafusion::error::DataFusionError::Execution(format!(
+                    "cc_play: the second argument must be a UTC offset in minutes (-840 to 840), got {other:?}"
+                )))
+            }
+        };
+        let arrays = ColumnarValue::values_to_arrays(&args[..1])?;
         let input = &arrays[0];
         let hit = LAST_PLAYS.with(|last| {
             last.borrow().as_ref().filter(|(i, _)| i.to_data().ptr_eq(&input.to_data())).map(|(_, o)| o.clone())
@@ -309,14 +343,20 @@ fn play_udf() -> datafusion::logical_expr::ScalarUDF {
         let out = match hit {
             Some(out) => out,
             None => {
-                let out = parse_plays(input)?;
+                let out = parse_plays(input, offset)?;
                 LAST_PLAYS.with(|last| *last.borrow_mut() = Some((input.clone(), out.clone())));
                 out
             }
         };
         Ok(ColumnarValue::Array(out))
     };
-    create_udf("cc_play", vec![DataType::Utf8], DataType::Struct(play_fields()), Volatility::Immutable, Arc::new(fun))
+    create_udf(
+        "cc_play",
+        vec![DataType::Utf8, DataType::Int32],
+        DataType::Struct(play_fields()),
+        Volatility::Immutable,
+        Arc::new(fun),
+    )
 }
 
 /// The UDF `cc_song_key(song_id)`: [`saavn::song_key`].
@@ -535,7 +575,7 @@ async fn ingest_async(paths: &InputPaths, opts: &IngestOptions) -> Result<Ingest
         None => session(partitions, opts.memory_limit, stores.clone())?,
         Some(url) => crate::cluster::client_session(url, partitions, stores.clone()).await?,
     };
-    let mut report = IngestReport::default();
+    let mut report = IngestReport { utc_offset_minutes: opts.utc_offset_minutes, ..IngestReport::default() };
     report.engine.cluster = opts.cluster.clone();
     report.engine.partitions = partitions;
     report.engine.memory_limit = opts.memory_limit;
@@ -617,17 +657,21 @@ async fn ingest_async(paths: &InputPaths, opts: &IngestOptions) -> Result<Ingest
     songs_list.sort_unstable();
     // dense_rank numbers every artist of the table: no rank is missing.
     let mut all_artists: Vec<String> = by_rank.into_iter().map(|a| a.expect("dense ranks")).collect();
-    let sql = "WITH plays AS ( \
-          SELECT p['reject'] AS reject, p['user_hi'] AS user_hi, p['user_lo'] AS user_lo, p['song_key'] AS song_key \
-          FROM (SELECT cc_play(line) AS p FROM clickstream_lines) c) \
+    let sql = format!(
+        "WITH plays AS ( \
+          SELECT p['reject'] AS reject, p['user_hi'] AS user_hi, p['user_lo'] AS user_lo, p['song_key'] AS song_key, \
+                 p['hour_bit'] AS hour_bit \
+          FROM (SELECT cc_play(line, CAST({offset} AS INT)) AS p FROM clickstream_lines) c) \
         SELECT p.user_hi, p.user_lo, COALESCE(s.artist, -1 - CAST(p.reject AS BIGINT)) AS artist, count(*) AS plays, \
-               sum(CASE WHEN s.rep IS NULL OR s.rep THEN 1 ELSE 0 END) AS play_rows \
+               sum(CASE WHEN s.rep IS NULL OR s.rep THEN 1 ELSE 0 END) AS play_rows, bit_or(p.hour_bit) AS hours \
         FROM songs s RIGHT JOIN plays p ON p.song_key = s.song_key \
-        GROUP BY 1, 2, 3";
+        GROUP BY 1, 2, 3",
+        offset = opts.utc_offset_minutes
+    );
     lap("inputs resolved and metadata counted");
     let context =
         &format!("clickstream ({}): parsing and aggregating plays", paths.clickstream.as_deref().unwrap_or_default());
-    let df = ctx.sql(sql).await.map_err(|e| IoError::engine(context, e))?;
+    let df = ctx.sql(&sql).await.map_err(|e| IoError::engine(context, e))?;
     let plan = df.create_physical_plan().await.map_err(|e| IoError::engine(context, e))?;
     let mut stream = datafusion::physical_plan::execute_stream(plan.clone(), ctx.task_ctx())
         .map_err(|e| IoError::engine(context, e))?;
@@ -636,6 +680,8 @@ async fn ingest_async(paths: &InputPaths, opts: &IngestOptions) -> Result<Ingest
     let mut user_index: HashMap<u128, u32, KeyHash> = HashMap::default();
     let mut unknown_by_user: HashMap<u128, u64, KeyHash> = HashMap::default();
     let mut triplets: Vec<(u32, u32, f32)> = Vec::new();
+    // Hour masks by provisional user number.
+    let mut masks: Vec<u32> = Vec::new();
     let mut rows_read = 0u64;
     let mut rejected = [0u64; Reject::ALL.len()];
     while let Some(batch) = stream.next().await {
@@ -645,6 +691,7 @@ async fn ingest_async(paths: &InputPaths, opts: &IngestOptions) -> Result<Ingest
         let lo = cast(batch.column(1), &DataType::UInt64).map_err(|e| IoError::engine(context, e.into()))?;
         let lo = lo.as_primitive::<UInt64Type>();
         let (artist, n, rows) = (ints(batch.column(2))?, ints(batch.column(3))?, ints(batch.column(4))?);
+        let hour_masks = ints(batch.column(5))?;
         for i in 0..batch.num_rows() {
             let count = n.value(i) as u64;
             // A play of a song with k artists is k groups' worth of
@@ -665,6 +712,10 @@ async fn ingest_async(paths: &InputPaths, opts: &IngestOptions) -> Result<Ingest
             } else {
                 let next = user_index.len() as u32;
                 let u = *user_index.entry(user).or_insert(next);
+                if u == next {
+                    masks.push(0);
+                }
+                masks[u as usize] |= hour_masks.value(i) as u32;
                 triplets.push((u, a as u32, count as f32));
             }
         }
@@ -702,6 +753,10 @@ async fn ingest_async(paths: &InputPaths, opts: &IngestOptions) -> Result<Ingest
     }
     for t in triplets.iter_mut() {
         *t = (user_remap[t.0 as usize], artist_remap[t.1 as usize], t.2);
+    }
+    let mut active_hours = vec![0u32; masks.len()];
+    for (provisional, mask) in masks.into_iter().enumerate() {
+        active_hours[user_remap[provisional] as usize] = mask;
     }
     drop(user_remap);
     let plays = Csr::from_triplets(keys.len(), artists.len(), &triplets)?;
@@ -777,7 +832,7 @@ async fn ingest_async(paths: &InputPaths, opts: &IngestOptions) -> Result<Ingest
         }
     }
     lap("reject examples found");
-    Ok(Ingested { users, artists, plays, notifications, clicks, songs: songs_list, report })
+    Ok(Ingested { users, artists, plays, active_hours, notifications, clicks, songs: songs_list, report })
 }
 
 #[cfg(test)]
@@ -868,6 +923,47 @@ mod tests {
         // Clicks: the same user twice counts once; a bad date is rejected.
         assert_eq!(ing.clicks.as_ref().unwrap(), &vec![("n1".to_string(), U1.to_string())]);
         assert_eq!(r.inputs["notification_clicks"].rejected["bad_date"], 1);
+    }
+
+    #[test]
+    fn hours_of_the_day_are_kept_per_user_at_the_offset_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        // 2017-01-01T00:00:00Z.
+        let t0 = 1_483_228_800i64;
+        let at = |h: i64, m: i64| t0 + h * 3_600 + m * 60;
+        let mut plays = vec![
+            format!("{U1},{},s1,20170101", at(0, 10)),
+            format!("{U1},{},s2,20170101", at(5, 50)),
+            format!("{U1},{},s1,20170102", at(24, 20)),
+            format!("{U2},{},s2,20170101", at(23, 59)),
+            // An unknown song's play and a rejected row give no hour.
+            format!("{U2},{},s404,20170101", at(12, 0)),
+            format!("{U2},{},s1,2017-01-01", at(15, 0)),
+        ];
+        plays.extend((0..8).map(|i| format!("{U3},{},s1,20170101", at(7, i))));
+        let paths = InputPaths {
+            clickstream: Some(write(d, "clickstream", &(plays.join("\n") + "\n"))),
+            metadata: Some(write(d, "metadata", "s1,a1\ns2,a2\n")),
+            notification_actor: Some(write(d, "notification_actor", "n1,a2\n")),
+            notification_clicks: None,
+        };
+        let utc = ingest(&paths, &IngestOptions { partitions: 2, ..Default::default() }).unwrap();
+        assert_eq!(utc.users, vec![U3.to_string(), U1.to_string(), U2.to_string()]);
+        assert_eq!(utc.active_hours, vec![1 << 7, 1 << 0 | 1 << 5, 1 << 23]);
+        assert_eq!(utc.report.utc_offset_minutes, 0);
+        // India: 00:10Z is 05:40, 05:50Z is 11:20, 23:59Z is 05:29.
+        let ist =
+            ingest(&paths, &IngestOptions { partitions: 2, utc_offset_minutes: 330, ..Default::default() }).unwrap();
+        assert_eq!(ist.active_hours, vec![1 << 12, 1 << 5 | 1 << 11, 1 << 5]);
+        assert_eq!(ist.report.utc_offset_minutes, 330);
+        // Kept through the ingest folder.
+        let out = d.join("out");
+        std::fs::create_dir_all(&out).unwrap();
+        crate::stages::save_ingested(&out, &ist).unwrap();
+        let back = crate::stages::load_ingested(&out).unwrap();
+        assert_eq!(back.active_hours, ist.active_hours);
+        assert_eq!(back.report.utc_offset_minutes, 330);
     }
 
     #[test]

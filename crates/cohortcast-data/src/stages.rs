@@ -5,7 +5,8 @@
 //! ```text
 //! ingest/  users.csv artists.csv plays.parquet (user, artist, plays as
 //!          indices into the two lists) notifications.csv clicks.csv
-//!          songs.csv (song_id, artist_id) report.json
+//!          songs.csv (song_id, artist_id) active_hours.npy (a 24-bit
+//!          mask of the hours of the day each user played at) report.json
 //! model/   params.json users.csv artists.csv user_factors.npy
 //!          artist_factors.npy centroids.npy cohorts.npy
 //! ```
@@ -73,6 +74,9 @@ pub fn save_ingested(dir: &Path, ing: &Ingested) -> Result<()> {
         write_lines(&dir.join("clicks.csv"), Some(CLICKS_HEADER), c.iter().map(|(n, u)| format!("{n},{u}")))?;
     }
     write_lines(&dir.join("songs.csv"), Some(SONGS_HEADER), ing.songs.iter().map(|(s, a)| format!("{s},{a}")))?;
+    if !ing.active_hours.is_empty() {
+        write_npy_u32(&dir.join("active_hours.npy"), &ing.active_hours)?;
+    }
     write_json(&dir.join("report.json"), &ing.report)
 }
 
@@ -118,8 +122,18 @@ pub fn load_ingested(dir: &Path) -> Result<Ingested> {
     // fold-in needs it.
     let spath = dir.join("songs.csv");
     let songs = if spath.exists() { read_pairs(&spath, SONGS_HEADER)? } else { Vec::new() };
+    // Nor hours.
+    let hpath = dir.join("active_hours.npy");
+    let active_hours = if hpath.exists() { read_npy_u32(&hpath)? } else { Vec::new() };
+    if !active_hours.is_empty() && active_hours.len() != users.len() {
+        return Err(IoError::Malformed {
+            path: hpath,
+            line: 0,
+            detail: format!("{} hour masks for {} users in users.csv", active_hours.len(), users.len()),
+        });
+    }
     let report: IngestReport = read_json(&dir.join("report.json"))?;
-    Ok(Ingested { users, artists, plays, notifications, clicks, songs, report })
+    Ok(Ingested { users, artists, plays, active_hours, notifications, clicks, songs, report })
 }
 
 /// Parameters stored beside the factors.

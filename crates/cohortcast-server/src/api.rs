@@ -12,12 +12,13 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use cohortcast_core::hours;
 use cohortcast_core::targeting::TargetingParams;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::metrics::Metrics;
-use crate::model::{rank, ArtistShare, RankedCohort, Served};
+use crate::model::{rank, ArtistShare, HoursView, RankedCohort, Served};
 
 /// Largest request body accepted.
 pub const BODY_LIMIT: usize = 1 << 20;
@@ -53,6 +54,8 @@ pub const MAX_PLAYS: usize = 10_000;
 struct Update {
     cohort: u32,
     plays: Vec<(u32, f32)>,
+    /// Hours of the day with plays ([`cohortcast_core::hours`] mask).
+    hours: u32,
 }
 
 /// A release decision kept for paging: model rows, then updated users' ids.
@@ -208,6 +211,8 @@ struct CohortView {
     id: usize,
     size: usize,
     top_artists: Vec<ArtistShare>,
+    /// `null` when the model's ingest kept no hours.
+    active_hours: Option<HoursView>,
     #[serde(skip_serializing_if = "Option::is_none")]
     sample_members: Option<Vec<String>>,
 }
@@ -217,6 +222,7 @@ fn cohort_view(m: &Served, c: usize, sample: bool) -> CohortView {
         id: c,
         size: m.sizes[c],
         top_artists: m.top_artists[c].clone(),
+        active_hours: m.cohort_hours.as_ref().map(|h| h.view(c, m.sizes[c])),
         sample_members: sample.then(|| m.members(c).take(20).map(|u| m.model.users[u].clone()).collect()),
     }
 }
@@ -244,6 +250,8 @@ async fn user(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Result
             "user_id": key,
             "cohort": up.cohort,
             "top_artists": m.top_of(&up.plays),
+            "active_hours": m.utc_offset_minutes().map(|_| hours::hours_in(up.hours)),
+            "utc_offset": m.utc_offset_minutes().map(hours::format_utc_offset),
             "updated_since_training": true,
         })));
     }
@@ -252,6 +260,8 @@ async fn user(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Result
         "user_id": m.model.users[u],
         "cohort": m.model.labels[u],
         "top_artists": m.user_top_artists(u),
+        "active_hours": m.user_hours(u),
+        "utc_offset": m.utc_offset_minutes().map(hours::format_utc_offset),
         "updated_since_training": false,
     })))
 }
@@ -300,10 +310,14 @@ async fn add_plays(
     let key = id.to_ascii_lowercase();
     let mut added: HashMap<u32, f32> = HashMap::new();
     let mut unknown: Vec<&str> = Vec::new();
+    // Hours count plays of known songs, as in ingest.
+    let mut new_hours = 0u32;
     for p in &r.plays {
         let artists = m.song_artists(&p.song_id);
         if artists.is_empty() {
             unknown.push(&p.song_id);
+        } else if let Some(offset) = m.utc_offset_minutes() {
+            new_hours |= hours::hour_bit(p.timestamp, offset);
         }
         for &a in artists {
             *added.entry(a).or_default() += 1.0;
@@ -326,6 +340,7 @@ async fn add_plays(
     for (a, n) in added {
         *merged.entry(a).or_default() += n;
     }
+    let hours_now = before.as_ref().map(|b| b.hours).unwrap_or_else(|| m.user_mask(in_model)) | new_hours;
     let mut plays: Vec<(u32, f32)> = merged.into_iter().collect();
     plays.sort_unstable_by_key(|p| p.0);
     let (m2, p2) = (m.clone(), plays.clone());
@@ -340,7 +355,7 @@ async fn add_plays(
                 format!("{MAX_UPDATED_USERS} users were updated since the model was loaded: retrain and reload"),
             ));
         }
-        updates.insert(key.clone(), Update { cohort, plays: plays.clone() });
+        updates.insert(key.clone(), Update { cohort, plays: plays.clone(), hours: hours_now });
     }
     Ok(Json(json!({
         "user_id": key,
@@ -350,6 +365,7 @@ async fn add_plays(
         "plays_added": r.plays.len() - unknown.len(),
         "unknown_songs": unknown.len(),
         "top_artists": m.top_of(&plays),
+        "active_hours": m.utc_offset_minutes().map(|_| hours::hours_in(hours_now)),
     })))
 }
 

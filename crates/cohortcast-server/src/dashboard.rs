@@ -4,20 +4,25 @@
 //!
 //! Charts: cohort sizes; the top artists of the largest cohorts; a 2-D map
 //! of users (the first two principal components of their factors, a
-//! sample of at most [`MAP_POINTS`]) coloured by cohort; and, when the run
-//! was evaluated, CTR by policy beside the baselines and CTR per
-//! notification of the chosen policy.
+//! sample of at most [`MAP_POINTS`]) coloured by cohort; the hours of the
+//! day the largest cohorts listen at; and, when the run was evaluated, CTR
+//! by policy and CTR per notification of the chosen policy beside the
+//! baselines.
 
 use std::fmt::Write;
 
 use serde_json::Value;
 
-use crate::model::ArtistShare;
+use crate::model::{ArtistShare, CohortHours};
 
 /// Users drawn on the map, at most.
 pub const MAP_POINTS: usize = 4000;
 /// Cohorts whose top artists are drawn (the largest).
 pub const ARTIST_PANELS: usize = 12;
+/// Cohorts in the hour-of-day heat map (the largest).
+pub const HOUR_ROWS: usize = 24;
+/// Notifications in the per-notification CTR chart (the most pushed).
+pub const CTR_NOTIFICATIONS: usize = 20;
 
 /// What the page shows.
 pub struct Inputs<'a> {
@@ -38,6 +43,11 @@ pub struct Inputs<'a> {
     /// `ctr.csv` of the run (notification_id, cohorts, users_pushed,
     /// users_clicked, ctr), when there is one.
     pub ctr_csv: Option<&'a str>,
+    /// `ctr_by_policy.csv` of the run (policy, notification_id,
+    /// users_pushed, users_clicked, ctr), when there is one.
+    pub ctr_by_policy_csv: Option<&'a str>,
+    /// When each cohort listens, when the ingest kept hours.
+    pub hours: Option<&'a CohortHours>,
 }
 
 /// A colour per cohort: hues a golden angle apart.
@@ -226,28 +236,191 @@ fn evaluation(inp: &Inputs) -> String {
             }));
         }
     }
-    if let Some(csv) = inp.ctr_csv {
-        let mut rows: Vec<(String, f64, f64)> = csv
-            .lines()
-            .skip(1)
-            .filter_map(|l| {
-                let f: Vec<&str> = l.split(',').collect();
-                Some((f.first()?.to_string(), f.get(2)?.parse().ok()?, f.get(4)?.parse().ok()?))
-            })
-            .filter(|r| r.1 > 0.0)
-            .collect();
-        rows.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        rows.truncate(40);
-        let vals: Vec<(String, f64, String)> = rows.into_iter().map(|(n, _, c)| (n, c, colour(7))).collect();
-        if !vals.is_empty() {
-            s.push_str(&bars(
-                "ctr-by-notification",
-                "CTR per notification of the chosen policy (the 40 pushed to most users)",
-                &vals,
-                &|v| format!("{:.2}%", 100.0 * v),
-            ));
+    if let Some(chart) = ctr_per_notification(inp) {
+        s.push_str(&chart);
+    }
+    s
+}
+
+/// CTR per notification: the chosen policy's most pushed notifications,
+/// each with a bar per policy that pushed it (from `ctr_by_policy.csv`;
+/// the chosen policy alone from `ctr.csv` when only that exists).
+fn ctr_per_notification(inp: &Inputs) -> Option<String> {
+    // (policy, notification) → (users pushed, ctr).
+    let mut rows: Vec<(String, String, f64, f64)> = Vec::new();
+    if let Some(csv) = inp.ctr_by_policy_csv {
+        for l in csv.lines().skip(1) {
+            let f: Vec<&str> = l.split(',').collect();
+            if let (Some(p), Some(n), Some(Ok(u)), Some(Ok(c))) =
+                (f.first(), f.get(1), f.get(2).map(|v| v.parse()), f.get(4).map(|v| v.parse()))
+            {
+                // Policies measured on another policy's users (`a@b`) are
+                // for the summary, not this chart.
+                if !p.contains('@') {
+                    rows.push((p.to_string(), n.to_string(), u, c));
+                }
+            }
+        }
+    } else if let Some(csv) = inp.ctr_csv {
+        let chosen = inp
+            .summary
+            .and_then(|v| v["ctr"].as_array()?.first()?["policy"].as_str().map(str::to_string))
+            .unwrap_or_else(|| "chosen".into());
+        for l in csv.lines().skip(1) {
+            let f: Vec<&str> = l.split(',').collect();
+            if let (Some(n), Some(Ok(u)), Some(Ok(c))) =
+                (f.first(), f.get(2).map(|v| v.parse()), f.get(4).map(|v| v.parse()))
+            {
+                rows.push((chosen.clone(), n.to_string(), u, c));
+            }
         }
     }
+    let first = rows.first()?.0.clone();
+    let mut policies: Vec<String> = Vec::new();
+    for r in &rows {
+        if !policies.contains(&r.0) {
+            policies.push(r.0.clone());
+        }
+    }
+    let mut notes: Vec<(String, f64)> =
+        rows.iter().filter(|r| r.0 == first && r.2 > 0.0).map(|r| (r.1.clone(), r.2)).collect();
+    notes.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    notes.truncate(CTR_NOTIFICATIONS);
+    if notes.is_empty() {
+        return None;
+    }
+    let value = |p: &str, n: &str| rows.iter().find(|r| r.0 == p && r.1 == n && r.2 > 0.0).map(|r| r.3);
+    let (w, h, left, bottom, top) = (1000.0, 300.0, 50.0, 50.0, 28.0);
+    let max =
+        notes.iter().flat_map(|(n, _)| policies.iter().filter_map(|p| value(p, n))).fold(0.0, f64::max).max(1e-12);
+    let gw = (w - left - 10.0) / notes.len() as f64;
+    let bw = gw * 0.85 / policies.len() as f64;
+    let title = format!(
+        "CTR per notification: {first} beside the baselines, on the {} notifications {first} pushed to most users \
+         (a missing bar: that policy did not push it)",
+        notes.len()
+    );
+    let mut s = format!(
+        r#"<figure><figcaption>{}</figcaption><svg id="ctr-by-notification" viewBox="0 0 {w} {h}" width="100%" role="img" aria-label="{}">"#,
+        esc(&title),
+        esc(&title)
+    );
+    for (i, p) in policies.iter().enumerate() {
+        let x = left + i as f64 * 170.0;
+        let _ = write!(
+            s,
+            r#"<rect x="{x}" y="4" width="12" height="12" fill="{}"/><text class="legend" x="{}" y="14" font-size="11">{}</text>"#,
+            colour(i * 3),
+            x + 16.0,
+            esc(p)
+        );
+    }
+    let _ = write!(s, r##"<line x1="{left}" y1="{}" x2="{w}" y2="{}" stroke="#888"/>"##, h - bottom, h - bottom);
+    let _ = write!(
+        s,
+        r##"<text x="{}" y="{}" font-size="11" text-anchor="end">{:.1}%</text>"##,
+        left - 4.0,
+        top + 4.0,
+        100.0 * max
+    );
+    for (g, (n, _)) in notes.iter().enumerate() {
+        let gx = left + g as f64 * gw;
+        for (i, p) in policies.iter().enumerate() {
+            if let Some(v) = value(p, n) {
+                let bh = (h - bottom - top) * v / max;
+                let _ = write!(
+                    s,
+                    r#"<rect class="bar" x="{:.1}" y="{:.1}" width="{:.1}" height="{bh:.1}" fill="{}"><title>{}, {}: {:.2}%</title></rect>"#,
+                    gx + i as f64 * bw,
+                    h - bottom - bh,
+                    bw.max(0.5),
+                    colour(i * 3),
+                    esc(n),
+                    esc(p),
+                    100.0 * v
+                );
+            }
+        }
+        let _ = write!(
+            s,
+            r#"<text x="{:.1}" y="{}" font-size="9" text-anchor="end" transform="rotate(-35 {:.1} {})">{}</text>"#,
+            gx + gw / 2.0,
+            h - bottom + 12.0,
+            gx + gw / 2.0,
+            h - bottom + 12.0,
+            esc(&n.chars().take(16).collect::<String>())
+        );
+    }
+    s.push_str("</svg></figure>");
+    Some(s)
+}
+
+/// Hours of the day × the largest cohorts: each cell's shade is the share
+/// of the cohort's members who played during that hour on some day.
+fn hour_map(inp: &Inputs) -> String {
+    let Some(hours) = inp.hours else { return String::new() };
+    let mut order: Vec<usize> = (0..inp.sizes.len()).filter(|&c| inp.sizes[c] > 0).collect();
+    order.sort_by(|&a, &b| inp.sizes[b].cmp(&inp.sizes[a]).then(a.cmp(&b)));
+    order.truncate(HOUR_ROWS);
+    let share = |c: usize, hr: usize| hours.active[c][hr] as f64 / inp.sizes[c] as f64;
+    let max =
+        order.iter().flat_map(|&c| (0..24).map(move |hr| (c, hr))).map(|(c, hr)| share(c, hr)).fold(0.0, f64::max);
+    let zone = cohortcast_core::hours::format_utc_offset(hours.utc_offset_minutes);
+    let (left, cell, rh, top) = (130.0, 30.0, 16.0, 22.0);
+    let (w, h) = (left + 24.0 * cell + 150.0, top + rh * order.len() as f64 + 4.0);
+    let title = format!(
+        "When the {} largest cohorts listen: share of members who played during each hour of the day (UTC{zone}), \
+         darkest = {:.0}%",
+        order.len(),
+        100.0 * max
+    );
+    let mut s = format!(
+        r#"<figure><figcaption>{}</figcaption><svg id="cohort-hours" viewBox="0 0 {w} {h}" width="100%" role="img" aria-label="{}">"#,
+        esc(&title),
+        esc(&title)
+    );
+    for hr in 0..24 {
+        let _ = write!(
+            s,
+            r#"<text x="{:.1}" y="14" font-size="10" text-anchor="middle">{hr:02}</text>"#,
+            left + (hr as f64 + 0.5) * cell
+        );
+    }
+    for (row, &c) in order.iter().enumerate() {
+        let y = top + row as f64 * rh;
+        let _ = write!(
+            s,
+            r#"<text x="{}" y="{:.1}" font-size="10" text-anchor="end" fill="{}">cohort {c} · {}</text>"#,
+            left - 6.0,
+            y + rh - 4.0,
+            colour(c),
+            inp.sizes[c]
+        );
+        for hr in 0..24 {
+            let v = share(c, hr);
+            let _ = write!(
+                s,
+                r#"<rect class="hour" x="{:.1}" y="{y:.1}" width="{:.1}" height="{:.1}" fill="hsl(220,70%,35%)" fill-opacity="{:.3}"><title>cohort {c}, {hr:02}:00–{:02}:00: {:.1}% of {} members</title></rect>"#,
+                left + hr as f64 * cell,
+                cell - 1.0,
+                rh - 1.0,
+                if max > 0.0 { 0.05 + 0.95 * v / max } else { 0.05 },
+                (hr + 1) % 24,
+                100.0 * v,
+                inp.sizes[c]
+            );
+        }
+        let peaks: Vec<String> =
+            cohortcast_core::hours::peak_hours(&hours.active[c], 3).iter().map(|h| format!("{h:02}")).collect();
+        let _ = write!(
+            s,
+            r#"<text class="peak" x="{:.1}" y="{:.1}" font-size="10">peak {}</text>"#,
+            left + 24.0 * cell + 8.0,
+            y + rh - 4.0,
+            peaks.join(", ")
+        );
+    }
+    s.push_str("</svg></figure>");
     s
 }
 
@@ -259,11 +432,13 @@ pub fn render_run(
     model: &cohortcast_data::stages::StoredModel,
     sizes: &[usize],
     top_artists: &[Vec<ArtistShare>],
+    hours: Option<&CohortHours>,
     run_dir: &std::path::Path,
 ) -> String {
     let summary: Option<Value> =
         std::fs::read_to_string(run_dir.join("summary.json")).ok().and_then(|t| serde_json::from_str(&t).ok());
     let ctr = std::fs::read_to_string(run_dir.join("ctr.csv")).ok();
+    let by_policy = std::fs::read_to_string(run_dir.join("ctr_by_policy.csv")).ok();
     render(&Inputs {
         title,
         labels: &model.labels,
@@ -273,6 +448,8 @@ pub fn render_run(
         top_artists,
         summary: summary.as_ref(),
         ctr_csv: ctr.as_deref(),
+        ctr_by_policy_csv: by_policy.as_deref(),
+        hours,
     })
 }
 
@@ -311,6 +488,7 @@ figure{{margin:18px 0}}figcaption,h2{{font-weight:600;font-size:15px;margin:6px 
     s.push_str(&bars("cohort-sizes", "Cohort sizes (users), largest first", &size_bars, &|v| format!("{v:.0}")));
     s.push_str(&map(inp));
     s.push_str(&artist_panels(inp));
+    s.push_str(&hour_map(inp));
     s.push_str(&evaluation(inp));
     s.push_str("</body></html>\n");
     s
@@ -319,6 +497,33 @@ figure{{margin:18px 0}}figcaption,h2{{font-weight:600;font-size:15px;margin:6px 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ctr_per_notification_sets_the_baselines_beside_the_chosen_policy() {
+        let by_policy = "policy,notification_id,users_pushed,users_clicked,ctr\n\
+            expected-ctr,n1,100,20,0.200000\nexpected-ctr,n2,300,30,0.100000\n\
+            random,n1,50,2,0.040000\nrandom,n2,50,1,0.020000\nrandom,n3,50,1,0.020000\n\
+            best-single,n2,400,20,0.050000\nexpected-ctr@top-artist-users,n1,10,3,0.300000\n";
+        let inp = Inputs {
+            title: "t",
+            labels: &[],
+            sizes: &[],
+            user_factors: &[],
+            factors: 1,
+            top_artists: &[],
+            summary: None,
+            ctr_csv: None,
+            ctr_by_policy_csv: Some(by_policy),
+            hours: None,
+        };
+        let chart = ctr_per_notification(&inp).unwrap();
+        // n2 (300 pushed) before n1; n3 is not the chosen policy's.
+        assert!(chart.find("n2, expected-ctr: 10.00%").unwrap() < chart.find("n1, expected-ctr: 20.00%").unwrap());
+        assert!(chart.contains("n1, random: 4.00%") && chart.contains("n2, best-single: 5.00%"));
+        assert!(!chart.contains("n3") && !chart.contains("@"));
+        assert_eq!(chart.matches("class=\"bar\"").count(), 5);
+        assert_eq!(chart.matches("class=\"legend\"").count(), 3);
+    }
 
     #[test]
     fn pca_finds_the_axis_of_largest_spread() {
@@ -341,6 +546,11 @@ mod tests {
         let labels = [0u32, 1, 1, 0];
         let top = vec![vec![ArtistShare { artist_id: "<b>".into(), share: 1.0 }], vec![]];
         let summary = serde_json::json!({"ctr": [{"policy": "expected-ctr", "overall_ctr": 0.1234, "pushes": 4}]});
+        let mut active = vec![[0u64; 24]; 2];
+        active[0][21] = 1;
+        active[1][8] = 2;
+        active[1][21] = 1;
+        let hours = CohortHours { utc_offset_minutes: 330, active };
         let page = render(&Inputs {
             title: "t",
             labels: &labels,
@@ -350,10 +560,15 @@ mod tests {
             top_artists: &top,
             summary: Some(&summary),
             ctr_csv: Some("notification_id,cohorts,users_pushed,users_clicked,ctr\nn1,2,4,1,0.25\n"),
+            ctr_by_policy_csv: None,
+            hours: Some(&hours),
         });
-        for id in ["cohort-sizes", "user-map", "top-artists", "ctr-by-policy", "ctr-by-notification"] {
+        for id in ["cohort-sizes", "user-map", "top-artists", "cohort-hours", "ctr-by-policy", "ctr-by-notification"] {
             assert!(page.contains(&format!("id=\"{id}\"")), "{id}");
         }
+        assert_eq!(page.matches("class=\"hour\"").count(), 48);
+        assert!(page.contains("UTC+05:30") && page.contains("cohort 1, 08:00–09:00: 100.0% of 2 members"));
+        assert!(page.contains("peak 08, 21"), "{page}");
         assert_eq!(page.matches("class=\"user\"").count(), 4);
         assert!(page.contains("12.34%") && page.contains("&lt;b&gt;") && !page.contains("<b></b>"));
     }

@@ -6,8 +6,10 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+use cohortcast_core::hours::{self, HOURS};
 use cohortcast_core::sparse::Csr;
 use cohortcast_core::targeting::{cohort_affinity, Notification, TargetingParams};
+use cohortcast_data::ingest::Ingested;
 use cohortcast_data::stages::{load_ingested, load_model, StoredModel};
 use serde::Serialize;
 
@@ -21,6 +23,54 @@ pub struct ArtistShare {
     pub artist_id: String,
     /// Plays of the artist ÷ all plays, in [0, 1].
     pub share: f64,
+}
+
+/// Hours of the day shown per cohort ([`CohortHours::peak`] of them).
+pub const PEAK_HOURS: usize = 3;
+
+/// When each cohort listens: per cohort and hour of the day, the members
+/// who played at that hour on some day (see [`cohortcast_core::hours`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CohortHours {
+    /// Minutes east of UTC the hours are of.
+    pub utc_offset_minutes: i32,
+    /// Active members, cohort × hour.
+    pub active: Vec<[u64; HOURS]>,
+}
+
+/// A cohort's hours as the API answers them.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HoursView {
+    /// The time zone of the hours, as `+HH:MM`.
+    pub utc_offset: String,
+    /// The hours most members listen at, most first.
+    pub peak_hours: Vec<u8>,
+    /// Per hour 0–23: members who played during that hour on some day.
+    pub active_members: Vec<u64>,
+    /// Per hour: active members ÷ members.
+    pub active_share: Vec<f64>,
+}
+
+impl CohortHours {
+    /// From the ingest's per-user masks (`None` when the ingest folder
+    /// predates them).
+    pub fn of(ing: &Ingested, labels: &[u32], k: usize) -> Option<CohortHours> {
+        (!ing.active_hours.is_empty() && ing.active_hours.len() == labels.len()).then(|| CohortHours {
+            utc_offset_minutes: ing.report.utc_offset_minutes,
+            active: hours::cohort_hours(labels, &ing.active_hours, k),
+        })
+    }
+
+    /// Cohort `c` with `members` users, for the API.
+    pub fn view(&self, c: usize, members: usize) -> HoursView {
+        let a = &self.active[c];
+        HoursView {
+            utc_offset: hours::format_utc_offset(self.utc_offset_minutes),
+            peak_hours: hours::peak_hours(a, PEAK_HOURS),
+            active_members: a.to_vec(),
+            active_share: a.iter().map(|&n| if members > 0 { n as f64 / members as f64 } else { 0.0 }).collect(),
+        }
+    }
 }
 
 /// A loaded model, immutable: a reload builds a new one.
@@ -38,6 +88,10 @@ pub struct Served {
     pub sizes: Vec<usize>,
     /// Each cohort's most played artists.
     pub top_artists: Vec<Vec<ArtistShare>>,
+    /// Each user's hour mask (empty when the ingest folder has none).
+    pub active_hours: Vec<u32>,
+    /// When each cohort listens (`None` without hour masks).
+    pub cohort_hours: Option<CohortHours>,
     users: HashMap<String, u32>,
     artists: HashMap<String, u32>,
     /// Plays per user (row sums of `plays`).
@@ -98,6 +152,7 @@ impl Served {
         let k = model.cohorts.k();
         let top_artists = cohort_top_artists(&ing.plays, &model.labels, k, &model.artists);
         let sizes = cohortcast_core::kmeans::cohort_sizes(&model.labels, k);
+        let cohort_hours = CohortHours::of(&ing, &model.labels, k);
         let row_totals = (0..ing.plays.rows()).map(|u| ing.plays.row(u).1.iter().sum()).collect();
         let users = model.users.iter().enumerate().map(|(i, u)| (u.clone(), i as u32)).collect();
         let artists: HashMap<String, u32> =
@@ -116,6 +171,8 @@ impl Served {
             plays: ing.plays,
             sizes,
             top_artists,
+            active_hours: if cohort_hours.is_some() { ing.active_hours } else { Vec::new() },
+            cohort_hours,
             row_totals,
             item_gram,
             users,
@@ -173,6 +230,22 @@ impl Served {
         self.artists.get(id).copied()
     }
 
+    /// The hours of the day a user played at, in order (`None` when the
+    /// model has no hour masks).
+    pub fn user_hours(&self, u: usize) -> Option<Vec<u8>> {
+        self.active_hours.get(u).map(|&m| hours::hours_in(m))
+    }
+
+    /// The hour mask of model row `u` (0 for none or no masks).
+    pub fn user_mask(&self, u: Option<usize>) -> u32 {
+        u.and_then(|u| self.active_hours.get(u)).copied().unwrap_or(0)
+    }
+
+    /// The time zone of the hours, when the model has them.
+    pub fn utc_offset_minutes(&self) -> Option<i32> {
+        self.cohort_hours.as_ref().map(|h| h.utc_offset_minutes)
+    }
+
     /// A user's most played artists.
     pub fn user_top_artists(&self, u: usize) -> Vec<ArtistShare> {
         self.top_of(&self.user_plays(u))
@@ -189,7 +262,14 @@ impl Served {
     pub fn dashboard(&self) -> &str {
         self.page.get_or_init(|| {
             let run = self.model_dir.parent().map(Path::to_path_buf).unwrap_or_default();
-            crate::dashboard::render_run("cohortcast", &self.model, &self.sizes, &self.top_artists, &run)
+            crate::dashboard::render_run(
+                "cohortcast",
+                &self.model,
+                &self.sizes,
+                &self.top_artists,
+                self.cohort_hours.as_ref(),
+                &run,
+            )
         })
     }
 

@@ -31,14 +31,14 @@ pub fn document() -> Value {
         "paths": {
             "/healthz": { "get": { "summary": "Liveness, with the model's size", "responses": { "200": ok("Up") } } },
             "/metrics": { "get": { "summary": "Prometheus metrics", "responses": { "200": { "description": "text/plain exposition" } } } },
-            "/v1/cohorts": { "get": { "summary": "Every cohort: size and top artists with play shares",
+            "/v1/cohorts": { "get": { "summary": "Every cohort: size, top artists with play shares, and active hours (members who play at each hour of the day, the peak hours first)",
                                        "responses": { "200": ok("The cohorts") } } },
             "/v1/cohorts/{id}": { "get": {
                 "summary": "One cohort, with a sample of members",
                 "parameters": [{ "name": "id", "in": "path", "required": true, "schema": { "type": "integer" } }],
                 "responses": { "200": ok("The cohort"), "400": error_responses(), "404": error_responses() } } },
             "/v1/users/{user_id}": { "get": {
-                "summary": "A user's cohort and top artists",
+                "summary": "A user's cohort, top artists and the hours of the day they play at",
                 "parameters": [{ "name": "user_id", "in": "path", "required": true, "schema": { "type": "string" } }],
                 "responses": { "200": ok("The user"), "404": error_responses() } } },
             "/v1/users/{user_id}/plays": { "post": {

@@ -17,6 +17,22 @@ use tower::ServiceExt;
 
 const TOKEN: &str = "s3cret-token";
 
+/// The planted hours: the first taste listens at 20:00 and 21:00 (every
+/// third user only at 21:00), the second at 08:00 (every fifth also at 20:00).
+fn hours_of(u: usize) -> u32 {
+    if u.is_multiple_of(2) {
+        if u.is_multiple_of(3) {
+            1 << 21
+        } else {
+            1 << 20 | 1 << 21
+        }
+    } else if u.is_multiple_of(5) {
+        1 << 8 | 1 << 20
+    } else {
+        1 << 8
+    }
+}
+
 /// Writes model/ and ingest/ for 200 users; returns the folder.
 fn fixture(users: usize) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
@@ -48,10 +64,11 @@ fn fixture(users: usize) -> tempfile::TempDir {
         users: ids,
         artists,
         plays,
+        active_hours: (0..users).map(hours_of).collect(),
         notifications: Vec::new(),
         clicks: None,
         songs: (0..10).map(|a| (format!("s{a}"), format!("a{a}"))).collect(),
-        report: Default::default(),
+        report: cohortcast_data::ingest::IngestReport { utc_offset_minutes: 330, ..Default::default() },
     };
     save_ingested(&dir.path().join("ingest"), &ing).unwrap();
     dir
@@ -110,6 +127,24 @@ async fn cohorts_and_users_describe_the_planted_tastes() {
         assert!(tops.iter().all(|&a| a < 5) || tops.iter().all(|&a| a >= 5), "{c}");
         let shares: f64 = c["top_artists"].as_array().unwrap().iter().map(|a| a["share"].as_f64().unwrap()).sum();
         assert!((shares - 1.0).abs() < 1e-9, "five artists hold all the plays: {shares}");
+        // And it listens at that taste's hours.
+        let h = &c["active_hours"];
+        assert_eq!(h["utc_offset"], "+05:30");
+        let peaks: Vec<u64> = h["peak_hours"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect();
+        let members: Vec<u64> = h["active_members"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect();
+        assert_eq!(members.len(), 24);
+        let size = c["size"].as_u64().unwrap();
+        if tops[0] < 5 {
+            assert_eq!(peaks[0], 21, "{c}");
+            assert_eq!(members[21], size);
+            assert!(members[20] < size && members[20] > size / 2, "{c}");
+        } else {
+            assert_eq!(peaks[0], 8, "{c}");
+            assert!(peaks.iter().all(|&h| h == 8 || h == 20), "{c}");
+            assert_eq!(members[8], size);
+        }
+        let share = h["active_share"][peaks[0] as usize].as_f64().unwrap();
+        assert!((share - 1.0).abs() < 1e-12);
     }
     let (s, v) = call(&st, "GET", "/v1/cohorts/0", None, None).await;
     assert_eq!(s, StatusCode::OK);
@@ -128,6 +163,10 @@ async fn cohorts_and_users_describe_the_planted_tastes() {
         .unwrap()
         .iter()
         .all(|a| a["artist_id"].as_str().unwrap()[1..].parse::<u32>().unwrap() >= 5));
+    assert_eq!(v["active_hours"], serde_json::json!([8]));
+    assert_eq!(v["utc_offset"], "+05:30");
+    let (_, v) = call(&st, "GET", &format!("/v1/users/{:032x}", 4), None, None).await;
+    assert_eq!(v["active_hours"], serde_json::json!([20, 21]));
     let (s, v) = call(&st, "GET", "/v1/users/nobody", None, None).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     assert!(v["error"].as_str().unwrap().contains("unknown user `nobody`"));
@@ -296,6 +335,11 @@ async fn new_plays_move_a_user_and_add_new_users_without_retraining() {
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["new_user"], false);
     assert!(v["top_artists"].as_array().unwrap().iter().any(|a| a["artist_id"] == "a2"));
+    // Its hours (21:00) gain the new plays' hour (1 485 000 000 is 12:00
+    // UTC, 17:30 at +05:30).
+    assert_eq!(v["active_hours"], serde_json::json!([17, 21]));
+    let (_, u0) = call(&st, "GET", &format!("/v1/users/{user0}"), None, None).await;
+    assert_eq!(u0["active_hours"], serde_json::json!([17, 21]));
 
     // A user the model never saw.
     let newbie = "F".repeat(32); // ids match whatever their case
@@ -305,6 +349,8 @@ async fn new_plays_move_a_user_and_add_new_users_without_retraining() {
         (v["new_user"].as_bool(), v["unknown_songs"].as_u64(), v["plays_added"].as_u64()),
         (Some(true), Some(1), Some(2))
     );
+    // The unknown song's play gives no hour; the two others fall in 17:00.
+    assert_eq!(v["active_hours"], serde_json::json!([17]));
     // A release to the newbie's cohort pushes them too, and user 0 counts in its new cohort.
     let body = r#"{"notification_id": "n", "artist_ids": ["a1", "a7"]}"#;
     let (_, r) = call(&st, "POST", "/v1/releases", Some(body), Some(TOKEN)).await;

@@ -30,9 +30,10 @@ fn run_small(data: &Path, out: &Path) -> Output {
     ok(&args)
 }
 
-/// cohorts.csv, pushes.csv and ctr.csv of two output folders are equal byte for byte.
+/// cohorts.csv, pushes.csv, ctr.csv, ctr_by_policy.csv and cohort_hours.csv of two
+/// output folders are equal byte for byte.
 fn same_outputs(a: &Path, b: &Path, what: &str) {
-    for f in ["cohorts.csv", "pushes.csv", "ctr.csv"] {
+    for f in ["cohorts.csv", "pushes.csv", "ctr.csv", "ctr_by_policy.csv", "cohort_hours.csv"] {
         assert_eq!(
             std::fs::read_to_string(a.join(f)).unwrap(),
             std::fs::read_to_string(b.join(f)).unwrap(),

@@ -411,11 +411,14 @@ impl World {
         let mut genre_w = vec![0.0; p.genres];
         let mut main_genre = 0;
         for k in 0..1 + rng.below(3) {
+            // The weight is drawn before the genre: the order of the
+            // draws (and so every seed's data) is that of earlier versions.
+            let w = if k == 0 { 1.0 } else { 0.3 + 0.5 * rng.f64() };
             let g = rng.below(p.genres);
             if k == 0 {
                 main_genre = g;
             }
-            genre_w[g] += if k == 0 { 1.0 } else { 0.3 + 0.5 * rng.f64() };
+            genre_w[g] += w;
         }
         let mut taste: Vec<f64> =
             (0..p.languages * p.genres).map(|c| lang_w[c / p.genres] * genre_w[c % p.genres]).collect();

@@ -1,27 +1,39 @@
-//! Ingest on DataFusion: parse and check every row, join plays to the song
-//! metadata, and aggregate to play counts per (user, artist), in one scan of
-//! the clickstream.
+//! Ingest on DataFusion: parse and check every row, map plays to the song
+//! metadata's artists, and aggregate to play counts per (user, artist), in
+//! one scan of the clickstream.
 //!
 //! Every input is read as one text column per line (the CSV reader with a
 //! delimiter and quote that do not occur in the data), and the row rules of
 //! [`cohortcast_core::saavn`] run as scalar UDFs, so a malformed row becomes
-//! a counted reject instead of a failed job. Every key in the big join and
-//! aggregation is an integer: a user id is the 128-bit number its 32 hex
-//! characters spell (two `UInt64` halves), a song id is a 64-bit hash, an
-//! artist is its rank in id order. The plan:
+//! a counted reject instead of a failed job. Every key in the big
+//! aggregation is an integer. On the embedded engine (the default) the
+//! parse UDF `cc_pair` numbers users as it meets them and looks the song up
+//! in the metadata's song → artist map, so each play becomes one 64-bit
+//! key (user number, artist key) and the plan is one scan and one
+//! single-column aggregation:
 //!
 //! ```text
-//! clickstream lines ─ cc_play ─ (reject, user_hi, user_lo, song_key) ─┐
-//!                                                                    RIGHT JOIN ─ GROUP BY (reject, user, artist) → count
-//! metadata lines ─ cc_reject ─ song_key, unnest(artists) ─ dense_rank ┘   (songs are the build side)
+//! clickstream lines ─ cc_pair ─ (pair, hour_bit) ─ GROUP BY pair → count, bit_or(hour_bit)
 //! ```
 //!
-//! The client streams the aggregate (never the plays) into 12-byte
-//! (user, artist, count) triplets and renumbers users in id order. A play
-//! of a song with several artists counts once for each; a play of a song
-//! missing from the metadata lands in the `artist = NULL` group and is
-//! counted per user. Parquet inputs with the layout's column names are
-//! turned into the same lines, so one plan serves both.
+//! A song with several artists maps to the key of its artist set, which
+//! the client expands. A Ballista cluster's executors cannot share a user
+//! numbering, so there the plan keys users by the 128-bit number their 32
+//! hex characters spell (two `UInt64` halves) and joins the songs:
+//!
+//! ```text
+//! clickstream lines ─ cc_play ─ (reject, user_hi, user_lo, song_key, hour_bit) ─┐
+//!                                                  RIGHT JOIN ─ GROUP BY (user, artist) → count, bit_or(hour_bit)
+//! metadata lines ─ cc_reject ─ song_key, unnest(artists) ─ dense_rank ─┘   (songs are the build side)
+//! ```
+//!
+//! Both give the same pairs (the cluster test compares the outputs). The
+//! client streams the aggregate (never the plays) into 12-byte (user,
+//! artist, count) triplets and renumbers users in id order. A play of a
+//! song with several artists counts once for each; a play of a song
+//! missing from the metadata is counted per user and left out. Parquet
+//! inputs with the layout's column names are turned into the same lines,
+//! so one plan serves both.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -309,6 +321,27 @@ fn parse_plays(lines: &ArrayRef, offset_minutes: i32) -> datafusion::error::Resu
     Ok(Arc::new(StructArray::try_new(play_fields(), columns, None)?))
 }
 
+/// A thread's last (input, output) batch of a struct-valued UDF.
+type LastBatch = std::thread::LocalKey<std::cell::RefCell<Option<(ArrayRef, ArrayRef)>>>;
+
+/// `parse(input)`, or the output kept in `last` when `input` is the batch
+/// it was computed from: the kept input holds its buffers alive, so equal
+/// pointers mean equal contents.
+fn memoized(
+    last: &'static LastBatch,
+    input: &ArrayRef,
+    parse: impl FnOnce(&ArrayRef) -> datafusion::error::Result<ArrayRef>,
+) -> datafusion::error::Result<ArrayRef> {
+    let hit = last
+        .with(|l| l.borrow().as_ref().filter(|(i, _)| i.to_data().ptr_eq(&input.to_data())).map(|(_, o)| o.clone()));
+    if let Some(out) = hit {
+        return Ok(out);
+    }
+    let out = parse(input)?;
+    last.with(|l| *l.borrow_mut() = Some((input.clone(), out.clone())));
+    Ok(out)
+}
+
 thread_local! {
     /// The last batch `cc_play` parsed on this thread: (input, output).
     static LAST_PLAYS: std::cell::RefCell<Option<(ArrayRef, ArrayRef)>> = const { std::cell::RefCell::new(None) };
@@ -336,19 +369,7 @@ fn play_udf() -> datafusion::logical_expr::ScalarUDF {
             }
         };
         let arrays = ColumnarValue::values_to_arrays(&args[..1])?;
-        let input = &arrays[0];
-        let hit = LAST_PLAYS.with(|last| {
-            last.borrow().as_ref().filter(|(i, _)| i.to_data().ptr_eq(&input.to_data())).map(|(_, o)| o.clone())
-        });
-        let out = match hit {
-            Some(out) => out,
-            None => {
-                let out = parse_plays(input, offset)?;
-                LAST_PLAYS.with(|last| *last.borrow_mut() = Some((input.clone(), out.clone())));
-                out
-            }
-        };
-        Ok(ColumnarValue::Array(out))
+        Ok(ColumnarValue::Array(memoized(&LAST_PLAYS, &arrays[0], |input| parse_plays(input, offset))?))
     };
     create_udf(
         "cc_play",
@@ -497,9 +518,9 @@ async fn small_input(
     Ok(good)
 }
 
-/// Hashes a 128-bit user key for the client's maps: the two halves mixed by
-/// one multiply and [`saavn::mix64`] (keys are ids, not attacker input, and
-/// SipHash was a visible share of the client's time).
+/// Hashes a 128-bit user key (or a 64-bit song key) for the client's maps:
+/// the two halves mixed by one multiply and [`saavn::mix64`] (keys are ids,
+/// not attacker input, and SipHash was a visible share of the client's time).
 #[derive(Default)]
 struct KeyHasher(u64);
 
@@ -512,6 +533,9 @@ impl std::hash::Hasher for KeyHasher {
             self.0 = (self.0.rotate_left(8) ^ b as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         }
     }
+    fn write_u64(&mut self, k: u64) {
+        self.0 = k;
+    }
     fn write_u128(&mut self, k: u128) {
         self.0 =
             ((k >> 64) as u64 ^ (k as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)).wrapping_mul(0xc4ce_b9fe_1a85_ec53);
@@ -519,6 +543,284 @@ impl std::hash::Hasher for KeyHasher {
 }
 
 type KeyHash = std::hash::BuildHasherDefault<KeyHasher>;
+
+/// What the clickstream aggregation leaves for the client, users by
+/// provisional number (renumbered in id order afterwards).
+#[derive(Default)]
+struct Aggregate {
+    /// Every user with a well-formed row, by provisional number.
+    users: Vec<u128>,
+    /// Whether the user played a song of the metadata.
+    usable: Vec<bool>,
+    /// Hours of the day with such plays ([`hours`] masks).
+    masks: Vec<u32>,
+    /// (provisional user, artist rank, plays).
+    triplets: Vec<(u32, u32, f32)>,
+    /// Rows read, good and bad.
+    rows_read: u64,
+    /// Rejected rows by [`Reject::ALL`] index.
+    rejected: [u64; Reject::ALL.len()],
+    /// Well-formed plays of songs missing from the metadata.
+    unknown_plays: u64,
+}
+
+impl Aggregate {
+    /// Marks a usable play of user `u` at the hours of `mask`.
+    fn usable_at(&mut self, u: u32, mask: u32) {
+        let u = u as usize;
+        if self.usable.len() <= u {
+            self.usable.resize(u + 1, false);
+            self.masks.resize(u + 1, 0);
+        }
+        self.usable[u] = true;
+        self.masks[u] |= mask;
+    }
+}
+
+/// The embedded engine's parse: each play becomes one 64-bit key, the
+/// user's number (given as lines are parsed) over the song's artist key,
+/// so the aggregation groups by a single integer column and needs no join.
+///
+/// An artist key is the artist's rank for a song with one artist; a song
+/// with several artists gets the key of its artist set (numbered after the
+/// ranks), which the client expands. A cluster's executors cannot share
+/// the user numbering, so there the plan joins instead (see
+/// [`aggregate_joined`]); both give the same pairs (a test checks it).
+struct PairCoder {
+    /// Song key → artist key.
+    songs: HashMap<u64, u32, KeyHash>,
+    /// Artist sets of the keys from `artists` on.
+    groups: Vec<Vec<u32>>,
+    /// Artist ranks.
+    artists: u32,
+    /// User key → number, in order of first sight.
+    users: std::sync::Mutex<HashMap<u128, u32, KeyHash>>,
+    /// Minutes east of UTC of the hours.
+    offset_minutes: i32,
+}
+
+/// The user number of a rejected row; its artist key is the reject number.
+const REJECTED: u32 = u32::MAX;
+/// The artist key of a song missing from the metadata.
+const UNKNOWN_SONG: u32 = u32::MAX;
+
+impl PairCoder {
+    /// From the songs table's (song_id, artist_id) pairs and the artists by rank.
+    fn new(songs: &[(String, String)], by_rank: &[String], offset_minutes: i32) -> Arc<PairCoder> {
+        let rank: HashMap<&str, u32> = by_rank.iter().enumerate().map(|(i, a)| (a.as_str(), i as u32)).collect();
+        let mut sets: HashMap<u64, Vec<u32>, KeyHash> = HashMap::default();
+        for (song, artist) in songs {
+            sets.entry(saavn::song_key(song)).or_default().push(rank[artist.as_str()]);
+        }
+        let artists = by_rank.len() as u32;
+        let mut group_of: HashMap<Vec<u32>, u32> = HashMap::new();
+        let mut groups = Vec::new();
+        let mut map: HashMap<u64, u32, KeyHash> = HashMap::default();
+        for (key, mut set) in sets {
+            set.sort_unstable();
+            set.dedup();
+            let code = if set.len() == 1 {
+                set[0]
+            } else {
+                *group_of.entry(set.clone()).or_insert_with(|| {
+                    groups.push(set);
+                    artists + groups.len() as u32 - 1
+                })
+            };
+            map.insert(key, code);
+        }
+        Arc::new(PairCoder { songs: map, groups, artists, users: Default::default(), offset_minutes })
+    }
+}
+
+/// The fields `cc_pair` returns: the 64-bit pair key and the play's hour
+/// bit (NULL on a rejected row).
+fn pair_fields() -> Fields {
+    Fields::from(vec![Field::new("pair", DataType::UInt64, false), Field::new("hour_bit", DataType::UInt32, true)])
+}
+
+/// Parses a batch of clickstream lines into [`pair_fields`]. Lines are
+/// parsed outside the lock; only the numbering of users holds it.
+fn parse_pairs(coder: &PairCoder, lines: &ArrayRef) -> datafusion::error::Result<ArrayRef> {
+    let lines = cast(lines, &DataType::Utf8)?;
+    let lines = lines.as_string::<i32>();
+    let n = lines.len();
+    // (user, artist key), or the reject number.
+    let mut parsed: Vec<std::result::Result<(u128, u32), u32>> = Vec::with_capacity(n);
+    let mut hour = UInt32Builder::with_capacity(n);
+    for line in lines.iter() {
+        match line.map(saavn::parse_play) {
+            Some(Ok(p)) => {
+                let code = coder.songs.get(&saavn::song_key(p.song)).copied().unwrap_or(UNKNOWN_SONG);
+                parsed.push(Ok((p.user, code)));
+                hour.append_value(hours::hour_bit(p.timestamp, coder.offset_minutes));
+            }
+            other => {
+                let r = match other {
+                    Some(Err(r)) => r,
+                    _ => Reject::WrongFieldCount,
+                };
+                parsed.push(Err(reject_number(r) as u32));
+                hour.append_null();
+            }
+        }
+    }
+    let mut pairs = Vec::with_capacity(n);
+    {
+        let mut users = coder.users.lock().expect("a parse panicked");
+        for p in parsed {
+            pairs.push(match p {
+                Ok((user, code)) => {
+                    let next = users.len() as u32;
+                    ((*users.entry(user).or_insert(next) as u64) << 32) | code as u64
+                }
+                Err(reject) => ((REJECTED as u64) << 32) | reject as u64,
+            });
+        }
+        if users.len() as u64 >= REJECTED as u64 {
+            return Err(datafusion::error::DataFusionError::Execution(format!(
+                "more than {} distinct users: too many for one embedded ingest; use a cluster (--engine)",
+                REJECTED - 1
+            )));
+        }
+    }
+    let columns: Vec<ArrayRef> = vec![Arc::new(UInt64Array::from(pairs)), Arc::new(hour.finish())];
+    Ok(Arc::new(StructArray::try_new(pair_fields(), columns, None)?))
+}
+
+thread_local! {
+    /// The last batch `cc_pair` coded on this thread: (input, output).
+    static LAST_PAIRS: std::cell::RefCell<Option<(ArrayRef, ArrayRef)>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The UDF `cc_pair(line)` of one embedded ingest (it holds that ingest's
+/// song map and user numbering), with `cc_play`'s per-thread reuse of the
+/// last batch (each struct field is pushed down as its own call).
+fn pair_udf(coder: Arc<PairCoder>) -> datafusion::logical_expr::ScalarUDF {
+    let fun = move |args: &[ColumnarValue]| -> datafusion::error::Result<ColumnarValue> {
+        let arrays = ColumnarValue::values_to_arrays(args)?;
+        Ok(ColumnarValue::Array(memoized(&LAST_PAIRS, &arrays[0], |input| parse_pairs(&coder, input))?))
+    };
+    create_udf("cc_pair", vec![DataType::Utf8], DataType::Struct(pair_fields()), Volatility::Immutable, Arc::new(fun))
+}
+
+type Plan = Arc<dyn datafusion::physical_plan::ExecutionPlan>;
+
+/// Runs `sql` and hands every result batch to `each`.
+async fn stream_sql(
+    ctx: &SessionContext,
+    sql: &str,
+    context: &str,
+    mut each: impl FnMut(&RecordBatch) -> Result<()>,
+) -> Result<Plan> {
+    let df = ctx.sql(sql).await.map_err(|e| IoError::engine(context, e))?;
+    let plan = df.create_physical_plan().await.map_err(|e| IoError::engine(context, e))?;
+    let mut stream = datafusion::physical_plan::execute_stream(plan.clone(), ctx.task_ctx())
+        .map_err(|e| IoError::engine(context, e))?;
+    while let Some(batch) = stream.next().await {
+        each(&batch.map_err(|e| IoError::engine(context, e))?)?;
+    }
+    Ok(plan)
+}
+
+/// The embedded plan: `GROUP BY cc_pair(line)['pair']`, one integer key.
+async fn aggregate_embedded(ctx: &SessionContext, coder: Arc<PairCoder>, context: &str) -> Result<(Aggregate, Plan)> {
+    ctx.register_udf(pair_udf(coder.clone()));
+    let sql = "SELECT p['pair'] AS pair, count(*) AS plays, bit_or(p['hour_bit']) AS hours \
+               FROM (SELECT cc_pair(line) AS p FROM clickstream_lines) c GROUP BY 1";
+    let mut agg = Aggregate::default();
+    let plan = stream_sql(ctx, sql, context, |batch| {
+        let pair = cast(batch.column(0), &DataType::UInt64).map_err(|e| IoError::engine(context, e.into()))?;
+        let pair = pair.as_primitive::<UInt64Type>();
+        let (n, mask) = (ints(batch.column(1))?, ints(batch.column(2))?);
+        for i in 0..batch.num_rows() {
+            let (u, code, count) = ((pair.value(i) >> 32) as u32, pair.value(i) as u32, n.value(i) as u64);
+            agg.rows_read += count;
+            if u == REJECTED {
+                agg.rejected[code as usize - 1] += count;
+            } else if code == UNKNOWN_SONG {
+                agg.unknown_plays += count;
+            } else {
+                agg.usable_at(u, mask.value(i) as u32);
+                if code < coder.artists {
+                    agg.triplets.push((u, code, count as f32));
+                } else {
+                    for &a in &coder.groups[(code - coder.artists) as usize] {
+                        agg.triplets.push((u, a, count as f32));
+                    }
+                }
+            }
+        }
+        Ok(())
+    })
+    .await?;
+    ctx.deregister_udf("cc_pair");
+    let users = std::mem::take(&mut *coder.users.lock().expect("a parse panicked"));
+    agg.users = vec![0; users.len()];
+    for (k, u) in users {
+        agg.users[u as usize] = k;
+    }
+    agg.usable.resize(agg.users.len(), false);
+    agg.masks.resize(agg.users.len(), 0);
+    Ok((agg, plan))
+}
+
+/// The plan a cluster runs: `cc_play` keys joined to the songs table and
+/// grouped by (user, artist); no state is shared between executors.
+async fn aggregate_joined(ctx: &SessionContext, offset_minutes: i32, context: &str) -> Result<(Aggregate, Plan)> {
+    let sql = format!(
+        "WITH plays AS ( \
+          SELECT p['reject'] AS reject, p['user_hi'] AS user_hi, p['user_lo'] AS user_lo, p['song_key'] AS song_key, \
+                 p['hour_bit'] AS hour_bit \
+          FROM (SELECT cc_play(line, CAST({offset_minutes} AS INT)) AS p FROM clickstream_lines) c) \
+        SELECT p.user_hi, p.user_lo, COALESCE(s.artist, -1 - CAST(p.reject AS BIGINT)) AS artist, count(*) AS plays, \
+               sum(CASE WHEN s.rep IS NULL OR s.rep THEN 1 ELSE 0 END) AS play_rows, bit_or(p.hour_bit) AS hours \
+        FROM songs s RIGHT JOIN plays p ON p.song_key = s.song_key \
+        GROUP BY 1, 2, 3"
+    );
+    let mut agg = Aggregate::default();
+    let mut index: HashMap<u128, u32, KeyHash> = HashMap::default();
+    let plan = stream_sql(ctx, &sql, context, |batch| {
+        let hi = cast(batch.column(0), &DataType::UInt64).map_err(|e| IoError::engine(context, e.into()))?;
+        let hi = hi.as_primitive::<UInt64Type>();
+        let lo = cast(batch.column(1), &DataType::UInt64).map_err(|e| IoError::engine(context, e.into()))?;
+        let lo = lo.as_primitive::<UInt64Type>();
+        let (artist, n, rows) = (ints(batch.column(2))?, ints(batch.column(3))?, ints(batch.column(4))?);
+        let mask = ints(batch.column(5))?;
+        for i in 0..batch.num_rows() {
+            let count = n.value(i) as u64;
+            // A play of a song with k artists is k groups' worth of
+            // `plays` but one row, counted where its artist is the song's
+            // representative (the smallest artist id).
+            agg.rows_read += rows.value(i) as u64;
+            // The third key is the artist (>= 0), an unknown song (-1), or
+            // a rejected row (-1 - its `cc_play` reject number): one key
+            // column fewer to hash and compare for every play.
+            let a = artist.value(i);
+            if a < -1 {
+                agg.rejected[(-1 - a) as usize - 1] += count;
+                continue;
+            }
+            let user = ((hi.value(i) as u128) << 64) | lo.value(i) as u128;
+            let next = index.len() as u32;
+            let u = *index.entry(user).or_insert(next);
+            if u == next {
+                agg.users.push(user);
+            }
+            if a == -1 {
+                agg.unknown_plays += count;
+            } else {
+                agg.usable_at(u, mask.value(i) as u32);
+                agg.triplets.push((u, a as u32, count as f32));
+            }
+        }
+        Ok(())
+    })
+    .await?;
+    agg.usable.resize(agg.users.len(), false);
+    agg.masks.resize(agg.users.len(), 0);
+    Ok((agg, plan))
+}
 
 /// Spill files and bytes over every operator of an executed plan.
 fn spills(plan: &Arc<dyn datafusion::physical_plan::ExecutionPlan>) -> (usize, u64) {
@@ -533,7 +835,7 @@ pub fn ingest(paths: &InputPaths, opts: &IngestOptions) -> Result<Ingested> {
         .enable_all()
         .build()
         .map_err(|e| IoError::io("<tokio runtime>", e))?;
-    rt.block_on(ingest_async(paths, opts))
+    rt.block_on(ingest_async(paths, opts, false))
 }
 
 /// Resolves and sniffs every given input, before any work starts.
@@ -555,7 +857,8 @@ pub async fn resolve_all(paths: &InputPaths, stores: &Stores) -> Result<Vec<Inpu
     Ok(out)
 }
 
-async fn ingest_async(paths: &InputPaths, opts: &IngestOptions) -> Result<Ingested> {
+/// `joined`: the cluster's plan on the embedded engine (for tests).
+async fn ingest_async(paths: &InputPaths, opts: &IngestOptions, joined: bool) -> Result<Ingested> {
     let clock = std::time::Instant::now();
     let lap = |what: &str| tracing::info!(seconds = clock.elapsed().as_secs_f64(), "ingest: {what}");
     let stores = Arc::new(Stores::new(opts.s3.clone()));
@@ -657,86 +960,34 @@ async fn ingest_async(paths: &InputPaths, opts: &IngestOptions) -> Result<Ingest
     songs_list.sort_unstable();
     // dense_rank numbers every artist of the table: no rank is missing.
     let mut all_artists: Vec<String> = by_rank.into_iter().map(|a| a.expect("dense ranks")).collect();
-    let sql = format!(
-        "WITH plays AS ( \
-          SELECT p['reject'] AS reject, p['user_hi'] AS user_hi, p['user_lo'] AS user_lo, p['song_key'] AS song_key, \
-                 p['hour_bit'] AS hour_bit \
-          FROM (SELECT cc_play(line, CAST({offset} AS INT)) AS p FROM clickstream_lines) c) \
-        SELECT p.user_hi, p.user_lo, COALESCE(s.artist, -1 - CAST(p.reject AS BIGINT)) AS artist, count(*) AS plays, \
-               sum(CASE WHEN s.rep IS NULL OR s.rep THEN 1 ELSE 0 END) AS play_rows, bit_or(p.hour_bit) AS hours \
-        FROM songs s RIGHT JOIN plays p ON p.song_key = s.song_key \
-        GROUP BY 1, 2, 3",
-        offset = opts.utc_offset_minutes
-    );
     lap("inputs resolved and metadata counted");
     let context =
         &format!("clickstream ({}): parsing and aggregating plays", paths.clickstream.as_deref().unwrap_or_default());
-    let df = ctx.sql(&sql).await.map_err(|e| IoError::engine(context, e))?;
-    let plan = df.create_physical_plan().await.map_err(|e| IoError::engine(context, e))?;
-    let mut stream = datafusion::physical_plan::execute_stream(plan.clone(), ctx.task_ctx())
-        .map_err(|e| IoError::engine(context, e))?;
-    // Users get provisional numbers in arrival order and are renumbered in
-    // id order at the end; pairs are held as 12-byte triplets.
-    let mut user_index: HashMap<u128, u32, KeyHash> = HashMap::default();
-    let mut unknown_by_user: HashMap<u128, u64, KeyHash> = HashMap::default();
-    let mut triplets: Vec<(u32, u32, f32)> = Vec::new();
-    // Hour masks by provisional user number.
-    let mut masks: Vec<u32> = Vec::new();
-    let mut rows_read = 0u64;
-    let mut rejected = [0u64; Reject::ALL.len()];
-    while let Some(batch) = stream.next().await {
-        let batch = batch.map_err(|e| IoError::engine(context, e))?;
-        let hi = cast(batch.column(0), &DataType::UInt64).map_err(|e| IoError::engine(context, e.into()))?;
-        let hi = hi.as_primitive::<UInt64Type>();
-        let lo = cast(batch.column(1), &DataType::UInt64).map_err(|e| IoError::engine(context, e.into()))?;
-        let lo = lo.as_primitive::<UInt64Type>();
-        let (artist, n, rows) = (ints(batch.column(2))?, ints(batch.column(3))?, ints(batch.column(4))?);
-        let hour_masks = ints(batch.column(5))?;
-        for i in 0..batch.num_rows() {
-            let count = n.value(i) as u64;
-            // A play of a song with k artists is k groups' worth of
-            // `plays` but one row, counted where its artist is the song's
-            // representative (the smallest artist id).
-            rows_read += rows.value(i) as u64;
-            // The third key is the artist (>= 0), an unknown song (-1), or
-            // a rejected row (-1 - its `cc_play` reject number): one key
-            // column fewer to hash and compare for every play.
-            let a = artist.value(i);
-            if a < -1 {
-                rejected[(-1 - a) as usize - 1] += count;
-                continue;
-            }
-            let user = ((hi.value(i) as u128) << 64) | lo.value(i) as u128;
-            if a == -1 {
-                *unknown_by_user.entry(user).or_default() += count;
-            } else {
-                let next = user_index.len() as u32;
-                let u = *user_index.entry(user).or_insert(next);
-                if u == next {
-                    masks.push(0);
-                }
-                masks[u as usize] |= hour_masks.value(i) as u32;
-                triplets.push((u, a as u32, count as f32));
-            }
+    let (agg, plan) = match opts.cluster {
+        None if !joined => {
+            let coder = PairCoder::new(&songs_list, &all_artists, opts.utc_offset_minutes);
+            aggregate_embedded(&ctx, coder, context).await?
         }
-    }
+        _ => aggregate_joined(&ctx, opts.utc_offset_minutes, context).await?,
+    };
     lap("clickstream scanned, joined and aggregated (DataFusion)");
-    drop(stream);
     (report.engine.spill_files, report.engine.spilled_bytes) = spills(&plan);
     {
         let r = report.inputs.get_mut("clickstream").expect("registered");
-        r.rows = rows_read;
-        for (reason, n) in Reject::ALL.iter().zip(rejected) {
+        r.rows = agg.rows_read;
+        for (reason, n) in Reject::ALL.iter().zip(agg.rejected) {
             if n > 0 {
                 r.rejected.insert(reason.code().to_string(), n);
             }
         }
     }
+    let Aggregate { users: seen, usable, masks, mut triplets, unknown_plays, .. } = agg;
     // Renumber users and artists in id order (sorted keys are sorted
-    // lowercase ids), keeping only artists somebody played.
-    let mut keys: Vec<(u128, u32)> = user_index.iter().map(|(k, v)| (*k, *v)).collect();
+    // lowercase ids), keeping only users and artists with a usable play.
+    let mut keys: Vec<(u128, u32)> =
+        seen.iter().enumerate().filter(|&(u, _)| usable[u]).map(|(u, k)| (*k, u as u32)).collect();
     keys.sort_unstable();
-    let mut user_remap = vec![0u32; keys.len()];
+    let mut user_remap = vec![u32::MAX; seen.len()];
     for (sorted, (_, provisional)) in keys.iter().enumerate() {
         user_remap[*provisional as usize] = sorted as u32;
     }
@@ -754,24 +1005,28 @@ async fn ingest_async(paths: &InputPaths, opts: &IngestOptions) -> Result<Ingest
     for t in triplets.iter_mut() {
         *t = (user_remap[t.0 as usize], artist_remap[t.1 as usize], t.2);
     }
-    let mut active_hours = vec![0u32; masks.len()];
+    let mut active_hours = vec![0u32; keys.len()];
     for (provisional, mask) in masks.into_iter().enumerate() {
-        active_hours[user_remap[provisional] as usize] = mask;
+        if let Some(slot) = active_hours.get_mut(user_remap[provisional] as usize) {
+            *slot = mask;
+        }
     }
     drop(user_remap);
+    // A song with several artists can reach an artist a second time for a
+    // user (alone and with others): the matrix sums such triplets.
     let plays = Csr::from_triplets(keys.len(), artists.len(), &triplets)?;
     drop(triplets);
     let users: Vec<String> = keys.iter().map(|(k, _)| saavn::user_id(*k)).collect();
     drop(keys);
     let artist_index: HashMap<&str, u32> = artists.iter().enumerate().map(|(i, a)| (a.as_str(), i as u32)).collect();
     lap("pairs mapped to indices");
-    report.plays_unknown_song = unknown_by_user.values().sum();
+    report.plays_unknown_song = unknown_plays;
     {
         let r = &report.inputs["clickstream"];
         report.plays = r.rows - r.rejected_total();
     }
-    report.users_without_usable_plays = unknown_by_user.keys().filter(|u| !user_index.contains_key(u)).count();
-    report.users_seen = users.len() + report.users_without_usable_plays;
+    report.users_seen = seen.len();
+    report.users_without_usable_plays = seen.len() - users.len();
     report.user_artist_pairs = plays.nnz();
 
     // Notifications.
@@ -923,6 +1178,52 @@ mod tests {
         // Clicks: the same user twice counts once; a bad date is rejected.
         assert_eq!(ing.clicks.as_ref().unwrap(), &vec![("n1".to_string(), U1.to_string())]);
         assert_eq!(r.inputs["notification_clicks"].rejected["bad_date"], 1);
+    }
+
+    #[test]
+    fn the_cluster_plan_gives_the_embedded_plans_pairs_hours_and_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        // Multi-artist songs in both layouts, a user reaching an artist
+        // alone and through a shared song, unknown songs, rejects.
+        let mut plays = Vec::new();
+        for (i, (u, s)) in
+            [(U1, "s1"), (U1, "s2"), (U1, "s3"), (U2, "s3"), (U2, "s4"), (U3, "s404"), (U2, "s2"), (U1, "s4")]
+                .iter()
+                .enumerate()
+        {
+            for k in 0..=i {
+                plays.push(format!("{u},{},{s},20170101", 1_483_228_800 + 3_000 * (i * 3 + k) as i64));
+            }
+        }
+        plays.push(format!("{U1},x,s1,20170101"));
+        let paths = InputPaths {
+            clickstream: Some(write(d, "clickstream", &(plays.join("\n") + "\n"))),
+            metadata: Some(write(d, "metadata", "s1,a1\ns2,a1,a2\ns3,a2\ns3,a3\ns4,a3,a2,a1\n")),
+            notification_actor: Some(write(d, "notification_actor", "n1,a2\n")),
+            notification_clicks: None,
+        };
+        let opts = IngestOptions { partitions: 2, utc_offset_minutes: -90, ..Default::default() };
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let embedded = rt.block_on(ingest_async(&paths, &opts, false)).unwrap();
+        let joined = rt.block_on(ingest_async(&paths, &opts, true)).unwrap();
+        assert_eq!(embedded.users, joined.users);
+        assert_eq!(embedded.artists, joined.artists);
+        for u in 0..embedded.users.len() {
+            assert_eq!(embedded.plays.row(u), joined.plays.row(u), "user {u}");
+        }
+        assert_eq!(embedded.active_hours, joined.active_hours);
+        let (mut a, mut b) = (embedded.report.clone(), joined.report.clone());
+        a.engine = EngineReport::default();
+        b.engine = EngineReport::default();
+        assert_eq!(a, b);
+        // U1: s1 ×1, s2 ×2 (a1, a2), s3 ×3 (a2, a3), s4 ×8 (a1, a2, a3).
+        let u1 = embedded.users.iter().position(|u| u == U1).unwrap();
+        let (idx, val) = embedded.plays.row(u1);
+        assert_eq!((idx, val), (&[0u32, 1, 2][..], &[11.0f32, 13.0, 11.0][..]));
+        assert_eq!(embedded.report.plays_unknown_song, 6);
+        assert_eq!(embedded.report.users_without_usable_plays, 1);
+        assert_eq!(embedded.report.inputs["clickstream"].rejected["bad_timestamp"], 1);
     }
 
     #[test]

@@ -228,6 +228,14 @@ fn the_wrong_file_is_refused_before_any_output() {
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
+    // A time zone by name is not an offset; the error says what to give.
+    for (bad, says) in [("IST", "is not of the form +HH:MM"), ("+15:00", "out of range")] {
+        let o = cohortcast(&["ingest", "--data", s(&data), "--out", s(&out), "--utc-offset", bad]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert!(err.contains("--utc-offset") && err.contains(&format!("`{bad}`")) && err.contains(says), "{err}");
+    }
+    assert!(!out.exists(), "no output on refused arguments");
 }
 
 #[test]

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Load test of `cohortcast serve` with wrk (Debian's `wrk`): requests per
-# second and latency percentiles for GET /v1/users/{id} and POST
-# /v1/releases, on a model of USERS users that this script generates and
+# second and latency percentiles for GET /v1/users/{id}, POST
+# /v1/releases and POST /v1/users/{id}/plays, on a model of USERS users that this script generates and
 # trains first. Everything runs on this machine: wrk and the server share
 # its cores, which the figures include.
 #
@@ -69,5 +69,27 @@ echo "== GET /v1/users/{id}: $conns connections, ${secs}s"
 wrk -t2 -c"$conns" -d"${secs}s" --latency -s "$work/users.lua" "$url" | tee "$work/users.txt"
 echo "== POST /v1/releases: 4 connections, ${secs}s"
 wrk -t1 -c4 -d"${secs}s" --latency -s "$work/release.lua" "$url/v1/releases" | tee "$work/releases.txt"
-grep -q 'Non-2xx' "$work/users.txt" "$work/releases.txt" && { echo "some requests failed" >&2; exit 1; }
+# New plays of known users (the fold-in and reassignment): 20 plays of
+# songs from the metadata for each user id in turn.
+head -200 "$work/data/metadata/part-00000.csv" | cut -d, -f1 | sort -u | head -50 >"$work/songs.txt"
+export SONGS="$work/songs.txt"
+cat >"$work/plays.lua" <<'LUA'
+local ids, songs = {}, {}
+for line in io.lines(os.getenv("IDS")) do ids[#ids + 1] = line end
+for line in io.lines(os.getenv("SONGS")) do songs[#songs + 1] = line end
+local i = math.random(#ids)
+request = function()
+  i = i % #ids + 1
+  local plays = {}
+  for k = 1, 20 do
+    plays[k] = string.format('{"song_id": "%s", "timestamp": %d}', songs[(i + k) % #songs + 1], 1485000000 + 3600 * k)
+  end
+  return wrk.format("POST", "/v1/users/" .. ids[i] .. "/plays",
+    { ["Content-Type"] = "application/json", ["Authorization"] = "Bearer " .. os.getenv("TOKEN") },
+    '{"plays": [' .. table.concat(plays, ",") .. ']}')
+end
+LUA
+echo "== POST /v1/users/{id}/plays (20 plays each): 16 connections, ${secs}s"
+wrk -t2 -c16 -d"${secs}s" --latency -s "$work/plays.lua" "$url" | tee "$work/plays.txt"
+grep -q 'Non-2xx' "$work/users.txt" "$work/releases.txt" "$work/plays.txt" && { echo "some requests failed" >&2; exit 1; }
 echo "model: $(python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); print(s["users"], "users,", s["cohorts"], "cohorts")' "$work/out/summary.json")"

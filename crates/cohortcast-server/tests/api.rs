@@ -398,3 +398,26 @@ fn the_release_score_is_the_batch_policys_score() {
         }
     }
 }
+
+#[tokio::test]
+async fn an_ingest_folder_without_hours_still_serves_and_says_null() {
+    let dir = fixture(40);
+    std::fs::remove_file(dir.path().join("ingest/active_hours.npy")).unwrap();
+    let st = state(dir.path(), Some(TOKEN));
+    let (s, v) = call(&st, "GET", "/v1/cohorts", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(v["cohorts"].as_array().unwrap().iter().all(|c| c["active_hours"].is_null()), "{v}");
+    let (_, u) = call(&st, "GET", &format!("/v1/users/{:032x}", 3), None, None).await;
+    assert!(u["active_hours"].is_null() && u["utc_offset"].is_null(), "{u}");
+    let body = r#"{"plays": [{"song_id": "s6", "timestamp": 1485000000}]}"#;
+    let (s, v) = call(&st, "POST", &format!("/v1/users/{:032x}/plays", 3), Some(body), Some(TOKEN)).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert!(v["active_hours"].is_null(), "{v}");
+    let (s, page) = call(&st, "GET", "/", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    let page = page.as_str().unwrap();
+    assert!(page.contains("id=\"cohort-sizes\"") && !page.contains("id=\"cohort-hours\""));
+    // A mask file that does not match the users is refused at load.
+    std::fs::write(dir.path().join("ingest/active_hours.npy"), b"not npy").unwrap();
+    assert!(Served::load(&dir.path().join("model"), &dir.path().join("ingest")).is_err());
+}

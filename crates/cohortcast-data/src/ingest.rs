@@ -1013,9 +1013,12 @@ async fn ingest_async(paths: &InputPaths, opts: &IngestOptions, joined: bool) ->
     }
     drop(user_remap);
     // A song with several artists can reach an artist a second time for a
-    // user (alone and with others): the matrix sums such triplets.
-    let plays = Csr::from_triplets(keys.len(), artists.len(), &triplets)?;
-    drop(triplets);
+    // user (alone and with others): the matrix sums such triplets. There
+    // are many (24.3 M triplets for 17.4 M pairs on the medium set), so
+    // the triplets are freed as soon as they are spread into rows.
+    let triplet_count = triplets.len();
+    let plays = Csr::from_triplets_owned(keys.len(), artists.len(), triplets)?;
+    tracing::info!(triplets = triplet_count, pairs = plays.nnz(), "ingest: the client's triplets and the pairs");
     let users: Vec<String> = keys.iter().map(|(k, _)| saavn::user_id(*k)).collect();
     drop(keys);
     let artist_index: HashMap<&str, u32> = artists.iter().enumerate().map(|(i, a)| (a.as_str(), i as u32)).collect();

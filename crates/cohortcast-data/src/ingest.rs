@@ -278,6 +278,12 @@ fn reject_number(r: Reject) -> u8 {
     1 + Reject::ALL.iter().position(|x| *x == r).expect("every reject is listed") as u8
 }
 
+/// A clickstream line's play, or why it is rejected (a NULL line has no
+/// fields at all).
+fn play_of(line: Option<&str>) -> std::result::Result<saavn::Play<'_>, Reject> {
+    line.map_or(Err(Reject::WrongFieldCount), saavn::parse_play)
+}
+
 /// Parses a batch of clickstream lines into the [`play_fields`] struct.
 /// Hours are of the day at `offset_minutes` east of UTC.
 fn parse_plays(lines: &ArrayRef, offset_minutes: i32) -> datafusion::error::Result<ArrayRef> {
@@ -290,19 +296,15 @@ fn parse_plays(lines: &ArrayRef, offset_minutes: i32) -> datafusion::error::Resu
     let mut song = UInt64Builder::with_capacity(n);
     let mut hour = UInt32Builder::with_capacity(n);
     for line in lines.iter() {
-        match line.map(saavn::parse_play) {
-            Some(Ok(p)) => {
+        match play_of(line) {
+            Ok(p) => {
                 reject.push(0u8);
                 hi.append_value((p.user >> 64) as u64);
                 lo.append_value(p.user as u64);
                 song.append_value(saavn::song_key(p.song));
                 hour.append_value(hours::hour_bit(p.timestamp, offset_minutes));
             }
-            other => {
-                let r = match other {
-                    Some(Err(r)) => r,
-                    _ => Reject::WrongFieldCount,
-                };
+            Err(r) => {
                 reject.push(reject_number(r));
                 hi.append_null();
                 lo.append_null();
@@ -605,14 +607,14 @@ const REJECTED: u32 = u32::MAX;
 const UNKNOWN_SONG: u32 = u32::MAX;
 
 impl PairCoder {
-    /// From the songs table's (song_id, artist_id) pairs and the artists by rank.
-    fn new(songs: &[(String, String)], by_rank: &[String], offset_minutes: i32) -> Arc<PairCoder> {
-        let rank: HashMap<&str, u32> = by_rank.iter().enumerate().map(|(i, a)| (a.as_str(), i as u32)).collect();
+    /// From the songs table's (song key, artist rank) rows and the number
+    /// of artists.
+    fn new(song_ranks: &[(u64, u32)], artists: usize, offset_minutes: i32) -> Arc<PairCoder> {
         let mut sets: HashMap<u64, Vec<u32>, KeyHash> = HashMap::default();
-        for (song, artist) in songs {
-            sets.entry(saavn::song_key(song)).or_default().push(rank[artist.as_str()]);
+        for &(song, rank) in song_ranks {
+            sets.entry(song).or_default().push(rank);
         }
-        let artists = by_rank.len() as u32;
+        let artists = artists as u32;
         let mut group_of: HashMap<Vec<u32>, u32> = HashMap::new();
         let mut groups = Vec::new();
         let mut map: HashMap<u64, u32, KeyHash> = HashMap::default();
@@ -649,17 +651,13 @@ fn parse_pairs(coder: &PairCoder, lines: &ArrayRef) -> datafusion::error::Result
     let mut parsed: Vec<std::result::Result<(u128, u32), u32>> = Vec::with_capacity(n);
     let mut hour = UInt32Builder::with_capacity(n);
     for line in lines.iter() {
-        match line.map(saavn::parse_play) {
-            Some(Ok(p)) => {
+        match play_of(line) {
+            Ok(p) => {
                 let code = coder.songs.get(&saavn::song_key(p.song)).copied().unwrap_or(UNKNOWN_SONG);
                 parsed.push(Ok((p.user, code)));
                 hour.append_value(hours::hour_bit(p.timestamp, coder.offset_minutes));
             }
-            other => {
-                let r = match other {
-                    Some(Err(r)) => r,
-                    _ => Reject::WrongFieldCount,
-                };
+            Err(r) => {
                 parsed.push(Err(reject_number(r) as u32));
                 hour.append_null();
             }
@@ -760,8 +758,6 @@ async fn aggregate_embedded(ctx: &SessionContext, coder: Arc<PairCoder>, context
     for (k, u) in users {
         agg.users[u as usize] = k;
     }
-    agg.usable.resize(agg.users.len(), false);
-    agg.masks.resize(agg.users.len(), 0);
     Ok((agg, plan))
 }
 
@@ -817,8 +813,6 @@ async fn aggregate_joined(ctx: &SessionContext, offset_minutes: i32, context: &s
         Ok(())
     })
     .await?;
-    agg.usable.resize(agg.users.len(), false);
-    agg.masks.resize(agg.users.len(), 0);
     Ok((agg, plan))
 }
 
@@ -945,10 +939,14 @@ async fn ingest_async(paths: &InputPaths, opts: &IngestOptions, joined: bool) ->
     // One read of the song table gives both the (song, artist) list the
     // serve API folds plays in with and the artist ids by rank.
     let mut songs_list: Vec<(String, String)> = Vec::new();
+    let mut song_ranks: Vec<(u64, u32)> = Vec::new();
     let mut by_rank: Vec<Option<String>> = Vec::new();
-    for batch in collect(&ctx, "SELECT song_id, artist_id, artist FROM songs", &meta("artists")).await? {
+    for batch in collect(&ctx, "SELECT song_id, artist_id, artist, song_key FROM songs", &meta("artists")).await? {
         let (song, id, rank) = (strings(batch.column(0))?, strings(batch.column(1))?, ints(batch.column(2))?);
+        let key = cast(batch.column(3), &DataType::UInt64).map_err(|e| IoError::engine(meta("artists"), e.into()))?;
+        let key = key.as_primitive::<UInt64Type>();
         for i in 0..batch.num_rows() {
+            song_ranks.push((key.value(i), rank.value(i) as u32));
             let r = rank.value(i) as usize;
             if by_rank.len() <= r {
                 by_rank.resize(r + 1, None);
@@ -965,7 +963,7 @@ async fn ingest_async(paths: &InputPaths, opts: &IngestOptions, joined: bool) ->
         &format!("clickstream ({}): parsing and aggregating plays", paths.clickstream.as_deref().unwrap_or_default());
     let (agg, plan) = match opts.cluster {
         None if !joined => {
-            let coder = PairCoder::new(&songs_list, &all_artists, opts.utc_offset_minutes);
+            let coder = PairCoder::new(&song_ranks, all_artists.len(), opts.utc_offset_minutes);
             aggregate_embedded(&ctx, coder, context).await?
         }
         _ => aggregate_joined(&ctx, opts.utc_offset_minutes, context).await?,
@@ -981,7 +979,10 @@ async fn ingest_async(paths: &InputPaths, opts: &IngestOptions, joined: bool) ->
             }
         }
     }
-    let Aggregate { users: seen, usable, masks, mut triplets, unknown_plays, .. } = agg;
+    let Aggregate { users: seen, mut usable, mut masks, mut triplets, unknown_plays, .. } = agg;
+    // Users whose last rows were unusable were never sized in.
+    usable.resize(seen.len(), false);
+    masks.resize(seen.len(), 0);
     // Renumber users and artists in id order (sorted keys are sorted
     // lowercase ids), keeping only users and artists with a usable play.
     let mut keys: Vec<(u128, u32)> =

@@ -184,10 +184,17 @@ fn map(inp: &Inputs) -> String {
     s
 }
 
+/// Cohorts largest first (ties to the lower number), at most `n`, the
+/// empty ones left out when `skip_empty`.
+fn largest(sizes: &[usize], n: usize, skip_empty: bool) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..sizes.len()).filter(|&c| !skip_empty || sizes[c] > 0).collect();
+    order.sort_by(|&a, &b| sizes[b].cmp(&sizes[a]).then(a.cmp(&b)));
+    order.truncate(n);
+    order
+}
+
 fn artist_panels(inp: &Inputs) -> String {
-    let mut order: Vec<usize> = (0..inp.sizes.len()).filter(|&c| inp.sizes[c] > 0).collect();
-    order.sort_by(|&a, &b| inp.sizes[b].cmp(&inp.sizes[a]).then(a.cmp(&b)));
-    order.truncate(ARTIST_PANELS);
+    let order = largest(inp.sizes, ARTIST_PANELS, true);
     let mut s = format!(
         r#"<h2>Top artists of the {} largest cohorts (share of the cohort's plays)</h2><div class="panels" id="top-artists">"#,
         order.len()
@@ -246,19 +253,21 @@ fn evaluation(inp: &Inputs) -> String {
 /// each with a bar per policy that pushed it (from `ctr_by_policy.csv`;
 /// the chosen policy alone from `ctr.csv` when only that exists).
 fn ctr_per_notification(inp: &Inputs) -> Option<String> {
-    // (policy, notification) → (users pushed, ctr).
+    // (policy, notification, users pushed, ctr). Both files hold users
+    // pushed and CTR in columns 2 and 4; the notification is column 1 of
+    // ctr_by_policy.csv (after the policy) and column 0 of ctr.csv.
+    let row = |l: &str, note: usize| -> Option<(String, f64, f64)> {
+        let f: Vec<&str> = l.split(',').collect();
+        Some((f.get(note)?.to_string(), f.get(2)?.parse().ok()?, f.get(4)?.parse().ok()?))
+    };
     let mut rows: Vec<(String, String, f64, f64)> = Vec::new();
     if let Some(csv) = inp.ctr_by_policy_csv {
         for l in csv.lines().skip(1) {
-            let f: Vec<&str> = l.split(',').collect();
-            if let (Some(p), Some(n), Some(Ok(u)), Some(Ok(c))) =
-                (f.first(), f.get(1), f.get(2).map(|v| v.parse()), f.get(4).map(|v| v.parse()))
-            {
-                // Policies measured on another policy's users (`a@b`) are
-                // for the summary, not this chart.
-                if !p.contains('@') {
-                    rows.push((p.to_string(), n.to_string(), u, c));
-                }
+            let policy = l.split(',').next().unwrap_or_default();
+            // Policies measured on another policy's users (`a@b`) are for
+            // the summary, not this chart.
+            if let Some((n, u, c)) = row(l, 1).filter(|_| !policy.contains('@')) {
+                rows.push((policy.to_string(), n, u, c));
             }
         }
     } else if let Some(csv) = inp.ctr_csv {
@@ -266,13 +275,8 @@ fn ctr_per_notification(inp: &Inputs) -> Option<String> {
             .summary
             .and_then(|v| v["ctr"].as_array()?.first()?["policy"].as_str().map(str::to_string))
             .unwrap_or_else(|| "chosen".into());
-        for l in csv.lines().skip(1) {
-            let f: Vec<&str> = l.split(',').collect();
-            if let (Some(n), Some(Ok(u)), Some(Ok(c))) =
-                (f.first(), f.get(2).map(|v| v.parse()), f.get(4).map(|v| v.parse()))
-            {
-                rows.push((chosen.clone(), n.to_string(), u, c));
-            }
+        for (n, u, c) in csv.lines().skip(1).filter_map(|l| row(l, 0)) {
+            rows.push((chosen.clone(), n, u, c));
         }
     }
     let first = rows.first()?.0.clone();
@@ -359,9 +363,7 @@ fn ctr_per_notification(inp: &Inputs) -> Option<String> {
 /// of the cohort's members who played during that hour on some day.
 fn hour_map(inp: &Inputs) -> String {
     let Some(hours) = inp.hours else { return String::new() };
-    let mut order: Vec<usize> = (0..inp.sizes.len()).filter(|&c| inp.sizes[c] > 0).collect();
-    order.sort_by(|&a, &b| inp.sizes[b].cmp(&inp.sizes[a]).then(a.cmp(&b)));
-    order.truncate(HOUR_ROWS);
+    let order = largest(inp.sizes, HOUR_ROWS, true);
     let share = |c: usize, hr: usize| hours.active[c][hr] as f64 / inp.sizes[c] as f64;
     let max =
         order.iter().flat_map(|&c| (0..24).map(move |hr| (c, hr))).map(|(c, hr)| share(c, hr)).fold(0.0, f64::max);
@@ -457,8 +459,7 @@ pub fn render_run(
 pub fn render(inp: &Inputs) -> String {
     let users = inp.labels.len();
     let k = inp.sizes.len();
-    let mut order: Vec<usize> = (0..k).collect();
-    order.sort_by(|&a, &b| inp.sizes[b].cmp(&inp.sizes[a]).then(a.cmp(&b)));
+    let order = largest(inp.sizes, k, false);
     let size_bars: Vec<(String, f64, String)> =
         order.iter().map(|&c| (c.to_string(), inp.sizes[c] as f64, colour(c))).collect();
     let headline = inp

@@ -257,10 +257,9 @@ pub fn train_stage(out: &Path, als: &AlsParams, km: &KMeansParams) -> Result<()>
 /// `cohort_hours.csv`: per cohort, its members, its peak hours and the
 /// members who played during each hour of the day (h00 to h23, in the
 /// ingest's time zone). Not written when the ingest kept no hours.
-fn write_cohort_hours(out: &Path, ing: &Ingested, model: &StoredModel) -> Result<()> {
-    let k = model.cohorts.k();
-    let Some(h) = CohortHours::of(ing, &model.labels, k) else { return Ok(()) };
-    let sizes = cohortcast_core::kmeans::cohort_sizes(&model.labels, k);
+fn write_cohort_hours(out: &Path, hours: Option<&CohortHours>, model: &StoredModel) -> Result<()> {
+    let Some(h) = hours else { return Ok(()) };
+    let sizes = cohortcast_core::kmeans::cohort_sizes(&model.labels, model.cohorts.k());
     let zone = hours::format_utc_offset(h.utc_offset_minutes);
     let header = format!(
         "cohort,members,utc_offset,peak_hours,{}",
@@ -285,7 +284,7 @@ pub fn target_stage(out: &Path, policy: PolicyArg, tp: &TargetingParams) -> Resu
     let notes = notifications(&model, &ing);
     let p = plan(policy, &model, &ing, &notes, tp);
     write_pushes(out, &model, &notes, &p)?;
-    write_cohort_hours(out, &ing, &model)
+    write_cohort_hours(out, CohortHours::of(&ing, &model.labels, model.cohorts.k()).as_ref(), &model)
 }
 
 /// `cohortcast evaluate`.
@@ -340,7 +339,8 @@ pub fn run_all(
     let chosen = plan(policy, &model, &ing, &notes, tp);
     t.targeting = start.elapsed().as_secs_f64();
     write_pushes(out, &model, &notes, &chosen)?;
-    write_cohort_hours(out, &ing, &model)?;
+    let hours = CohortHours::of(&ing, &model.labels, model.cohorts.k());
+    write_cohort_hours(out, hours.as_ref(), &model)?;
     let start = Instant::now();
     let truth = truth_dir.map(|d| load_truth(d, &model, &notes)).transpose()?;
     let ev = evaluate_all(&model, &ing, &notes, &chosen, truth.as_deref(), tp, km.seed)?;
@@ -372,18 +372,17 @@ pub fn run_all(
         tp,
         chosen.policy,
     )?;
-    write_report(out, &ing, &model)?;
+    write_report(out, &ing, &model, hours.as_ref())?;
     Ok(ev)
 }
 
 /// `report.html`: the dashboard's charts for this run, written last (it
 /// reads back summary.json and ctr.csv).
-fn write_report(out: &Path, ing: &Ingested, model: &StoredModel) -> Result<()> {
+fn write_report(out: &Path, ing: &Ingested, model: &StoredModel, hours: Option<&CohortHours>) -> Result<()> {
     let k = model.cohorts.k();
     let top = cohortcast_server::model::cohort_top_artists(&ing.plays, &model.labels, k, &model.artists);
     let sizes = cohortcast_core::kmeans::cohort_sizes(&model.labels, k);
-    let hours = CohortHours::of(ing, &model.labels, k);
-    let page = cohortcast_server::dashboard::render_run("cohortcast run", model, &sizes, &top, hours.as_ref(), out);
+    let page = cohortcast_server::dashboard::render_run("cohortcast run", model, &sizes, &top, hours, out);
     cohortcast_data::files::write_atomic(&out.join("report.html"), |w| w.write_all(page.as_bytes()))?;
     Ok(())
 }

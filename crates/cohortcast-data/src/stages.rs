@@ -114,7 +114,7 @@ pub fn load_ingested(dir: &Path) -> Result<Ingested> {
         }
         debug_assert_eq!(u.null_count(), 0);
     }
-    let plays = Csr::from_triplets(users.len(), artists.len(), &triplets)?;
+    let plays = Csr::from_triplets_owned(users.len(), artists.len(), triplets)?;
     let notifications = RawNotification::group(read_pairs(&dir.join("notifications.csv"), NOTIFICATIONS_HEADER)?);
     let cpath = dir.join("clicks.csv");
     let clicks = if cpath.exists() { Some(read_pairs(&cpath, CLICKS_HEADER)?) } else { None };

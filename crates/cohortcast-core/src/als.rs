@@ -43,7 +43,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::confidence::{confidence, Weighting};
 use crate::error::{check_range, DataError, FitError, ParamError};
-use crate::linalg::{cholesky_solve, dot, gram};
+use crate::linalg::{axpy, cholesky_solve, dot, gram};
 use crate::rng::Rng;
 use crate::sparse::Csr;
 
@@ -146,14 +146,20 @@ impl AlsModel {
         }
         let f = params.factors;
         let cu = confidence(plays, params.weighting, params.alpha);
-        let ci = cu.transpose();
+        // The artist side by scatter passes over the user rows when the
+        // artists' accumulators stay small; else by rows of the transpose.
+        let scatter = scatter_fits(plays.cols(), f) && params.solver == Solver::ConjugateGradient;
+        let ci = if scatter { None } else { Some(cu.transpose()) };
         let mut x = init_factors(plays.rows(), f, params.seed, 0);
         let mut y = init_factors(plays.cols(), f, params.seed, 1);
         let mut loss_history = Vec::with_capacity(params.iterations);
         for it in 1..=params.iterations {
             half_step(&mut x, &y, &cu, params);
             ensure_finite(&x, "user", it)?;
-            half_step(&mut y, &x, &ci, params);
+            match &ci {
+                Some(ci) => half_step(&mut y, &x, ci, params),
+                None => half_step_scatter(&mut y, &x, &cu, params),
+            }
             ensure_finite(&y, "artist", it)?;
             if loss_every_iteration || it == params.iterations {
                 loss_history.push(loss(&x, &y, &cu, f, params.regularization));
@@ -321,6 +327,184 @@ fn half_step(x: &mut [f32], y: &[f32], c: &Csr, params: &AlsParams) {
     }
 }
 
+/// Fixed parts of the users in a scatter pass, each with its own artist
+/// accumulators, summed in order: the result repeats bit for bit whatever
+/// the thread count.
+const SCATTER_PARTS: usize = 8;
+
+/// Whether the artist half-step runs as scatter passes: while one part's
+/// accumulators (`items × f` floats) fit in 32 MiB.
+fn scatter_fits(items: usize, f: usize) -> bool {
+    items.saturating_mul(f).saturating_mul(4) <= 32 << 20
+}
+
+/// The artist half-step with the same conjugate-gradient steps as
+/// [`half_step`], run for all artists in lock step, so that each pass
+/// visits the nonzeros user by user (`cu` is users × artists) instead of
+/// artist by artist.
+///
+/// Each artist's CG needs `Σ_u (c_ui − 1) x_u x_uᵀ p_i` per step. By
+/// artist rows that is a visit to a scattered 256-byte user row per
+/// nonzero, out of a user matrix far larger than the caches (83% of an
+/// iteration on 500 k users × 4 000 artists). By user rows, `x_u` is read
+/// once, in order, and held in registers while its products are added into
+/// the artist accumulators, which stay in cache. Same arithmetic, summed in
+/// another order.
+fn half_step_scatter(y: &mut [f32], x: &[f32], cu: &Csr, params: &AlsParams) {
+    let f = params.factors;
+    let items = cu.cols();
+    let mut xtx = gram(x, cu.rows(), f);
+    for d in 0..f {
+        xtx[d * f + d] += params.regularization;
+    }
+    let kernel = CgKernel::best(f);
+    // r = b − A y: the pass gives Σ_u (c − (c − 1) x_uᵀ y_i) x_u.
+    let mut r = scatter_pass::<true>(x, cu, y, f, kernel);
+    r.par_chunks_mut(f).zip(y.par_chunks(f)).for_each(|(ri, yi)| {
+        for d in 0..f {
+            ri[d] -= dot(&xtx[d * f..(d + 1) * f], yi);
+        }
+    });
+    let mut p = r.clone();
+    let mut rsold: Vec<f32> = r.par_chunks(f).map(|ri| dot(ri, ri)).collect();
+    let mut active: Vec<bool> = rsold.iter().map(|&v| v >= 1e-20).collect();
+    for _ in 0..params.cg_steps {
+        if !active.contains(&true) {
+            break;
+        }
+        let ap = scatter_pass::<false>(x, cu, &p, f, kernel);
+        y.par_chunks_mut(f)
+            .zip(r.par_chunks_mut(f))
+            .zip(p.par_chunks_mut(f))
+            .zip(ap.par_chunks(f))
+            .zip(rsold.par_iter_mut())
+            .zip(active.par_iter_mut())
+            .for_each(|(((((yi, ri), pi), api), rs), on)| {
+                if !*on {
+                    return;
+                }
+                let mut ap = api.to_vec();
+                for d in 0..f {
+                    ap[d] += dot(&xtx[d * f..(d + 1) * f], pi);
+                }
+                let pap = dot(pi, &ap);
+                if pap <= 0.0 {
+                    *on = false;
+                    return;
+                }
+                let a = *rs / pap;
+                axpy(a, pi, yi);
+                axpy(-a, &ap, ri);
+                let rsnew = dot(ri, ri);
+                if rsnew < 1e-20 {
+                    *on = false;
+                    return;
+                }
+                let beta = rsnew / *rs;
+                for d in 0..f {
+                    pi[d] = ri[d] + beta * pi[d];
+                }
+                *rs = rsnew;
+            });
+    }
+    debug_assert_eq!(y.len(), items * f);
+}
+
+/// One pass over every nonzero, user by user: for artist `i`,
+/// `Σ_u t_ui x_u` with `t = c − (c − 1) x_uᵀ v_i` when `RESIDUAL`, else
+/// `t = (c − 1) x_uᵀ v_i`. Parts of the users in parallel, summed in order.
+fn scatter_pass<const RESIDUAL: bool>(x: &[f32], cu: &Csr, v: &[f32], f: usize, kernel: CgKernel) -> Vec<f32> {
+    let (users, items) = (cu.rows(), cu.cols());
+    let per = crate::linalg::part_rows(users, SCATTER_PARTS, 64);
+    let starts: Vec<usize> = (0..users).step_by(per).collect();
+    let mut parts: Vec<Vec<f32>> = starts
+        .par_iter()
+        .map(|&start| {
+            let mut acc = vec![0f32; items * f];
+            for u in start..(start + per).min(users) {
+                let (idx, conf) = cu.row(u);
+                scatter_row::<RESIDUAL>(&x[u * f..(u + 1) * f], idx, conf, v, &mut acc, f, kernel);
+            }
+            acc
+        })
+        .collect();
+    let mut total = parts.remove(0);
+    total.par_chunks_mut(4096).enumerate().for_each(|(c, out)| {
+        for part in &parts {
+            for (o, a) in out.iter_mut().zip(&part[c * 4096..]) {
+                *o += a;
+            }
+        }
+    });
+    total
+}
+
+/// One user's share of a scatter pass, on the kernel `CgKernel::best`
+/// chose.
+fn scatter_row<const RESIDUAL: bool>(
+    xu: &[f32],
+    idx: &[u32],
+    conf: &[f32],
+    v: &[f32],
+    acc: &mut [f32],
+    f: usize,
+    kernel: CgKernel,
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use crate::simd::avx512_rows::scatter_row as s5;
+        // SAFETY: `CgKernel::best` chose the AVX-512 kernel only on a CPU
+        // with AVX-512F and for these factor counts; every index is an
+        // artist row of `v` and `acc`.
+        unsafe {
+            match (kernel, f) {
+                (CgKernel::Avx512Rows, 16) => return s5::<1, RESIDUAL>(xu, idx, conf, v, acc),
+                (CgKernel::Avx512Rows, 32) => return s5::<2, RESIDUAL>(xu, idx, conf, v, acc),
+                (CgKernel::Avx512Rows, 48) => return s5::<3, RESIDUAL>(xu, idx, conf, v, acc),
+                (CgKernel::Avx512Rows, 64) => return s5::<4, RESIDUAL>(xu, idx, conf, v, acc),
+                (CgKernel::Avx512Rows, 80) => return s5::<5, RESIDUAL>(xu, idx, conf, v, acc),
+                (CgKernel::Avx512Rows, 96) => return s5::<6, RESIDUAL>(xu, idx, conf, v, acc),
+                (CgKernel::Avx512Rows, 112) => return s5::<7, RESIDUAL>(xu, idx, conf, v, acc),
+                (CgKernel::Avx512Rows, 128) => return s5::<8, RESIDUAL>(xu, idx, conf, v, acc),
+                (CgKernel::Avx2Rows | CgKernel::Avx2, _) => {
+                    return scatter_row_avx2::<RESIDUAL>(xu, idx, conf, v, acc, f);
+                }
+                _ => {}
+            }
+        }
+    }
+    let _ = kernel;
+    for (&i, &c) in idx.iter().zip(conf) {
+        let at = i as usize * f;
+        let d = dot(xu, &v[at..at + f]);
+        let t = if RESIDUAL { c - (c - 1.0) * d } else { (c - 1.0) * d };
+        axpy(t, xu, &mut acc[at..at + f]);
+    }
+}
+
+/// [`scatter_row`] on the AVX2 + FMA dot and axpy.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn scatter_row_avx2<const RESIDUAL: bool>(
+    xu: &[f32],
+    idx: &[u32],
+    conf: &[f32],
+    v: &[f32],
+    acc: &mut [f32],
+    f: usize,
+) {
+    use crate::simd::avx2::{axpy, dot};
+    for (&i, &c) in idx.iter().zip(conf) {
+        let at = i as usize * f;
+        let d = dot(xu, &v[at..at + f]);
+        let t = if RESIDUAL { c - (c - 1.0) * d } else { (c - 1.0) * d };
+        axpy(t, xu, &mut acc[at..at + f]);
+    }
+}
+
 /// Which conjugate-gradient row kernel runs, chosen once per half-step
 /// from the CPU's features and the factor count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -329,20 +513,24 @@ enum CgKernel {
     Portable,
     /// AVX2 + FMA dot/axpy, any factor count.
     Avx2,
-    /// AVX2 + FMA, CG vectors in registers, 64 factors.
-    Avx2F64,
-    /// AVX-512, CG vectors in registers, 64 factors.
-    Avx512F64,
+    /// AVX2 + FMA, CG vectors in registers: 16, 32, 48 or 64 factors.
+    Avx2Rows,
+    /// AVX-512, CG vectors in registers: a multiple of 16 up to 128 factors.
+    Avx512Rows,
 }
 
 impl CgKernel {
     /// The fastest kernel this CPU can run for `f` factors.
     fn best(f: usize) -> Self {
-        match (crate::simd::has_avx2_fma(), f == 64 && crate::simd::has_avx512()) {
-            (_, true) => CgKernel::Avx512F64,
-            (true, _) if f == 64 => CgKernel::Avx2F64,
-            (true, _) => CgKernel::Avx2,
-            _ => CgKernel::Portable,
+        let avx2 = crate::simd::has_avx2_fma();
+        if f.is_multiple_of(16) && (16..=128).contains(&f) && crate::simd::has_avx512() {
+            CgKernel::Avx512Rows
+        } else if avx2 && matches!(f, 16 | 32 | 48 | 64) {
+            CgKernel::Avx2Rows
+        } else if avx2 {
+            CgKernel::Avx2
+        } else {
+            CgKernel::Portable
         }
     }
 }
@@ -364,18 +552,32 @@ fn solve_row_cg(
     kernel: CgKernel,
 ) {
     // SAFETY: every SIMD kernel is only chosen by `CgKernel::best`, which
-    // checked the CPU features (and f = 64 for the register-blocked ones);
-    // the portable body calls only safe functions.
+    // checked the CPU features and that `f` is one the register-blocked
+    // kernels are instantiated for; the portable body calls only safe
+    // functions.
     unsafe {
-        match kernel {
-            #[cfg(target_arch = "x86_64")]
-            CgKernel::Avx512F64 => crate::simd::avx512_f64::cg(ytyr, y, idx, conf, steps, x, scratch),
-            #[cfg(target_arch = "x86_64")]
-            CgKernel::Avx2F64 => cg_avx2_f64(ytyr, y, idx, conf, steps, x, scratch),
-            #[cfg(target_arch = "x86_64")]
-            CgKernel::Avx2 => cg_avx2(ytyr, y, idx, conf, f, steps, x, scratch),
-            _ => cg_portable(ytyr, y, idx, conf, f, steps, x, scratch),
+        #[cfg(target_arch = "x86_64")]
+        {
+            use crate::simd::{avx2_rows as a2, avx512_rows as a5};
+            match (kernel, f) {
+                (CgKernel::Avx512Rows, 16) => return a5::cg::<1>(ytyr, y, idx, conf, steps, x, scratch),
+                (CgKernel::Avx512Rows, 32) => return a5::cg::<2>(ytyr, y, idx, conf, steps, x, scratch),
+                (CgKernel::Avx512Rows, 48) => return a5::cg::<3>(ytyr, y, idx, conf, steps, x, scratch),
+                (CgKernel::Avx512Rows, 64) => return a5::cg::<4>(ytyr, y, idx, conf, steps, x, scratch),
+                (CgKernel::Avx512Rows, 80) => return a5::cg::<5>(ytyr, y, idx, conf, steps, x, scratch),
+                (CgKernel::Avx512Rows, 96) => return a5::cg::<6>(ytyr, y, idx, conf, steps, x, scratch),
+                (CgKernel::Avx512Rows, 112) => return a5::cg::<7>(ytyr, y, idx, conf, steps, x, scratch),
+                (CgKernel::Avx512Rows, 128) => return a5::cg::<8>(ytyr, y, idx, conf, steps, x, scratch),
+                (CgKernel::Avx2Rows, 16) => return a2::cg::<2>(ytyr, y, idx, conf, steps, x, scratch),
+                (CgKernel::Avx2Rows, 32) => return a2::cg::<4>(ytyr, y, idx, conf, steps, x, scratch),
+                (CgKernel::Avx2Rows, 48) => return a2::cg::<6>(ytyr, y, idx, conf, steps, x, scratch),
+                (CgKernel::Avx2Rows, 64) => return a2::cg::<8>(ytyr, y, idx, conf, steps, x, scratch),
+                (CgKernel::Avx2Rows | CgKernel::Avx512Rows, _) => unreachable!("no {kernel:?} kernel for {f} factors"),
+                (CgKernel::Avx2, _) => return cg_avx2(ytyr, y, idx, conf, f, steps, x, scratch),
+                (CgKernel::Portable, _) => {}
+            }
         }
+        cg_portable(ytyr, y, idx, conf, f, steps, x, scratch)
     }
 }
 
@@ -443,69 +645,6 @@ macro_rules! define_cg {
 
 define_cg!(cg_portable, crate::linalg::dot, crate::linalg::axpy);
 
-/// The CG row solve for `f = 64` with `p`, `Ap` and `r` held in registers
-/// for each pass over the user's items (`x` in memory, as `YᵀY·p` needs `p`
-/// lane by lane from memory).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn cg_avx2_f64(
-    ytyr: &[f32],
-    y: &[f32],
-    idx: &[u32],
-    conf: &[f32],
-    steps: usize,
-    x: &mut [f32],
-    scratch: &mut [f32],
-) {
-    use crate::simd::avx2_f64 as k;
-    const F: usize = 64;
-    let pmem = &mut scratch[..F];
-    // r = b − A x
-    let xr = k::load(x);
-    let mut r = k::symv(ytyr, x);
-    for v in r.iter_mut() {
-        *v = std::arch::x86_64::_mm256_sub_ps(std::arch::x86_64::_mm256_setzero_ps(), *v);
-    }
-    for (j, (&i, &c)) in idx.iter().zip(conf).enumerate() {
-        crate::simd::prefetch_row64(y, idx, j + crate::simd::AHEAD);
-        let yi = &y[i as usize * F..(i as usize + 1) * F];
-        let t = c - (c - 1.0) * k::dot_mem(yi, &xr);
-        k::axpy_mem(t, yi, &mut r);
-    }
-    let mut xr = xr;
-    let mut p = r;
-    let mut rsold = k::dot_reg(&r, &r);
-    if rsold < 1e-20 {
-        return;
-    }
-    for _ in 0..steps {
-        k::store(&p, pmem);
-        let mut ap = k::symv(ytyr, pmem);
-        for (j, (&i, &c)) in idx.iter().zip(conf).enumerate() {
-            crate::simd::prefetch_row64(y, idx, j + crate::simd::AHEAD);
-            let yi = &y[i as usize * F..(i as usize + 1) * F];
-            k::axpy_mem((c - 1.0) * k::dot_mem(yi, &p), yi, &mut ap);
-        }
-        let pap = k::dot_reg(&p, &ap);
-        if pap <= 0.0 {
-            break;
-        }
-        let a = rsold / pap;
-        k::axpy_reg(a, &p, &mut xr);
-        k::axpy_reg(-a, &ap, &mut r);
-        let rsnew = k::dot_reg(&r, &r);
-        if rsnew < 1e-20 {
-            break;
-        }
-        let beta = rsnew / rsold;
-        let mut np = r;
-        k::axpy_reg(beta, &p, &mut np);
-        p = np;
-        rsold = rsnew;
-    }
-    k::store(&xr, x);
-}
 #[cfg(target_arch = "x86_64")]
 define_cg!(
     #[target_feature(enable = "avx2,fma")]
@@ -616,41 +755,82 @@ mod tests {
     }
 
     #[test]
-    fn register_blocked_f64_kernel_matches_the_portable_solver() {
-        // f = 64 takes a register-blocked path (AVX-512 or AVX2); it must do
-        // the same arithmetic as the portable one, step for step.
-        let (items, f) = (300, 64);
-        let mut rng = Rng::new(4);
-        let y: Vec<f32> = (0..items * f).map(|_| rng.normal() as f32 * 0.2).collect();
-        let idx: Vec<u32> = (0..40).map(|k| k * 7).collect();
-        let conf: Vec<f32> = (0..40).map(|k| 1.0 + k as f32 * 0.5).collect();
-        let mut ytyr = gram(&y, items, f);
-        for d in 0..f {
-            ytyr[d * f + d] += 0.5;
-        }
-        let x0: Vec<f32> = (0..f).map(|_| rng.normal() as f32 * 0.01).collect();
-        let mut scratch = vec![0f32; 3 * f];
-        let mut portable = x0.clone();
-        solve_row_cg(&ytyr, &y, &idx, &conf, f, 3, &mut portable, &mut scratch, CgKernel::Portable);
-        let mut fast = x0.clone();
-        solve_row_cg(&ytyr, &y, &idx, &conf, f, 3, &mut fast, &mut scratch, CgKernel::best(f));
-        for d in 0..f {
-            assert!(
-                (portable[d] - fast[d]).abs() < 1e-4 * portable[d].abs().max(1.0),
-                "{d}: {} vs {}",
-                portable[d],
-                fast[d]
-            );
-        }
-        assert_ne!(portable, x0, "the solve moved x");
-        #[cfg(target_arch = "x86_64")]
-        if crate::simd::has_avx2_fma() {
-            // The AVX2 register-blocked kernel, whichever path the CPU picks.
-            let mut avx2 = x0.clone();
-            unsafe { cg_avx2_f64(&ytyr, &y, &idx, &conf, 3, &mut avx2, &mut scratch) };
+    fn register_blocked_kernels_match_the_portable_solver() {
+        // Multiples of 16 factors take a register-blocked path (AVX-512 or
+        // AVX2); each must do the same arithmetic as the portable one, step
+        // for step, up to summation order.
+        for f in [16, 32, 48, 64, 80, 128] {
+            let items = 300;
+            let mut rng = Rng::new(4 + f as u64);
+            let y: Vec<f32> = (0..items * f).map(|_| rng.normal() as f32 * 0.2).collect();
+            let idx: Vec<u32> = (0..40).map(|k| k * 7).collect();
+            let conf: Vec<f32> = (0..40).map(|k| 1.0 + k as f32 * 0.5).collect();
+            let mut ytyr = gram(&y, items, f);
             for d in 0..f {
-                assert!((portable[d] - avx2[d]).abs() < 1e-4 * portable[d].abs().max(1.0));
+                ytyr[d * f + d] += 0.5;
             }
+            let x0: Vec<f32> = (0..f).map(|_| rng.normal() as f32 * 0.01).collect();
+            let mut scratch = vec![0f32; 3 * f];
+            let mut portable = x0.clone();
+            solve_row_cg(&ytyr, &y, &idx, &conf, f, 3, &mut portable, &mut scratch, CgKernel::Portable);
+            assert_ne!(portable, x0, "the solve moved x");
+            let mut kernels = vec![CgKernel::best(f)];
+            if crate::simd::has_avx2_fma() && matches!(f, 16 | 32 | 48 | 64) {
+                kernels.push(CgKernel::Avx2Rows); // whichever path the CPU picks
+            }
+            for kernel in kernels {
+                let mut fast = x0.clone();
+                solve_row_cg(&ytyr, &y, &idx, &conf, f, 3, &mut fast, &mut scratch, kernel);
+                for d in 0..f {
+                    assert!(
+                        (portable[d] - fast[d]).abs() < 1e-4 * portable[d].abs().max(1.0),
+                        "f {f} {kernel:?} {d}: {} vs {}",
+                        portable[d],
+                        fast[d]
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn scatter_half_step_equals_the_row_half_step() {
+        // The artist half-step by user-major scatter passes runs the same CG
+        // steps as the one by artist rows; only the summation order differs.
+        // 41 artists, the last never played (its system has no data term).
+        let m = crate::sparse::benchmark_plays(500, 40, 6000, 3);
+        let t: Vec<(u32, u32, f32)> = (0..m.rows())
+            .flat_map(|u| {
+                let (idx, val) = m.row(u);
+                idx.iter().zip(val).map(move |(&i, &v)| (u as u32, i, v)).collect::<Vec<_>>()
+            })
+            .collect();
+        let m = Csr::from_triplets(500, 41, &t).unwrap();
+        for f in [8, 16, 32, 64, 72, 128] {
+            let params = AlsParams { factors: f, regularization: 0.5, ..AlsParams::default() };
+            let cu = confidence(&m, params.weighting, params.alpha);
+            let ci = cu.transpose();
+            let x: Vec<f32> = init_factors(m.rows(), f, 9, 0).iter().map(|v| v * 40.0).collect();
+            let y0 = init_factors(m.cols(), f, 9, 1);
+            let (mut rows, mut scattered) = (y0.clone(), y0.clone());
+            half_step(&mut rows, &x, &ci, &params);
+            half_step_scatter(&mut scattered, &x, &cu, &params);
+            assert_ne!(rows, y0, "f {f}: the half-step moved the factors");
+            for (k, (a, b)) in rows.iter().zip(&scattered).enumerate() {
+                assert!((a - b).abs() < 1e-3 * a.abs().max(0.1), "f {f} value {k}: {a} vs {b}");
+            }
+            // The pass itself on the portable loops and on the chosen kernel.
+            let v: Vec<f32> = init_factors(m.cols(), f, 5, 2);
+            let portable = scatter_pass::<false>(&x, &cu, &v, f, CgKernel::Portable);
+            let fast = scatter_pass::<false>(&x, &cu, &v, f, CgKernel::best(f));
+            let res = scatter_pass::<true>(&x, &cu, &v, f, CgKernel::best(f));
+            // Sums of terms of either sign: the error is relative to their size.
+            let scale = portable.iter().fold(0f32, |m, v| m.max(v.abs()));
+            for k in 0..portable.len() {
+                assert!((portable[k] - fast[k]).abs() < 1e-4 * scale, "f {f} {k}: {} vs {}", portable[k], fast[k]);
+            }
+            // Artist 40 was never played: nothing is added to it.
+            assert!(fast[40 * f..].iter().chain(&res[40 * f..]).all(|&v| v == 0.0));
         }
     }
 

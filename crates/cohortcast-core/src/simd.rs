@@ -91,75 +91,68 @@ pub mod avx2 {
     }
 }
 
-/// Register-blocked kernels for `f = 64` (eight 8-lane vectors): the CG
-/// vectors stay in registers across a whole pass over the user's items.
+/// Rows ahead to prefetch in the CG passes: the item (or user) rows a pass
+/// visits are scattered, so the loads of the next few are started while
+/// this one is used. On the 100k × 20k benchmark (median of 3 interleaved
+/// runs, s an iteration): no prefetch 0.383, 6 rows ahead 0.290; 3, 6, 12
+/// and 20 rows ahead in later rounds ranked 12 first by about 10%.
 #[cfg(target_arch = "x86_64")]
-pub mod avx2_f64 {
+pub(crate) const AHEAD: usize = 12;
+
+/// Prefetches the cache lines of `f`-float row `idx[j]` of `y`, if `j` is
+/// in range (one line more than `f / 16` when the row does not start on a
+/// line). A hint only: no memory is read.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+pub(crate) fn prefetch_row(y: &[f32], idx: &[u32], j: usize, f: usize) {
+    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+    if let Some(&i) = idx.get(j) {
+        let at = i as usize * f;
+        if f > 0 && at + f <= y.len() {
+            // SAFETY: every address is inside `y`; a prefetch never faults.
+            unsafe {
+                let p = y.as_ptr().add(at);
+                let mut off = 0;
+                while off < f {
+                    _mm_prefetch::<_MM_HINT_T0>(p.add(off) as *const i8);
+                    off += 16;
+                }
+                _mm_prefetch::<_MM_HINT_T0>(p.add(f - 1) as *const i8);
+            }
+        }
+    }
+}
+
+/// Register-blocked conjugate-gradient row solves with AVX2 + FMA for
+/// `f = 8·M` factors: a factor row is `M` 8-lane vectors, and `p`, `Ap`,
+/// `r` and `x` stay in registers (or close by, past 16 of them) across a
+/// whole pass over the row's nonzeros.
+#[cfg(target_arch = "x86_64")]
+pub mod avx2_rows {
+    use super::{prefetch_row, AHEAD};
     use std::arch::x86_64::*;
 
-    /// Eight 8-lane vectors: one 64-float factor row.
-    pub type Row = [__m256; 8];
+    /// `M` 8-lane vectors: one factor row of `8·M` floats.
+    pub type Row<const M: usize> = [__m256; M];
 
-    /// Loads a row.
-    ///
-    /// # Safety
-    /// AVX2 + FMA; `a` holds at least 64 floats.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn load(a: &[f32]) -> Row {
+    unsafe fn load<const M: usize>(a: &[f32]) -> Row<M> {
         let p = a.as_ptr();
-        [
-            _mm256_loadu_ps(p),
-            _mm256_loadu_ps(p.add(8)),
-            _mm256_loadu_ps(p.add(16)),
-            _mm256_loadu_ps(p.add(24)),
-            _mm256_loadu_ps(p.add(32)),
-            _mm256_loadu_ps(p.add(40)),
-            _mm256_loadu_ps(p.add(48)),
-            _mm256_loadu_ps(p.add(56)),
-        ]
+        let mut r = [_mm256_setzero_ps(); M];
+        for (k, v) in r.iter_mut().enumerate() {
+            *v = _mm256_loadu_ps(p.add(8 * k));
+        }
+        r
     }
 
-    /// Stores a row.
-    ///
-    /// # Safety
-    /// AVX2 + FMA; `a` holds at least 64 floats.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn store(r: &Row, a: &mut [f32]) {
+    unsafe fn store<const M: usize>(r: &Row<M>, a: &mut [f32]) {
         let p = a.as_mut_ptr();
         for (k, v) in r.iter().enumerate() {
             _mm256_storeu_ps(p.add(8 * k), *v);
         }
-    }
-
-    /// `Σ a_i b_i` of a row in memory and a row in registers.
-    ///
-    /// # Safety
-    /// AVX2 + FMA; `a` holds at least 64 floats.
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dot_mem(a: &[f32], b: &Row) -> f32 {
-        let p = a.as_ptr();
-        let s0 = _mm256_fmadd_ps(_mm256_loadu_ps(p), b[0], _mm256_mul_ps(_mm256_loadu_ps(p.add(8)), b[1]));
-        let s1 = _mm256_fmadd_ps(_mm256_loadu_ps(p.add(16)), b[2], _mm256_mul_ps(_mm256_loadu_ps(p.add(24)), b[3]));
-        let s2 = _mm256_fmadd_ps(_mm256_loadu_ps(p.add(32)), b[4], _mm256_mul_ps(_mm256_loadu_ps(p.add(40)), b[5]));
-        let s3 = _mm256_fmadd_ps(_mm256_loadu_ps(p.add(48)), b[6], _mm256_mul_ps(_mm256_loadu_ps(p.add(56)), b[7]));
-        hsum(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)))
-    }
-
-    /// `Σ a_i b_i` of two rows in registers.
-    ///
-    /// # Safety
-    /// AVX2 + FMA.
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dot_reg(a: &Row, b: &Row) -> f32 {
-        let s0 = _mm256_fmadd_ps(a[0], b[0], _mm256_mul_ps(a[1], b[1]));
-        let s1 = _mm256_fmadd_ps(a[2], b[2], _mm256_mul_ps(a[3], b[3]));
-        let s2 = _mm256_fmadd_ps(a[4], b[4], _mm256_mul_ps(a[5], b[5]));
-        let s3 = _mm256_fmadd_ps(a[6], b[6], _mm256_mul_ps(a[7], b[7]));
-        hsum(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)))
     }
 
     #[inline]
@@ -171,13 +164,41 @@ pub mod avx2_f64 {
         _mm_cvtss_f32(q)
     }
 
-    /// `acc += a · row_in_memory`.
-    ///
-    /// # Safety
-    /// AVX2 + FMA; `x` holds at least 64 floats.
+    /// `Σ a_i b_i` of a row in memory and a row in registers, in two chains.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn axpy_mem(a: f32, x: &[f32], acc: &mut Row) {
+    unsafe fn dot_mem<const M: usize>(a: &[f32], b: &Row<M>) -> f32 {
+        let p = a.as_ptr();
+        let (mut s0, mut s1) = (_mm256_mul_ps(_mm256_loadu_ps(p), b[0]), _mm256_setzero_ps());
+        for (k, bk) in b.iter().enumerate().skip(1) {
+            if k % 2 == 1 {
+                s1 = _mm256_fmadd_ps(_mm256_loadu_ps(p.add(8 * k)), *bk, s1);
+            } else {
+                s0 = _mm256_fmadd_ps(_mm256_loadu_ps(p.add(8 * k)), *bk, s0);
+            }
+        }
+        hsum(_mm256_add_ps(s0, s1))
+    }
+
+    /// `Σ a_i b_i` of two rows in registers, in two chains.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn dot_reg<const M: usize>(a: &Row<M>, b: &Row<M>) -> f32 {
+        let (mut s0, mut s1) = (_mm256_mul_ps(a[0], b[0]), _mm256_setzero_ps());
+        for k in 1..M {
+            if k % 2 == 1 {
+                s1 = _mm256_fmadd_ps(a[k], b[k], s1);
+            } else {
+                s0 = _mm256_fmadd_ps(a[k], b[k], s0);
+            }
+        }
+        hsum(_mm256_add_ps(s0, s1))
+    }
+
+    /// `acc += a · row_in_memory`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn axpy_mem<const M: usize>(a: f32, x: &[f32], acc: &mut Row<M>) {
         let va = _mm256_set1_ps(a);
         let p = x.as_ptr();
         for (k, v) in acc.iter_mut().enumerate() {
@@ -186,137 +207,38 @@ pub mod avx2_f64 {
     }
 
     /// `acc += a · row`.
-    ///
-    /// # Safety
-    /// AVX2 + FMA.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn axpy_reg(a: f32, x: &Row, acc: &mut Row) {
+    unsafe fn axpy_reg<const M: usize>(a: f32, x: &Row<M>, acc: &mut Row<M>) {
         let va = _mm256_set1_ps(a);
         for (v, xv) in acc.iter_mut().zip(x) {
             *v = _mm256_fmadd_ps(va, *xv, *v);
         }
     }
 
-    /// `M · v` for a symmetric 64 × 64 row-major `m`, as `Σ_d v_d · m_d`
+    /// `M · v` for a symmetric `f × f` row-major `m`, as `Σ_d v_d · m_d`
     /// (no horizontal sums).
-    ///
-    /// # Safety
-    /// AVX2 + FMA; `m` holds at least 64 × 64 floats.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn symv(m: &[f32], v: &[f32]) -> Row {
-        let mut acc = [_mm256_setzero_ps(); 8];
-        for d in 0..64 {
-            axpy_mem(*v.get_unchecked(d), &m[d * 64..d * 64 + 64], &mut acc);
-        }
-        acc
-    }
-
-    /// The zero row.
-    ///
-    /// # Safety
-    /// AVX2 + FMA.
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn zero() -> Row {
-        [_mm256_setzero_ps(); 8]
-    }
-}
-
-/// Rows ahead to prefetch in the CG passes: the item (or user) rows a pass
-/// visits are scattered, so the loads of the next few are started while
-/// this one is used. On the 100k × 20k benchmark (median of 3 interleaved
-/// runs, s an iteration): no prefetch 0.383, 6 rows ahead 0.290; 3, 6, 12
-/// and 20 rows ahead in later rounds ranked 12 first by about 10%.
-#[cfg(target_arch = "x86_64")]
-pub(crate) const AHEAD: usize = 12;
-
-/// Prefetches the four cache lines of 64-float row `idx[j]` of `y`, if `j`
-/// is in range. A hint only: no memory is read.
-#[cfg(target_arch = "x86_64")]
-#[inline]
-pub(crate) fn prefetch_row64(y: &[f32], idx: &[u32], j: usize) {
-    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-    if let Some(&i) = idx.get(j) {
-        let at = i as usize * 64;
-        if at + 64 <= y.len() {
-            // SAFETY: the four addresses are inside `y`; a prefetch never faults.
-            unsafe {
-                let p = y.as_ptr().add(at);
-                for line in 0..4 {
-                    _mm_prefetch::<_MM_HINT_T0>(p.add(16 * line) as *const i8);
-                }
-            }
-        }
-    }
-}
-
-/// The `f = 64` CG row solve with AVX-512: a factor row is four 16-lane
-/// registers, so `p`, `Ap`, `r`, `x` and the item row all fit in the 32
-/// registers with no spills.
-#[cfg(target_arch = "x86_64")]
-pub mod avx512_f64 {
-    use super::{prefetch_row64 as prefetch_row, AHEAD};
-    use std::arch::x86_64::*;
-
-    type Row = [__m512; 4];
-
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn load(a: &[f32]) -> Row {
-        let p = a.as_ptr();
-        [_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(16)), _mm512_loadu_ps(p.add(32)), _mm512_loadu_ps(p.add(48))]
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn store(r: &Row, a: &mut [f32]) {
-        let p = a.as_mut_ptr();
-        for (k, v) in r.iter().enumerate() {
-            _mm512_storeu_ps(p.add(16 * k), *v);
-        }
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn dot(a: &Row, b: &Row) -> f32 {
-        let s = _mm512_add_ps(
-            _mm512_fmadd_ps(a[0], b[0], _mm512_mul_ps(a[1], b[1])),
-            _mm512_fmadd_ps(a[2], b[2], _mm512_mul_ps(a[3], b[3])),
-        );
-        _mm512_reduce_add_ps(s)
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn axpy(a: f32, x: &Row, acc: &mut Row) {
-        let va = _mm512_set1_ps(a);
-        for (v, xv) in acc.iter_mut().zip(x) {
-            *v = _mm512_fmadd_ps(va, *xv, *v);
-        }
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn symv(m: &[f32], v: &[f32]) -> Row {
-        let mut acc = [_mm512_setzero_ps(); 4];
-        for d in 0..64 {
-            let row = load(&m[d * 64..d * 64 + 64]);
-            axpy(*v.get_unchecked(d), &row, &mut acc);
+    unsafe fn symv<const M: usize>(m: &[f32], v: &[f32]) -> Row<M> {
+        let f = 8 * M;
+        let mut acc = [_mm256_setzero_ps(); M];
+        for d in 0..f {
+            axpy_mem(*v.get_unchecked(d), &m[d * f..d * f + f], &mut acc);
         }
         acc
     }
 
     /// `steps` conjugate-gradient steps on
-    /// `(YᵀY + λI + Σ_i (c_i − 1) y_i y_iᵀ) x = Σ_i c_i y_i` for `f = 64`,
-    /// from the current `x`; `ytyr` is `YᵀY + λI`, `scratch` at least 64 floats.
+    /// `(YᵀY + λI + Σ_i (c_i − 1) y_i y_iᵀ) x = Σ_i c_i y_i` for `f = 8·M`,
+    /// from the current `x`; `ytyr` is `YᵀY + λI`, `scratch` at least `f`
+    /// floats.
     ///
     /// # Safety
-    /// The CPU must support AVX-512F; `y` rows are 64 floats and every index
-    /// in `idx` is a row of `y`.
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn cg(
+    /// The CPU must support AVX2 and FMA; `x` and the rows of `y` are `8·M`
+    /// floats and every index in `idx` is a row of `y`.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn cg<const M: usize>(
         ytyr: &[f32],
         y: &[f32],
         idx: &[u32],
@@ -325,20 +247,148 @@ pub mod avx512_f64 {
         x: &mut [f32],
         scratch: &mut [f32],
     ) {
-        const F: usize = 64;
-        let pmem = &mut scratch[..F];
-        let mut xr = load(x);
-        let ax = symv(ytyr, x);
-        let zero = _mm512_setzero_ps();
-        let mut r = [
-            _mm512_sub_ps(zero, ax[0]),
-            _mm512_sub_ps(zero, ax[1]),
-            _mm512_sub_ps(zero, ax[2]),
-            _mm512_sub_ps(zero, ax[3]),
-        ];
+        let f = 8 * M;
+        let pmem = &mut scratch[..f];
+        // r = b − A x
+        let mut xr = load::<M>(x);
+        let mut r = symv::<M>(ytyr, x);
+        for v in r.iter_mut() {
+            *v = _mm256_sub_ps(_mm256_setzero_ps(), *v);
+        }
         for (j, (&i, &c)) in idx.iter().zip(conf).enumerate() {
-            prefetch_row(y, idx, j + AHEAD);
-            let yi = load(&y[i as usize * F..(i as usize + 1) * F]);
+            prefetch_row(y, idx, j + AHEAD, f);
+            let yi = &y[i as usize * f..(i as usize + 1) * f];
+            let t = c - (c - 1.0) * dot_mem(yi, &xr);
+            axpy_mem(t, yi, &mut r);
+        }
+        let mut p = r;
+        let mut rsold = dot_reg(&r, &r);
+        if rsold < 1e-20 {
+            return;
+        }
+        for _ in 0..steps {
+            store(&p, pmem);
+            let mut ap = symv::<M>(ytyr, pmem);
+            for (j, (&i, &c)) in idx.iter().zip(conf).enumerate() {
+                prefetch_row(y, idx, j + AHEAD, f);
+                let yi = &y[i as usize * f..(i as usize + 1) * f];
+                axpy_mem((c - 1.0) * dot_mem(yi, &p), yi, &mut ap);
+            }
+            let pap = dot_reg(&p, &ap);
+            if pap <= 0.0 {
+                break;
+            }
+            let a = rsold / pap;
+            axpy_reg(a, &p, &mut xr);
+            axpy_reg(-a, &ap, &mut r);
+            let rsnew = dot_reg(&r, &r);
+            if rsnew < 1e-20 {
+                break;
+            }
+            let mut np = r;
+            axpy_reg(rsnew / rsold, &p, &mut np);
+            p = np;
+            rsold = rsnew;
+        }
+        store(&xr, x);
+    }
+}
+
+/// Register-blocked conjugate-gradient row solves with AVX-512 for
+/// `f = 16·N` factors: a factor row is `N` 16-lane registers, so at
+/// `f ≤ 64` `p`, `Ap`, `r`, `x` and the item row all fit in the 32
+/// registers with no spills.
+#[cfg(target_arch = "x86_64")]
+pub mod avx512_rows {
+    use super::{prefetch_row, AHEAD};
+    use std::arch::x86_64::*;
+
+    type Row<const N: usize> = [__m512; N];
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load<const N: usize>(a: &[f32]) -> Row<N> {
+        let p = a.as_ptr();
+        let mut r = [_mm512_setzero_ps(); N];
+        for (k, v) in r.iter_mut().enumerate() {
+            *v = _mm512_loadu_ps(p.add(16 * k));
+        }
+        r
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn store<const N: usize>(r: &Row<N>, a: &mut [f32]) {
+        let p = a.as_mut_ptr();
+        for (k, v) in r.iter().enumerate() {
+            _mm512_storeu_ps(p.add(16 * k), *v);
+        }
+    }
+
+    /// `Σ a_i b_i` in two chains.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn dot<const N: usize>(a: &Row<N>, b: &Row<N>) -> f32 {
+        let (mut s0, mut s1) = (_mm512_mul_ps(a[0], b[0]), _mm512_setzero_ps());
+        for k in 1..N {
+            if k % 2 == 1 {
+                s1 = _mm512_fmadd_ps(a[k], b[k], s1);
+            } else {
+                s0 = _mm512_fmadd_ps(a[k], b[k], s0);
+            }
+        }
+        _mm512_reduce_add_ps(_mm512_add_ps(s0, s1))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn axpy<const N: usize>(a: f32, x: &Row<N>, acc: &mut Row<N>) {
+        let va = _mm512_set1_ps(a);
+        for (v, xv) in acc.iter_mut().zip(x) {
+            *v = _mm512_fmadd_ps(va, *xv, *v);
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn symv<const N: usize>(m: &[f32], v: &[f32]) -> Row<N> {
+        let f = 16 * N;
+        let mut acc = [_mm512_setzero_ps(); N];
+        for d in 0..f {
+            let row = load::<N>(&m[d * f..d * f + f]);
+            axpy(*v.get_unchecked(d), &row, &mut acc);
+        }
+        acc
+    }
+
+    /// `steps` conjugate-gradient steps on
+    /// `(YᵀY + λI + Σ_i (c_i − 1) y_i y_iᵀ) x = Σ_i c_i y_i` for `f = 16·N`,
+    /// from the current `x`; `ytyr` is `YᵀY + λI`, `scratch` at least `f`
+    /// floats.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F; `x` and the rows of `y` are `16·N`
+    /// floats and every index in `idx` is a row of `y`.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn cg<const N: usize>(
+        ytyr: &[f32],
+        y: &[f32],
+        idx: &[u32],
+        conf: &[f32],
+        steps: usize,
+        x: &mut [f32],
+        scratch: &mut [f32],
+    ) {
+        let f = 16 * N;
+        let pmem = &mut scratch[..f];
+        let mut xr = load::<N>(x);
+        let mut r = symv::<N>(ytyr, x);
+        for v in r.iter_mut() {
+            *v = _mm512_sub_ps(_mm512_setzero_ps(), *v);
+        }
+        for (j, (&i, &c)) in idx.iter().zip(conf).enumerate() {
+            prefetch_row(y, idx, j + AHEAD, f);
+            let yi = load::<N>(&y[i as usize * f..(i as usize + 1) * f]);
             axpy(c - (c - 1.0) * dot(&yi, &xr), &yi, &mut r);
         }
         let mut p = r;
@@ -348,10 +398,10 @@ pub mod avx512_f64 {
         }
         for _ in 0..steps {
             store(&p, pmem);
-            let mut ap = symv(ytyr, pmem);
+            let mut ap = symv::<N>(ytyr, pmem);
             for (j, (&i, &c)) in idx.iter().zip(conf).enumerate() {
-                prefetch_row(y, idx, j + AHEAD);
-                let yi = load(&y[i as usize * F..(i as usize + 1) * F]);
+                prefetch_row(y, idx, j + AHEAD, f);
+                let yi = load::<N>(&y[i as usize * f..(i as usize + 1) * f]);
                 axpy((c - 1.0) * dot(&yi, &p), &yi, &mut ap);
             }
             let pap = dot(&p, &ap);
@@ -371,6 +421,37 @@ pub mod avx512_f64 {
             rsold = rsnew;
         }
         store(&xr, x);
+    }
+
+    /// One user's share of a scatter pass of the artist half-step (see
+    /// `als`): for each nonzero `(i, c)` of the user's row, with `d = x_uᵀ v_i`,
+    /// `acc_i += t · x_u` where `t = c − (c − 1) d` when `RESIDUAL`, else
+    /// `t = (c − 1) d`. `x_u` stays in registers for the whole row.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F; `xu` is `16·N` floats, `v` and `acc`
+    /// hold a `16·N`-float row for every index in `idx`.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn scatter_row<const N: usize, const RESIDUAL: bool>(
+        xu: &[f32],
+        idx: &[u32],
+        conf: &[f32],
+        v: &[f32],
+        acc: &mut [f32],
+    ) {
+        let f = 16 * N;
+        let xr = load::<N>(xu);
+        for (j, (&i, &c)) in idx.iter().zip(conf).enumerate() {
+            prefetch_row(v, idx, j + AHEAD, f);
+            prefetch_row(acc, idx, j + AHEAD, f);
+            let at = i as usize * f;
+            let d = dot(&xr, &load::<N>(&v[at..at + f]));
+            let t = if RESIDUAL { c - (c - 1.0) * d } else { (c - 1.0) * d };
+            let row = &mut acc[at..at + f];
+            let mut a = load::<N>(row);
+            axpy(t, &xr, &mut a);
+            store(&a, row);
+        }
     }
 }
 

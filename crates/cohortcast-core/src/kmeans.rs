@@ -229,9 +229,31 @@ fn mean_variance(x: &[f32], dim: usize) -> f64 {
 /// Squared distances of every row to each of `cands` (row-major `c × dim`),
 /// as an `n × c` matrix.
 fn distances_to(x: &[f32], norms: &[f32], dim: usize, cands: &[f32]) -> Vec<f32> {
+    distances_to_with(x, norms, dim, cands, true)
+}
+
+fn distances_to_with(x: &[f32], norms: &[f32], dim: usize, cands: &[f32], allow_simd: bool) -> Vec<f32> {
     let c = cands.len() / dim;
     let cn: Vec<f32> = cands.chunks(dim).map(|r| dot(r, r)).collect();
     let mut out = vec![0f32; norms.len() * c];
+    #[cfg(target_arch = "x86_64")]
+    if allow_simd && c <= crate::simd::avx512_nearest::CANDIDATES && crate::simd::has_avx512() {
+        use crate::simd::avx512_nearest::{distances16, CANDIDATES};
+        let mut ct = vec![0f32; dim * CANDIDATES];
+        let mut cn16 = [0f32; CANDIDATES];
+        for (j, row) in cands.chunks(dim).enumerate() {
+            for (d, v) in row.iter().enumerate() {
+                ct[d * CANDIDATES + j] = *v;
+            }
+            cn16[j] = cn[j];
+        }
+        out.par_chunks_mut(BLOCK * c).zip(x.par_chunks(BLOCK * dim)).zip(norms.par_chunks(BLOCK)).for_each(
+            // SAFETY: AVX-512F was checked; `ct` is dim × 16, and each block
+            // has one norm and `c` outputs per row.
+            |((o, xb), nb)| unsafe { distances16(xb, dim, nb, &ct, &cn16, c, o) },
+        );
+        return out;
+    }
     out.par_chunks_mut(BLOCK * c).zip(x.par_chunks(BLOCK * dim)).enumerate().for_each(|(b, (o, xb))| {
         let rows = xb.len() / dim;
         let cross = matmul_t(xb, cands, rows, dim, c);
@@ -241,44 +263,74 @@ fn distances_to(x: &[f32], norms: &[f32], dim: usize, cands: &[f32]) -> Vec<f32>
             }
         }
     });
+    let _ = allow_simd;
     out
 }
 
+/// Greedy k-means++: each new centre is the best of `2 + ln k` candidates
+/// drawn in proportion to the squared distance to the nearest centre so
+/// far. Every pass over the rows runs in fixed parts, reduced in order.
 fn seed_plus_plus(x: &[f32], norms: &[f32], dim: usize, k: usize, rng: &mut Rng) -> Vec<f32> {
     let n = norms.len();
     let trials = 2 + (k as f64).ln().floor() as usize;
+    let per = part_rows(n, MAX_PARTS, BLOCK);
     let mut centroids = Vec::with_capacity(k * dim);
     let first = rng.below(n);
     centroids.extend_from_slice(&x[first * dim..(first + 1) * dim]);
     let mut closest = distances_to(x, norms, dim, &centroids);
     while centroids.len() < k * dim {
-        let total: f64 = closest.iter().map(|&d| d as f64).sum();
+        let part_sums: Vec<f64> = closest.par_chunks(per).map(|p| p.iter().map(|&d| d as f64).sum()).collect();
+        let total: f64 = part_sums.iter().sum();
         let mut cand_idx = Vec::with_capacity(trials);
         for _ in 0..trials {
-            cand_idx.push(if total > 0.0 { draw_proportional(&closest, total, rng) } else { rng.below(n) });
+            cand_idx.push(if total > 0.0 {
+                draw_proportional(&closest, &part_sums, per, total, rng)
+            } else {
+                rng.below(n)
+            });
         }
         let cands: Vec<f32> = cand_idx.iter().flat_map(|&i| x[i * dim..(i + 1) * dim].iter().copied()).collect();
         let d = distances_to(x, norms, dim, &cands);
         let t = cand_idx.len();
-        let pots: Vec<f64> = (0..t).map(|j| (0..n).map(|r| closest[r].min(d[r * t + j]) as f64).sum()).collect();
+        let part_pots: Vec<Vec<f64>> = closest
+            .par_chunks(per)
+            .zip(d.par_chunks(per * t))
+            .map(|(cl, dp)| {
+                let mut s = vec![0f64; t];
+                for (r, &c) in cl.iter().enumerate() {
+                    for (j, sj) in s.iter_mut().enumerate() {
+                        *sj += c.min(dp[r * t + j]) as f64;
+                    }
+                }
+                s
+            })
+            .collect();
+        let pots: Vec<f64> = (0..t).map(|j| part_pots.iter().map(|p| p[j]).sum()).collect();
         let best = (0..t).min_by(|&a, &b| pots[a].total_cmp(&pots[b])).unwrap();
-        for r in 0..n {
-            closest[r] = closest[r].min(d[r * t + best]);
-        }
+        closest.par_iter_mut().enumerate().for_each(|(r, c)| *c = c.min(d[r * t + best]));
         let i = cand_idx[best];
         centroids.extend_from_slice(&x[i * dim..(i + 1) * dim]);
     }
     centroids
 }
 
-fn draw_proportional(w: &[f32], total: f64, rng: &mut Rng) -> usize {
+/// A row drawn with probability `w_i / total`; `part_sums` are the sums of
+/// `w` over consecutive parts of `per` rows (`total` is their sum), so only
+/// one part is scanned.
+fn draw_proportional(w: &[f32], part_sums: &[f64], per: usize, total: f64, rng: &mut Rng) -> usize {
     let target = rng.f64() * total;
     let mut acc = 0f64;
-    for (i, &v) in w.iter().enumerate() {
-        acc += v as f64;
-        if acc > target {
-            return i;
+    for (p, &s) in part_sums.iter().enumerate() {
+        if acc + s > target {
+            for (i, &v) in w[p * per..(p * per + per).min(w.len())].iter().enumerate() {
+                acc += v as f64;
+                if acc > target {
+                    return p * per + i;
+                }
+            }
+            break;
         }
+        acc += s;
     }
     w.iter().rposition(|&v| v > 0.0).unwrap_or(0)
 }
@@ -496,6 +548,53 @@ mod tests {
             }
             assert!((pa.inertia - pb.inertia).abs() <= 1e-4 * (1.0 + pa.inertia));
             assert_eq!(pb.counts.iter().sum::<usize>(), n);
+        }
+    }
+
+    #[test]
+    fn candidate_distances_and_draws_agree_with_plain_loops() {
+        let mut rng = Rng::new(12);
+        for (n, dim, t) in [(1, 3, 1), (9, 16, 6), (2053, 64, 7), (1500, 33, 16), (700, 8, 17)] {
+            let x: Vec<f32> = (0..n * dim).map(|_| rng.normal() as f32).collect();
+            let norms: Vec<f32> = x.chunks(dim).map(|r| dot(r, r)).collect();
+            let cands: Vec<f32> = (0..t * dim).map(|_| rng.normal() as f32).collect();
+            for simd in [false, true] {
+                let d = distances_to_with(&x, &norms, dim, &cands, simd);
+                assert_eq!(d.len(), n * t);
+                for r in 0..n {
+                    for j in 0..t {
+                        let want: f32 = x[r * dim..(r + 1) * dim]
+                            .iter()
+                            .zip(&cands[j * dim..(j + 1) * dim])
+                            .map(|(a, b)| (a - b) * (a - b))
+                            .sum();
+                        let got = d[r * t + j];
+                        assert!(
+                            (want - got).abs() < 1e-3 * (1.0 + want),
+                            "n {n} t {t} simd {simd} {r},{j}: {want} vs {got}"
+                        );
+                    }
+                }
+            }
+        }
+        // Draws by part sums land where a scan of the whole vector would.
+        let w: Vec<f32> = (0..10_000).map(|i| if i % 7 == 0 { 0.0 } else { rng.f64() as f32 }).collect();
+        let per = 1024;
+        let parts: Vec<f64> = w.chunks(per).map(|p| p.iter().map(|&v| v as f64).sum()).collect();
+        let total: f64 = parts.iter().sum();
+        let (mut a, mut b) = (Rng::new(3), Rng::new(3));
+        for _ in 0..500 {
+            let got = draw_proportional(&w, &parts, per, total, &mut a);
+            let target = b.f64() * total;
+            let mut acc = 0f64;
+            let want = w.iter().position(|&v| {
+                acc += v as f64;
+                acc > target
+            });
+            // Sums in another order may differ in the last bits at a boundary.
+            let want = want.unwrap_or(w.len() - 1);
+            assert!(got == want || (got as i64 - want as i64).abs() <= 1, "{got} vs {want}");
+            assert!(w[got] > 0.0, "a zero-weight row was drawn");
         }
     }
 

@@ -522,6 +522,54 @@ pub mod avx512_nearest {
         }
     }
 
+    /// Candidate centres at most in [`distances16`].
+    pub const CANDIDATES: usize = 16;
+
+    /// Squared distances `max(0, ‖x‖² − 2 x·c + ‖c‖²)` of each row of `x`
+    /// to each of `t ≤ 16` centres, written row by row to `out` (`rows × t`).
+    /// `ct` holds the centres transposed, `dim × 16` (padding lanes zero),
+    /// `cn` their squared norms; `xn` the rows' squared norms. The k-means++
+    /// seeding's candidate pass: one register per row holds the distances to
+    /// every candidate, eight rows at a time.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F; `ct` holds `dim × 16` floats, `xn` one
+    /// norm and `out` `t` places per row of `x`.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn distances16(
+        x: &[f32],
+        dim: usize,
+        xn: &[f32],
+        ct: &[f32],
+        cn: &[f32; 16],
+        t: usize,
+        out: &mut [f32],
+    ) {
+        const R: usize = 8;
+        let rows = x.len() / dim;
+        debug_assert!(t <= CANDIDATES && ct.len() >= dim * 16 && xn.len() >= rows && out.len() >= rows * t);
+        let (xp, cp, op) = (x.as_ptr(), ct.as_ptr(), out.as_mut_ptr());
+        let cnv = _mm512_loadu_ps(cn.as_ptr());
+        let keep: __mmask16 = ((1u32 << t) - 1) as __mmask16;
+        let mut r0 = 0;
+        while r0 < rows {
+            let n = (rows - r0).min(R);
+            let mut acc = [_mm512_setzero_ps(); R];
+            for d in 0..dim {
+                let c = _mm512_loadu_ps(cp.add(d * 16));
+                for (r, a) in acc.iter_mut().enumerate().take(n) {
+                    *a = _mm512_fmadd_ps(_mm512_set1_ps(*xp.add((r0 + r) * dim + d)), c, *a);
+                }
+            }
+            for (r, a) in acc.iter().enumerate().take(n) {
+                let base = _mm512_add_ps(cnv, _mm512_set1_ps(*xn.get_unchecked(r0 + r)));
+                let dist = _mm512_max_ps(_mm512_fmadd_ps(_mm512_set1_ps(-2.0), *a, base), _mm512_setzero_ps());
+                _mm512_mask_storeu_ps(op.add((r0 + r) * t), keep, dist);
+            }
+            r0 += n;
+        }
+    }
+
     #[inline]
     #[target_feature(enable = "avx512f")]
     unsafe fn tile<const R: usize>(x: &[f32], panel: &Panel, out: &mut [(f32, u32)]) {

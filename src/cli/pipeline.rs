@@ -15,6 +15,7 @@ use cohortcast_data::ingest::{ingest, IngestOptions, Ingested};
 use cohortcast_data::inputs::InputPaths;
 use cohortcast_data::stages::{load_ingested, load_model, save_ingested, save_model, ModelParams, StoredModel};
 use cohortcast_server::model::{CohortHours, PEAK_HOURS};
+use rayon::prelude::*;
 
 use super::report::{print_ingest, print_table, write_ctr_by_policy_csv, write_ctr_csv, write_summary, Timings};
 use super::{progress, DemoArgs, PolicyArg};
@@ -201,15 +202,14 @@ fn evaluate_all(
 ) -> Result<Option<Evaluation>> {
     let Some(raw) = &ing.clicks else { return Ok(None) };
     let note_index: HashMap<&str, u32> = notes.iter().enumerate().map(|(i, n)| (n.id.as_str(), i as u32)).collect();
-    let mut pairs = Vec::with_capacity(raw.len());
-    let mut outside = 0;
-    for (n, u) in raw {
-        match (note_index.get(n.as_str()), model.users.binary_search(u)) {
-            (Some(&ni), Ok(ui)) => pairs.push((ni, ui as u32)),
-            _ => outside += 1,
-        }
-    }
-    let clicks = Clicks::new(notes.len(), pairs);
+    // One hash lookup a click, in parallel (a binary search over the user
+    // ids compared ~19 strings a click and took 2 s of 3.5 on the medium set).
+    let user_index: HashMap<&str, u32> = model.users.iter().enumerate().map(|(i, u)| (u.as_str(), i as u32)).collect();
+    let mapped: Vec<Option<(u32, u32)>> =
+        raw.par_iter().map(|(n, u)| Some((*note_index.get(n.as_str())?, *user_index.get(u.as_str())?))).collect();
+    drop(user_index);
+    let outside = mapped.iter().filter(|m| m.is_none()).count();
+    let clicks = Clicks::new(notes.len(), mapped.into_iter().flatten());
     let users = model.users.len();
     let k = model.cohorts.k();
     let mut plans = vec![chosen.clone()];
@@ -235,7 +235,7 @@ fn evaluate_all(
         cohort_push: None,
     };
     plans.push(matched);
-    let reports = plans.iter().map(|p| evaluate(p, &model.labels, &clicks, truth)).collect();
+    let reports = plans.par_iter().map(|p| evaluate(p, &model.labels, &clicks, truth)).collect();
     Ok(Some(Evaluation { reports, clicks_outside_model: outside }))
 }
 

@@ -498,24 +498,25 @@ async fn small_input(
     report: &mut InputReport,
 ) -> Result<Vec<(String, String)>> {
     let t = input.name();
+    // No GROUP BY: grouping a million distinct string pairs cost more than
+    // the sort and dedup below (1.2 M clicks: 1.6 s against 0.6 s).
     let sql = format!(
-        "SELECT cc_reject_{t}(line) AS reject, split_part(l, ',', 1) AS a, split_part(l, ',', 2) AS b, count(*) AS n \
-         FROM (SELECT line, rtrim(line, chr(13)) AS l FROM {t}_lines) GROUP BY 1, 2, 3"
+        "SELECT cc_reject_{t}(line) AS reject, split_part(l, ',', 1) AS a, split_part(l, ',', 2) AS b \
+         FROM (SELECT line, rtrim(line, chr(13)) AS l FROM {t}_lines)"
     );
     let mut good = Vec::new();
     for batch in collect(ctx, &sql, &format!("{t} ({location}): parsing")).await? {
-        let (rej, a, b, n) =
-            (strings(batch.column(0))?, strings(batch.column(1))?, strings(batch.column(2))?, ints(batch.column(3))?);
+        let (rej, a, b) = (strings(batch.column(0))?, strings(batch.column(1))?, strings(batch.column(2))?);
+        report.rows += batch.num_rows() as u64;
         for i in 0..batch.num_rows() {
-            report.rows += n.value(i) as u64;
             if rej.is_valid(i) {
-                *report.rejected.entry(rej.value(i).to_string()).or_default() += n.value(i) as u64;
+                *report.rejected.entry(rej.value(i).to_string()).or_default() += 1;
             } else {
                 good.push((a.value(i).to_string(), b.value(i).to_string()));
             }
         }
     }
-    good.sort();
+    good.sort_unstable();
     good.dedup();
     Ok(good)
 }
@@ -1071,7 +1072,10 @@ async fn ingest_async(paths: &InputPaths, opts: &IngestOptions, joined: bool) ->
         .into_iter()
         .map(|(n, u)| (n, saavn::user_key(&u).map(saavn::user_id).unwrap_or(u)))
         .collect();
-        c.sort();
+        // Sorted already unless some ids were not in lowercase.
+        if !c.is_sorted() {
+            c.sort_unstable();
+        }
         c.dedup();
         let entry = report.inputs.get_mut("notification_clicks").expect("registered");
         r.files = entry.files;

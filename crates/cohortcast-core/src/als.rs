@@ -30,6 +30,12 @@
 //!   f64, `O(n_u f² + f³)` a row. Slow and obviously correct: the reference
 //!   the fast solver is tested against.
 //!
+//! With conjugate gradient the artist half-step runs for all artists in
+//! lock step, as passes over the *user* rows that scatter each user's
+//! products into the artists' accumulators (`half_step_scatter`): the same
+//! CG steps, but the large user matrix is read in order instead of one
+//! scattered row per nonzero. docs/design.md gives the figures.
+//!
 //! ```
 //! use cohortcast_core::als::{AlsParams, AlsModel};
 //! use cohortcast_core::sparse::Csr;
@@ -282,8 +288,12 @@ fn init_factors(rows: usize, f: usize, seed: u64, side: u64) -> Vec<f32> {
     let mut v = vec![0f32; rows * f];
     v.par_chunks_mut(f).enumerate().for_each(|(r, row)| {
         let mut rng = Rng::stream(seed.wrapping_add(side << 40), r as u64);
-        for x in row {
-            *x = (rng.normal() * 0.01) as f32;
+        for pair in row.chunks_mut(2) {
+            let (a, b) = rng.normal_pair();
+            pair[0] = (a * 0.01) as f32;
+            if let Some(v) = pair.get_mut(1) {
+                *v = (b * 0.01) as f32;
+            }
         }
     });
     v
@@ -653,6 +663,19 @@ define_cg!(
     crate::simd::avx2::axpy
 );
 
+/// The dot and axpy this CPU runs fastest: the AVX2 + FMA kernels when it
+/// has them, else the portable loops.
+#[allow(clippy::type_complexity)]
+fn fast_kernels() -> (fn(&[f32], &[f32]) -> f32, fn(f32, &[f32], &mut [f32])) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::has_avx2_fma() {
+        // SAFETY: the CPU has AVX2 and FMA (checked above); both callers
+        // pass slices of equal length.
+        return (|a, b| unsafe { crate::simd::avx2::dot(a, b) }, |a, x, y| unsafe { crate::simd::avx2::axpy(a, x, y) });
+    }
+    (dot, axpy)
+}
+
 /// Exact solve of one row's system in f64. `yty` is `YᵀY` without `λ`.
 fn solve_row_cholesky(yty: &[f32], y: &[f32], idx: &[u32], conf: &[f32], f: usize, reg: f32) -> Vec<f32> {
     let mut a: Vec<f64> = yty.iter().map(|&v| v as f64).collect();
@@ -684,21 +707,28 @@ fn solve_row_cholesky(yty: &[f32], y: &[f32], idx: &[u32], conf: &[f32], f: usiz
 /// `Σ_all (xᵀy)² = Σ_u x_uᵀ (YᵀY) x_u`.
 pub fn loss(x: &[f32], y: &[f32], c: &Csr, f: usize, reg: f32) -> f64 {
     let yty = gram(y, c.cols(), f);
+    let (fdot, faxpy) = fast_kernels();
     let per_user: Vec<f64> = x
         .par_chunks(f)
         .enumerate()
-        .map(|(u, xu)| {
-            let mut s = 0f64;
-            for d in 0..f {
-                s += xu[d] as f64 * dot(&yty[d * f..(d + 1) * f], xu) as f64;
-            }
-            let (idx, val) = c.row(u);
-            for (&i, &cv) in idx.iter().zip(val) {
-                let pred = dot(xu, &y[i as usize * f..(i as usize + 1) * f]) as f64;
-                s += cv as f64 * (1.0 - pred).powi(2) - pred * pred;
-            }
-            s + reg as f64 * dot(xu, xu) as f64
-        })
+        .map_init(
+            || vec![0f32; f],
+            |gx, (u, xu)| {
+                // x_uᵀ (YᵀY) x_u as Σ_d x_ud · row_d, then one dot: no
+                // horizontal sum per row of YᵀY.
+                gx.iter_mut().for_each(|v| *v = 0.0);
+                for d in 0..f {
+                    faxpy(xu[d], &yty[d * f..(d + 1) * f], gx);
+                }
+                let mut s = fdot(xu, gx) as f64;
+                let (idx, val) = c.row(u);
+                for (&i, &cv) in idx.iter().zip(val) {
+                    let pred = fdot(xu, &y[i as usize * f..(i as usize + 1) * f]) as f64;
+                    s += cv as f64 * (1.0 - pred).powi(2) - pred * pred;
+                }
+                s + reg as f64 * dot(xu, xu) as f64
+            },
+        )
         .collect();
     // Summed in order, so the figure repeats exactly.
     let item_reg: f64 = y.chunks(f).map(|yi| dot(yi, yi) as f64).sum();

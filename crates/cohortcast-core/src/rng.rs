@@ -76,6 +76,16 @@ impl Rng {
         (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
     }
 
+    /// Two independent standard normals from one Box–Muller draw: half the
+    /// logarithms and square roots of two calls to [`Rng::normal`].
+    pub fn normal_pair(&mut self) -> (f64, f64) {
+        let u1 = 1.0 - self.f64();
+        let u2 = self.f64();
+        let r = (-2.0 * u1.ln()).sqrt();
+        let (s, c) = (std::f64::consts::TAU * u2).sin_cos();
+        (r * c, r * s)
+    }
+
     /// Exponential with the given mean.
     pub fn exponential(&mut self, mean: f64) -> f64 {
         -mean * (1.0 - self.f64()).ln()
@@ -225,6 +235,27 @@ mod tests {
         }
         assert!(WeightedIndex::new(&[]).is_none());
         assert!(WeightedIndex::new(&[0.0, 0.0]).is_none());
+    }
+
+    #[test]
+    fn normal_pairs_are_standard_and_uncorrelated() {
+        let mut r = Rng::new(4);
+        let n = 200_000;
+        let (mut s, mut s2, mut t, mut t2, mut st) = (0f64, 0f64, 0f64, 0f64, 0f64);
+        for _ in 0..n {
+            let (a, b) = r.normal_pair();
+            s += a;
+            s2 += a * a;
+            t += b;
+            t2 += b * b;
+            st += a * b;
+        }
+        let n = n as f64;
+        for (mean, sq) in [(s / n, s2 / n), (t / n, t2 / n)] {
+            assert!(mean.abs() < 0.01, "mean {mean}");
+            assert!((sq - mean * mean - 1.0).abs() < 0.02, "variance {}", sq - mean * mean);
+        }
+        assert!((st / n).abs() < 0.01, "covariance {}", st / n);
     }
 
     #[test]

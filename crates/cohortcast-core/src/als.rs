@@ -484,36 +484,44 @@ fn scatter_row<const RESIDUAL: bool>(
         }
     }
     let _ = kernel;
-    for (&i, &c) in idx.iter().zip(conf) {
-        let at = i as usize * f;
-        let d = dot(xu, &v[at..at + f]);
-        let t = if RESIDUAL { c - (c - 1.0) * d } else { (c - 1.0) * d };
-        axpy(t, xu, &mut acc[at..at + f]);
-    }
+    // SAFETY: the portable body calls only safe functions.
+    unsafe { scatter_row_portable::<RESIDUAL>(xu, idx, conf, v, acc, f) }
 }
 
-/// [`scatter_row`] on the AVX2 + FMA dot and axpy.
-///
-/// # Safety
-/// The CPU must support AVX2 and FMA.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn scatter_row_avx2<const RESIDUAL: bool>(
-    xu: &[f32],
-    idx: &[u32],
-    conf: &[f32],
-    v: &[f32],
-    acc: &mut [f32],
-    f: usize,
-) {
-    use crate::simd::avx2::{axpy, dot};
-    for (&i, &c) in idx.iter().zip(conf) {
-        let at = i as usize * f;
-        let d = dot(xu, &v[at..at + f]);
-        let t = if RESIDUAL { c - (c - 1.0) * d } else { (c - 1.0) * d };
-        axpy(t, xu, &mut acc[at..at + f]);
-    }
+/// Defines one [`scatter_row`] body over the given `dot` and `axpy`
+/// kernels (the body is shared; the kernels and target features differ).
+macro_rules! define_scatter {
+    ($(#[$attr:meta])* $name:ident, $dot:path, $axpy:path) => {
+        $(#[$attr])*
+        #[allow(unused_unsafe)]
+        unsafe fn $name<const RESIDUAL: bool>(
+            xu: &[f32],
+            idx: &[u32],
+            conf: &[f32],
+            v: &[f32],
+            acc: &mut [f32],
+            f: usize,
+        ) {
+            for (&i, &c) in idx.iter().zip(conf) {
+                let at = i as usize * f;
+                let d = unsafe { $dot(xu, &v[at..at + f]) };
+                let t = if RESIDUAL { c - (c - 1.0) * d } else { (c - 1.0) * d };
+                unsafe { $axpy(t, xu, &mut acc[at..at + f]) };
+            }
+        }
+    };
 }
+
+define_scatter!(scatter_row_portable, crate::linalg::dot, crate::linalg::axpy);
+#[cfg(target_arch = "x86_64")]
+define_scatter!(
+    /// # Safety
+    /// The CPU must support AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    scatter_row_avx2,
+    crate::simd::avx2::dot,
+    crate::simd::avx2::axpy
+);
 
 /// Which conjugate-gradient row kernel runs, chosen once per half-step
 /// from the CPU's features and the factor count.

@@ -3,7 +3,9 @@
 //! Seeding is greedy k-means++ (Arthur & Vassilvitskii, "k-means++: the
 //! advantages of careful seeding", SODA 2007), drawing `2 + ln k` candidates
 //! for each new centre and keeping the one that lowers the potential most,
-//! as scikit-learn does. Iterations are Lloyd's (1982). Squared distances are
+//! as scikit-learn does. Iterations are Lloyd's (1982), accelerated with
+//! Hamerly's bounds (SDM 2010), which skip the rows that cannot change
+//! cluster and leave the result unchanged. Squared distances are
 //! computed as `‖x‖² − 2 x·c + ‖c‖²`, the cross term as one SGEMM per block of
 //! rows, blocks in parallel. A cluster that empties is moved to the point
 //! farthest from its centre. Iteration stops when the squared centre shift
@@ -95,7 +97,7 @@ impl Cohorts {
         for run in 0..params.n_init {
             let mut rng = Rng::new(params.seed.wrapping_add(run as u64));
             let centroids = seed_plus_plus(x, &norms, dim, params.n_clusters, &mut rng);
-            let c = lloyd(x, &norms, dim, centroids, params.max_iterations, tol);
+            let c = hamerly(x, &norms, dim, centroids, params.max_iterations, tol, true);
             if best.as_ref().is_none_or(|b| c.inertia < b.inertia) {
                 best = Some(c);
             }
@@ -118,7 +120,7 @@ impl Cohorts {
         }
         let norms: Vec<f32> = x.par_chunks(dim).map(|r| dot(r, r)).collect();
         let tol = params.tolerance * mean_variance(x, dim);
-        Ok(lloyd(x, &norms, dim, centroids, params.max_iterations, tol))
+        Ok(hamerly(x, &norms, dim, centroids, params.max_iterations, tol, true))
     }
 
     /// Rebuilds a clustering from stored centroids (no labels).
@@ -335,6 +337,7 @@ fn draw_proportional(w: &[f32], part_sums: &[f64], per: usize, total: f64, rng: 
     w.iter().rposition(|&v| v > 0.0).unwrap_or(0)
 }
 
+#[cfg(test)]
 struct Pass {
     sums: Vec<f64>,
     counts: Vec<usize>,
@@ -363,6 +366,7 @@ impl<'a> Nearest<'a> {
 
     /// `(‖c‖² − 2 x·c, c)` of the nearest centroid `c` of each row of `xb`;
     /// ties go to the lowest index.
+    #[cfg(test)]
     fn block(&self, xb: &[f32], out: &mut [(f32, u32)]) {
         match self {
             Nearest::Portable { centroids, norms, dim } => {
@@ -385,12 +389,41 @@ impl<'a> Nearest<'a> {
             Nearest::Avx512(panel) => unsafe { crate::simd::avx512_nearest::nearest(xb, panel, out) },
         }
     }
+
+    /// As [`Nearest::block`], with the second least `‖c‖² − 2 x·c` (+∞
+    /// with one centroid).
+    fn block2(&self, xb: &[f32], out: &mut [(f32, u32, f32)]) {
+        match self {
+            Nearest::Portable { centroids, norms, dim } => {
+                let (rows, k) = (xb.len() / dim, norms.len());
+                let cross = matmul_t(xb, centroids, rows, *dim, k);
+                for (o, row) in out.iter_mut().zip(cross.chunks(k)) {
+                    let (mut best, mut second) = ((f32::INFINITY, 0u32), f32::INFINITY);
+                    for (j, (&cr, &n)) in row.iter().zip(norms.iter()).enumerate() {
+                        let d = n - 2.0 * cr;
+                        if d < best.0 {
+                            second = best.0;
+                            best = (d, j as u32);
+                        } else if d < second {
+                            second = d;
+                        }
+                    }
+                    *o = (best.0, best.1, second);
+                }
+            }
+            // SAFETY: as in `block`.
+            #[cfg(target_arch = "x86_64")]
+            Nearest::Avx512(panel) => unsafe { crate::simd::avx512_nearest::nearest2(xb, panel, out) },
+        }
+    }
 }
 
+#[cfg(test)]
 fn assign(x: &[f32], norms: &[f32], dim: usize, centroids: &[f32], labels: &mut [u32], dists: &mut [f32]) -> Pass {
     assign_with(x, norms, dim, centroids, labels, dists, true)
 }
 
+#[cfg(test)]
 fn assign_with(
     x: &[f32],
     norms: &[f32],
@@ -451,6 +484,9 @@ fn assign_with(
     total
 }
 
+/// Plain Lloyd iterations: every row against every centroid each time. The
+/// reference [`hamerly`] is tested against.
+#[cfg(test)]
 fn lloyd(x: &[f32], norms: &[f32], dim: usize, mut centroids: Vec<f32>, max_iter: usize, tol: f64) -> Cohorts {
     let n = norms.len();
     let k = centroids.len() / dim;
@@ -485,6 +521,211 @@ fn lloyd(x: &[f32], norms: &[f32], dim: usize, mut centroids: Vec<f32>, max_iter
         }
     }
     Cohorts { dim, centroids, labels, inertia: pass.inertia, iterations }
+}
+
+/// New centroids from the sums and counts; an empty cluster moves to the
+/// farthest row not yet taken (`dists`: each row's squared distance to its
+/// centroid).
+fn update_centroids(x: &[f32], dim: usize, sums: &[f64], counts: &[usize], dists: &[f32]) -> Vec<f32> {
+    let k = counts.len();
+    let n = dists.len();
+    let mut new = vec![0f32; k * dim];
+    let mut taken: Vec<usize> = Vec::new();
+    for c in 0..k {
+        if counts[c] > 0 {
+            for d in 0..dim {
+                new[c * dim + d] = (sums[c * dim + d] / counts[c] as f64) as f32;
+            }
+        } else {
+            let far = (0..n)
+                .filter(|i| !taken.contains(i))
+                .max_by(|&a, &b| dists[a].total_cmp(&dists[b]).then(b.cmp(&a)))
+                .unwrap_or(0);
+            taken.push(far);
+            new[c * dim..(c + 1) * dim].copy_from_slice(&x[far * dim..(far + 1) * dim]);
+        }
+    }
+    new
+}
+
+/// One part's share of a Hamerly iteration.
+struct HamerlyPart {
+    /// Changes to the sums and counts from rows that changed cluster
+    /// (empty when none did).
+    sums: Vec<f64>,
+    counts: Vec<i64>,
+    changed: usize,
+}
+
+/// Lloyd's iterations with Hamerly's bounds (G. Hamerly, "Making k-means
+/// even faster", SDM 2010): the same assignments and centroids, with most
+/// rows skipped once the centroids settle. Each row keeps an upper bound
+/// `u` on the distance to its centroid and a lower bound `l` on the
+/// distance to every other; after the centroids move by `δ`, `u += δ_own`
+/// and `l −= max δ_other`. A row can only change cluster when
+/// `u > max(l, s_own)`, `s_j` being half the distance from centroid `j` to
+/// its nearest other centroid; only then is `u` recomputed, and if the
+/// test still fails the row is searched against every centroid (in blocks,
+/// by the same kernels as Lloyd's, which also give the second nearest).
+/// Sums move with the rows that change cluster. Distances in f32 round, so
+/// a row at a near tie may go either way, as between Lloyd's two kernels.
+fn hamerly(
+    x: &[f32],
+    norms: &[f32],
+    dim: usize,
+    mut centroids: Vec<f32>,
+    max_iter: usize,
+    tol: f64,
+    allow_simd: bool,
+) -> Cohorts {
+    let n = norms.len();
+    let k = centroids.len() / dim;
+    let per = part_rows(n, MAX_PARTS, BLOCK);
+    let mut labels = vec![u32::MAX; n];
+    let mut upper = vec![0f32; n];
+    let mut lower = vec![0f32; n];
+    let mut sums = vec![0f64; k * dim];
+    let mut counts = vec![0usize; k];
+    // Bounds are loosened by this factor before a row is skipped, so f32
+    // rounding in the distances cannot keep a row from a nearer centroid.
+    const SLACK: f32 = 1.0 + 1e-5;
+    let mut iterations = 0;
+    let mut first = true;
+    let (mut drift, mut half_gap) = (vec![0f32; k], vec![0f32; k]);
+    loop {
+        let cn: Vec<f32> = centroids.chunks(dim).map(|r| dot(r, r)).collect();
+        let nearest = Nearest::new(&centroids, &cn, dim, allow_simd);
+        let (max1, max2, arg1) = top_two(&drift);
+        let parts: Vec<HamerlyPart> = labels
+            .par_chunks_mut(per)
+            .zip(upper.par_chunks_mut(per))
+            .zip(lower.par_chunks_mut(per))
+            .enumerate()
+            .map(|(p, ((lab, up), low))| {
+                let base = p * per;
+                let mut todo: Vec<usize> = Vec::new();
+                for i in 0..lab.len() {
+                    if first {
+                        todo.push(i);
+                        continue;
+                    }
+                    let a = lab[i] as usize;
+                    up[i] += drift[a];
+                    low[i] -= if a == arg1 { max2 } else { max1 };
+                    let m = low[i].max(half_gap[a]);
+                    if up[i] <= m / SLACK {
+                        continue;
+                    }
+                    let r = base + i;
+                    let c = &centroids[a * dim..(a + 1) * dim];
+                    up[i] = (norms[r] - 2.0 * dot(&x[r * dim..(r + 1) * dim], c) + cn[a]).max(0.0).sqrt();
+                    if up[i] > m / SLACK {
+                        todo.push(i);
+                    }
+                }
+                let mut part = HamerlyPart { sums: Vec::new(), counts: Vec::new(), changed: 0 };
+                let mut buf = vec![0f32; BLOCK * dim];
+                let mut near = vec![(0f32, 0u32, 0f32); BLOCK];
+                for chunk in todo.chunks(BLOCK) {
+                    for (b, &i) in chunk.iter().enumerate() {
+                        let r = base + i;
+                        buf[b * dim..(b + 1) * dim].copy_from_slice(&x[r * dim..(r + 1) * dim]);
+                    }
+                    nearest.block2(&buf[..chunk.len() * dim], &mut near[..chunk.len()]);
+                    for (&i, &(d1, j, d2)) in chunk.iter().zip(&near) {
+                        let r = base + i;
+                        up[i] = (d1 + norms[r]).max(0.0).sqrt();
+                        low[i] = (d2 + norms[r]).max(0.0).sqrt();
+                        if lab[i] != j {
+                            if part.sums.is_empty() {
+                                part.sums = vec![0f64; k * dim];
+                                part.counts = vec![0i64; k];
+                            }
+                            let xr = &x[r * dim..(r + 1) * dim];
+                            if lab[i] != u32::MAX {
+                                let old = lab[i] as usize;
+                                part.counts[old] -= 1;
+                                for (s, v) in part.sums[old * dim..(old + 1) * dim].iter_mut().zip(xr) {
+                                    *s -= *v as f64;
+                                }
+                            }
+                            part.counts[j as usize] += 1;
+                            for (s, v) in part.sums[j as usize * dim..(j as usize + 1) * dim].iter_mut().zip(xr) {
+                                *s += *v as f64;
+                            }
+                            part.changed += 1;
+                            lab[i] = j;
+                        }
+                    }
+                }
+                part
+            })
+            .collect();
+        let mut changed = 0;
+        for part in parts {
+            changed += part.changed;
+            if !part.sums.is_empty() {
+                sums.iter_mut().zip(&part.sums).for_each(|(a, b)| *a += b);
+                counts.iter_mut().zip(&part.counts).for_each(|(a, b)| *a = (*a as i64 + b) as usize);
+            }
+        }
+        if !first && (changed == 0 || drift.iter().map(|&d| (d as f64).powi(2)).sum::<f64>() <= tol) {
+            break;
+        }
+        if iterations == max_iter {
+            break;
+        }
+        first = false;
+        iterations += 1;
+        // Lloyd's update, and how far each centroid moved.
+        let dists: Vec<f32> =
+            if counts.contains(&0) { exact_dists(x, norms, dim, &centroids, &labels) } else { Vec::new() };
+        let new = update_centroids(x, dim, &sums, &counts, if dists.is_empty() { &upper } else { &dists });
+        for (j, d) in drift.iter_mut().enumerate() {
+            let (a, b) = (&new[j * dim..(j + 1) * dim], &centroids[j * dim..(j + 1) * dim]);
+            *d = a.iter().zip(b).map(|(p, q)| ((p - q) as f64).powi(2)).sum::<f64>().sqrt() as f32;
+        }
+        centroids = new;
+        for (j, h) in half_gap.iter_mut().enumerate() {
+            let cj = &centroids[j * dim..(j + 1) * dim];
+            *h = (0..k)
+                .filter(|&o| o != j)
+                .map(|o| cj.iter().zip(&centroids[o * dim..(o + 1) * dim]).map(|(p, q)| (p - q) * (p - q)).sum::<f32>())
+                .fold(f32::INFINITY, f32::min)
+                .sqrt()
+                / 2.0;
+        }
+    }
+    let dists = exact_dists(x, norms, dim, &centroids, &labels);
+    let inertia = dists.iter().map(|&d| d as f64).sum();
+    Cohorts { dim, centroids, labels, inertia, iterations }
+}
+
+/// The largest value, the second largest and the index of the largest.
+fn top_two(v: &[f32]) -> (f32, f32, usize) {
+    let (mut m1, mut m2, mut a1) = (0f32, 0f32, usize::MAX);
+    for (j, &d) in v.iter().enumerate() {
+        if d > m1 {
+            (m2, m1, a1) = (m1, d, j);
+        } else if d > m2 {
+            m2 = d;
+        }
+    }
+    (m1, m2, a1)
+}
+
+/// Each row's squared distance to its centroid, as the assignment computes
+/// it (`‖x‖² − 2 x·c + ‖c‖²`, at least 0).
+fn exact_dists(x: &[f32], norms: &[f32], dim: usize, centroids: &[f32], labels: &[u32]) -> Vec<f32> {
+    let cn: Vec<f32> = centroids.chunks(dim).map(|r| dot(r, r)).collect();
+    labels
+        .par_iter()
+        .enumerate()
+        .map(|(r, &a)| {
+            let a = a as usize;
+            (norms[r] - 2.0 * dot(&x[r * dim..(r + 1) * dim], &centroids[a * dim..(a + 1) * dim]) + cn[a]).max(0.0)
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -595,6 +836,37 @@ mod tests {
             let want = want.unwrap_or(w.len() - 1);
             assert!(got == want || (got as i64 - want as i64).abs() <= 1, "{got} vs {want}");
             assert!(w[got] > 0.0, "a zero-weight row was drawn");
+        }
+    }
+
+    #[test]
+    fn hamerly_iterates_like_lloyd() {
+        // Same start, same tolerance: the same iterations, labels and
+        // centroids as plain Lloyd, with both kernels; rows at a near tie
+        // may go either way, so a handful may differ on random data.
+        let mut rng = Rng::new(21);
+        let (bx, _) = blobs(10, 300, 16, 3.0, 8);
+        let rx: Vec<f32> = (0..4000 * 64).map(|_| rng.normal() as f32).collect();
+        let ux = normalize_rows(&rx, 64);
+        for (x, dim, k, max_iter) in [(&bx, 16, 10, 100), (&rx, 64, 50, 30), (&ux, 64, 100, 100), (&bx, 16, 1, 5)] {
+            let n = x.len() / dim;
+            let norms: Vec<f32> = x.chunks(dim).map(|r| dot(r, r)).collect();
+            let start: Vec<f32> = x[..k * dim].to_vec();
+            let tol = 1e-4 * mean_variance(x, dim);
+            let want = lloyd(x, &norms, dim, start.clone(), max_iter, tol);
+            for simd in [false, true] {
+                let got = hamerly(x, &norms, dim, start.clone(), max_iter, tol, simd);
+                let differ = want.labels.iter().zip(&got.labels).filter(|(a, b)| a != b).count();
+                assert!(differ <= n / 500, "k {k} simd {simd}: {differ} of {n} labels differ");
+                if differ == 0 {
+                    assert_eq!(got.iterations, want.iterations, "k {k} simd {simd}");
+                    for (a, b) in want.centroids.iter().zip(&got.centroids) {
+                        assert!((a - b).abs() < 1e-4 * (1.0 + a.abs()), "k {k} simd {simd}: {a} vs {b}");
+                    }
+                }
+                assert!((got.inertia - want.inertia).abs() <= 1e-3 * want.inertia.max(1e-9), "k {k} simd {simd}");
+                assert_eq!(got.sizes().iter().sum::<usize>(), n);
+            }
         }
     }
 

@@ -555,6 +555,62 @@ struct HamerlyPart {
     sums: Vec<f64>,
     counts: Vec<i64>,
     changed: usize,
+    /// Rows searched against every centroid.
+    searched: usize,
+}
+
+/// Records a row's search result `(d1, j, d2)` (`‖c‖² − 2x·c` of the
+/// nearest centroid `j` and of the second nearest): its bounds, and its
+/// move in the part's sums when `j` is a new cluster.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn settle(
+    part: &mut HamerlyPart,
+    i: usize,
+    r: usize,
+    (d1, j, d2): (f32, u32, f32),
+    lab: &mut [u32],
+    up: &mut [f32],
+    low: &mut [f32],
+    x: &[f32],
+    norms: &[f32],
+    dim: usize,
+    k: usize,
+) {
+    up[i] = (d1 + norms[r]).max(0.0).sqrt();
+    low[i] = (d2 + norms[r]).max(0.0).sqrt();
+    if lab[i] == j {
+        return;
+    }
+    if part.sums.is_empty() {
+        part.sums = vec![0f64; k * dim];
+        part.counts = vec![0i64; k];
+    }
+    let xr = &x[r * dim..(r + 1) * dim];
+    if lab[i] != u32::MAX {
+        let old = lab[i] as usize;
+        part.counts[old] -= 1;
+        for (s, v) in part.sums[old * dim..(old + 1) * dim].iter_mut().zip(xr) {
+            *s -= *v as f64;
+        }
+    }
+    part.counts[j as usize] += 1;
+    for (s, v) in part.sums[j as usize * dim..(j as usize + 1) * dim].iter_mut().zip(xr) {
+        *s += *v as f64;
+    }
+    part.changed += 1;
+    lab[i] = j;
+}
+
+/// The dot product this CPU runs fastest (the AVX2 + FMA kernel when it
+/// has it).
+fn fast_dot() -> fn(&[f32], &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::has_avx2_fma() {
+        // SAFETY: the CPU has AVX2 and FMA; callers pass equal lengths.
+        return |a, b| unsafe { crate::simd::avx2::dot(a, b) };
+    }
+    dot
 }
 
 /// Lloyd's iterations with Hamerly's bounds (G. Hamerly, "Making k-means
@@ -590,12 +646,14 @@ fn hamerly(
     // rounding in the distances cannot keep a row from a nearer centroid.
     const SLACK: f32 = 1.0 + 1e-5;
     let mut iterations = 0;
-    let mut first = true;
+    let (mut first, mut full_next) = (true, true);
+    let fdot = fast_dot();
     let (mut drift, mut half_gap) = (vec![0f32; k], vec![0f32; k]);
     loop {
         let cn: Vec<f32> = centroids.chunks(dim).map(|r| dot(r, r)).collect();
         let nearest = Nearest::new(&centroids, &cn, dim, allow_simd);
         let (max1, max2, arg1) = top_two(&drift);
+        let full = first || full_next;
         let parts: Vec<HamerlyPart> = labels
             .par_chunks_mut(per)
             .zip(upper.par_chunks_mut(per))
@@ -603,12 +661,37 @@ fn hamerly(
             .enumerate()
             .map(|(p, ((lab, up), low))| {
                 let base = p * per;
+                let mut part = HamerlyPart { sums: Vec::new(), counts: Vec::new(), changed: 0, searched: 0 };
+                let mut near = vec![(0f32, 0u32, 0f32); BLOCK];
+                if full {
+                    // Most rows would be searched: search them all in place,
+                    // without the copies. The bound test (untightened) still
+                    // counts the rows it would have let through, to tell
+                    // when to go back to the bounds.
+                    part.searched = if first {
+                        lab.len()
+                    } else {
+                        (0..lab.len())
+                            .filter(|&i| {
+                                let a = lab[i] as usize;
+                                let l = low[i] - if a == arg1 { max2 } else { max1 };
+                                up[i] + drift[a] > l.max(half_gap[a]) / SLACK
+                            })
+                            .count()
+                    };
+                    let xp = &x[base * dim..(base + lab.len()) * dim];
+                    for (b, xb) in xp.chunks(BLOCK * dim).enumerate() {
+                        let rows = xb.len() / dim;
+                        nearest.block2(xb, &mut near[..rows]);
+                        for (q, &res) in near[..rows].iter().enumerate() {
+                            let i = b * BLOCK + q;
+                            settle(&mut part, i, base + i, res, lab, up, low, x, norms, dim, k);
+                        }
+                    }
+                    return part;
+                }
                 let mut todo: Vec<usize> = Vec::new();
                 for i in 0..lab.len() {
-                    if first {
-                        todo.push(i);
-                        continue;
-                    }
                     let a = lab[i] as usize;
                     up[i] += drift[a];
                     low[i] -= if a == arg1 { max2 } else { max1 };
@@ -618,52 +701,30 @@ fn hamerly(
                     }
                     let r = base + i;
                     let c = &centroids[a * dim..(a + 1) * dim];
-                    up[i] = (norms[r] - 2.0 * dot(&x[r * dim..(r + 1) * dim], c) + cn[a]).max(0.0).sqrt();
+                    up[i] = (norms[r] - 2.0 * fdot(&x[r * dim..(r + 1) * dim], c) + cn[a]).max(0.0).sqrt();
                     if up[i] > m / SLACK {
                         todo.push(i);
                     }
                 }
-                let mut part = HamerlyPart { sums: Vec::new(), counts: Vec::new(), changed: 0 };
+                part.searched = todo.len();
                 let mut buf = vec![0f32; BLOCK * dim];
-                let mut near = vec![(0f32, 0u32, 0f32); BLOCK];
                 for chunk in todo.chunks(BLOCK) {
                     for (b, &i) in chunk.iter().enumerate() {
                         let r = base + i;
                         buf[b * dim..(b + 1) * dim].copy_from_slice(&x[r * dim..(r + 1) * dim]);
                     }
                     nearest.block2(&buf[..chunk.len() * dim], &mut near[..chunk.len()]);
-                    for (&i, &(d1, j, d2)) in chunk.iter().zip(&near) {
-                        let r = base + i;
-                        up[i] = (d1 + norms[r]).max(0.0).sqrt();
-                        low[i] = (d2 + norms[r]).max(0.0).sqrt();
-                        if lab[i] != j {
-                            if part.sums.is_empty() {
-                                part.sums = vec![0f64; k * dim];
-                                part.counts = vec![0i64; k];
-                            }
-                            let xr = &x[r * dim..(r + 1) * dim];
-                            if lab[i] != u32::MAX {
-                                let old = lab[i] as usize;
-                                part.counts[old] -= 1;
-                                for (s, v) in part.sums[old * dim..(old + 1) * dim].iter_mut().zip(xr) {
-                                    *s -= *v as f64;
-                                }
-                            }
-                            part.counts[j as usize] += 1;
-                            for (s, v) in part.sums[j as usize * dim..(j as usize + 1) * dim].iter_mut().zip(xr) {
-                                *s += *v as f64;
-                            }
-                            part.changed += 1;
-                            lab[i] = j;
-                        }
+                    for (&i, &res) in chunk.iter().zip(&near) {
+                        settle(&mut part, i, base + i, res, lab, up, low, x, norms, dim, k);
                     }
                 }
                 part
             })
             .collect();
-        let mut changed = 0;
+        let (mut changed, mut searched) = (0, 0);
         for part in parts {
             changed += part.changed;
+            searched += part.searched;
             if !part.sums.is_empty() {
                 sums.iter_mut().zip(&part.sums).for_each(|(a, b)| *a += b);
                 counts.iter_mut().zip(&part.counts).for_each(|(a, b)| *a = (*a as i64 + b) as usize);
@@ -676,6 +737,9 @@ fn hamerly(
             break;
         }
         first = false;
+        // While the bounds rule out fewer than half the rows, testing them
+        // costs more than it saves.
+        full_next = 2 * searched > n;
         iterations += 1;
         // Lloyd's update, and how far each centroid moved.
         let dists: Vec<f32> =
@@ -686,7 +750,7 @@ fn hamerly(
             *d = a.iter().zip(b).map(|(p, q)| ((p - q) as f64).powi(2)).sum::<f64>().sqrt() as f32;
         }
         centroids = new;
-        for (j, h) in half_gap.iter_mut().enumerate() {
+        half_gap.par_iter_mut().enumerate().for_each(|(j, h)| {
             let cj = &centroids[j * dim..(j + 1) * dim];
             *h = (0..k)
                 .filter(|&o| o != j)
@@ -694,7 +758,7 @@ fn hamerly(
                 .fold(f32::INFINITY, f32::min)
                 .sqrt()
                 / 2.0;
-        }
+        });
     }
     let dists = exact_dists(x, norms, dim, &centroids, &labels);
     let inertia = dists.iter().map(|&d| d as f64).sum();

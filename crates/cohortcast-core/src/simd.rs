@@ -535,9 +535,9 @@ pub mod avx512_nearest {
     /// The CPU must support AVX-512F; `out` holds one entry per row of `x`.
     #[target_feature(enable = "avx512f")]
     pub unsafe fn nearest2(x: &[f32], panel: &Panel, out: &mut [(f32, u32, f32)]) {
-        // Two rows a tile: best, its index and the second best per lane
-        // take 6 registers a row besides the 4 accumulators.
-        const R2: usize = 2;
+        // Three rows a tile: best, its index and the second best per lane
+        // take 6 registers a row besides the 2 accumulators, 26 in all.
+        const R2: usize = 3;
         let dim = panel.dim;
         let rows = x.len() / dim;
         debug_assert!(out.len() >= rows);

@@ -489,30 +489,13 @@ fn assign_with(
 #[cfg(test)]
 fn lloyd(x: &[f32], norms: &[f32], dim: usize, mut centroids: Vec<f32>, max_iter: usize, tol: f64) -> Cohorts {
     let n = norms.len();
-    let k = centroids.len() / dim;
     let mut labels = vec![u32::MAX; n];
     let mut dists = vec![0f32; n];
     let mut iterations = 0;
     let mut pass = assign(x, norms, dim, &centroids, &mut labels, &mut dists);
     for _ in 0..max_iter {
         iterations += 1;
-        let mut new = vec![0f32; k * dim];
-        let mut taken: Vec<usize> = Vec::new();
-        for c in 0..k {
-            if pass.counts[c] > 0 {
-                for d in 0..dim {
-                    new[c * dim + d] = (pass.sums[c * dim + d] / pass.counts[c] as f64) as f32;
-                }
-            } else {
-                // Relocate an empty cluster to the farthest point not yet used.
-                let far = (0..n)
-                    .filter(|i| !taken.contains(i))
-                    .max_by(|&a, &b| dists[a].total_cmp(&dists[b]).then(b.cmp(&a)))
-                    .unwrap_or(0);
-                taken.push(far);
-                new[c * dim..(c + 1) * dim].copy_from_slice(&x[far * dim..(far + 1) * dim]);
-            }
-        }
+        let new = update_centroids(x, dim, &pass.sums, &pass.counts, &dists);
         let shift: f64 = new.iter().zip(&centroids).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
         centroids = new;
         pass = assign(x, norms, dim, &centroids, &mut labels, &mut dists);

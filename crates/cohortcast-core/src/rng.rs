@@ -71,19 +71,23 @@ impl Rng {
 
     /// Standard normal (Box–Muller).
     pub fn normal(&mut self) -> f64 {
-        let u1 = 1.0 - self.f64();
-        let u2 = self.f64();
-        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+        let (r, angle) = self.polar();
+        r * angle.cos()
     }
 
     /// Two independent standard normals from one Box–Muller draw: half the
     /// logarithms and square roots of two calls to [`Rng::normal`].
     pub fn normal_pair(&mut self) -> (f64, f64) {
+        let (r, angle) = self.polar();
+        let (s, c) = angle.sin_cos();
+        (r * c, r * s)
+    }
+
+    /// The Box–Muller draw's radius and angle (two uniforms).
+    fn polar(&mut self) -> (f64, f64) {
         let u1 = 1.0 - self.f64();
         let u2 = self.f64();
-        let r = (-2.0 * u1.ln()).sqrt();
-        let (s, c) = (std::f64::consts::TAU * u2).sin_cos();
-        (r * c, r * s)
+        ((-2.0 * u1.ln()).sqrt(), std::f64::consts::TAU * u2)
     }
 
     /// Exponential with the given mean.

@@ -362,7 +362,6 @@ fn scatter_fits(items: usize, f: usize) -> bool {
 /// another order.
 fn half_step_scatter(y: &mut [f32], x: &[f32], cu: &Csr, params: &AlsParams) {
     let f = params.factors;
-    let items = cu.cols();
     let mut xtx = gram(x, cu.rows(), f);
     for d in 0..f {
         xtx[d * f + d] += params.regularization;
@@ -382,29 +381,28 @@ fn half_step_scatter(y: &mut [f32], x: &[f32], cu: &Csr, params: &AlsParams) {
         if !active.contains(&true) {
             break;
         }
-        let ap = scatter_pass::<false>(x, cu, &p, f, kernel);
+        let mut ap = scatter_pass::<false>(x, cu, &p, f, kernel);
         y.par_chunks_mut(f)
             .zip(r.par_chunks_mut(f))
             .zip(p.par_chunks_mut(f))
-            .zip(ap.par_chunks(f))
+            .zip(ap.par_chunks_mut(f))
             .zip(rsold.par_iter_mut())
             .zip(active.par_iter_mut())
             .for_each(|(((((yi, ri), pi), api), rs), on)| {
                 if !*on {
                     return;
                 }
-                let mut ap = api.to_vec();
                 for d in 0..f {
-                    ap[d] += dot(&xtx[d * f..(d + 1) * f], pi);
+                    api[d] += dot(&xtx[d * f..(d + 1) * f], pi);
                 }
-                let pap = dot(pi, &ap);
+                let pap = dot(pi, api);
                 if pap <= 0.0 {
                     *on = false;
                     return;
                 }
                 let a = *rs / pap;
                 axpy(a, pi, yi);
-                axpy(-a, &ap, ri);
+                axpy(-a, api, ri);
                 let rsnew = dot(ri, ri);
                 if rsnew < 1e-20 {
                     *on = false;
@@ -417,7 +415,6 @@ fn half_step_scatter(y: &mut [f32], x: &[f32], cu: &Csr, params: &AlsParams) {
                 *rs = rsnew;
             });
     }
-    debug_assert_eq!(y.len(), items * f);
 }
 
 /// One pass over every nonzero, user by user: for artist `i`,
@@ -671,19 +668,6 @@ define_cg!(
     crate::simd::avx2::axpy
 );
 
-/// The dot and axpy this CPU runs fastest: the AVX2 + FMA kernels when it
-/// has them, else the portable loops.
-#[allow(clippy::type_complexity)]
-fn fast_kernels() -> (fn(&[f32], &[f32]) -> f32, fn(f32, &[f32], &mut [f32])) {
-    #[cfg(target_arch = "x86_64")]
-    if crate::simd::has_avx2_fma() {
-        // SAFETY: the CPU has AVX2 and FMA (checked above); both callers
-        // pass slices of equal length.
-        return (|a, b| unsafe { crate::simd::avx2::dot(a, b) }, |a, x, y| unsafe { crate::simd::avx2::axpy(a, x, y) });
-    }
-    (dot, axpy)
-}
-
 /// Exact solve of one row's system in f64. `yty` is `YᵀY` without `λ`.
 fn solve_row_cholesky(yty: &[f32], y: &[f32], idx: &[u32], conf: &[f32], f: usize, reg: f32) -> Vec<f32> {
     let mut a: Vec<f64> = yty.iter().map(|&v| v as f64).collect();
@@ -715,7 +699,7 @@ fn solve_row_cholesky(yty: &[f32], y: &[f32], idx: &[u32], conf: &[f32], f: usiz
 /// `Σ_all (xᵀy)² = Σ_u x_uᵀ (YᵀY) x_u`.
 pub fn loss(x: &[f32], y: &[f32], c: &Csr, f: usize, reg: f32) -> f64 {
     let yty = gram(y, c.cols(), f);
-    let (fdot, faxpy) = fast_kernels();
+    let (fdot, faxpy) = crate::simd::fast_kernels();
     let per_user: Vec<f64> = x
         .par_chunks(f)
         .enumerate()

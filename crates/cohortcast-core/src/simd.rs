@@ -27,6 +27,25 @@ pub fn has_avx2_fma() -> bool {
     }
 }
 
+/// A dot product over two equal-length slices.
+pub type DotFn = fn(&[f32], &[f32]) -> f32;
+/// `y += a · x` over two equal-length slices.
+pub type AxpyFn = fn(f32, &[f32], &mut [f32]);
+
+/// The dot and axpy this CPU runs fastest: the AVX2 + FMA kernels when it
+/// has them, else the portable loops. For loops that call them on many
+/// short rows, chosen once outside the loop.
+pub fn fast_kernels() -> (DotFn, AxpyFn) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() {
+        // SAFETY: the CPU has AVX2 and FMA (checked above); the kernels
+        // need `b` (and `x`) at least as long as the other slice, which
+        // equal lengths give.
+        return (|a, b| unsafe { avx2::dot(a, b) }, |a, x, y| unsafe { avx2::axpy(a, x, y) });
+    }
+    (crate::linalg::dot, crate::linalg::axpy)
+}
+
 /// The AVX2 + FMA kernels. Callers must check [`has_avx2_fma`] first.
 #[cfg(target_arch = "x86_64")]
 pub mod avx2 {

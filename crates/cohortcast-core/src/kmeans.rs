@@ -508,7 +508,7 @@ fn lloyd(x: &[f32], norms: &[f32], dim: usize, mut centroids: Vec<f32>, max_iter
 
 /// New centroids from the sums and counts; an empty cluster moves to the
 /// farthest row not yet taken (`dists`: each row's squared distance to its
-/// centroid).
+/// centroid, read only when a cluster is empty).
 fn update_centroids(x: &[f32], dim: usize, sums: &[f64], counts: &[usize], dists: &[f32]) -> Vec<f32> {
     let k = counts.len();
     let n = dists.len();
@@ -585,17 +585,6 @@ fn settle(
     lab[i] = j;
 }
 
-/// The dot product this CPU runs fastest (the AVX2 + FMA kernel when it
-/// has it).
-fn fast_dot() -> fn(&[f32], &[f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if crate::simd::has_avx2_fma() {
-        // SAFETY: the CPU has AVX2 and FMA; callers pass equal lengths.
-        return |a, b| unsafe { crate::simd::avx2::dot(a, b) };
-    }
-    dot
-}
-
 /// Lloyd's iterations with Hamerly's bounds (G. Hamerly, "Making k-means
 /// even faster", SDM 2010): the same assignments and centroids, with most
 /// rows skipped once the centroids settle. Each row keeps an upper bound
@@ -625,17 +614,13 @@ fn hamerly(
     let mut lower = vec![0f32; n];
     let mut sums = vec![0f64; k * dim];
     let mut counts = vec![0usize; k];
-    // Bounds are loosened by this factor before a row is skipped, so f32
-    // rounding in the distances cannot keep a row from a nearer centroid.
-    const SLACK: f32 = 1.0 + 1e-5;
     let mut iterations = 0;
     let (mut first, mut full_next) = (true, true);
-    let fdot = fast_dot();
-    let (mut drift, mut half_gap) = (vec![0f32; k], vec![0f32; k]);
+    let (fdot, _) = crate::simd::fast_kernels();
+    let mut moves = Moves::none(k);
     loop {
         let cn: Vec<f32> = centroids.chunks(dim).map(|r| dot(r, r)).collect();
         let nearest = Nearest::new(&centroids, &cn, dim, allow_simd);
-        let (max1, max2, arg1) = top_two(&drift);
         let full = first || full_next;
         let parts: Vec<HamerlyPart> = labels
             .par_chunks_mut(per)
@@ -656,9 +641,8 @@ fn hamerly(
                     } else {
                         (0..lab.len())
                             .filter(|&i| {
-                                let a = lab[i] as usize;
-                                let l = low[i] - if a == arg1 { max2 } else { max1 };
-                                up[i] + drift[a] > l.max(half_gap[a]) / SLACK
+                                let (u, _, m) = moves.loosen(lab[i] as usize, up[i], low[i]);
+                                u > m
                             })
                             .count()
                     };
@@ -676,16 +660,15 @@ fn hamerly(
                 let mut todo: Vec<usize> = Vec::new();
                 for i in 0..lab.len() {
                     let a = lab[i] as usize;
-                    up[i] += drift[a];
-                    low[i] -= if a == arg1 { max2 } else { max1 };
-                    let m = low[i].max(half_gap[a]);
-                    if up[i] <= m / SLACK {
+                    let m;
+                    (up[i], low[i], m) = moves.loosen(a, up[i], low[i]);
+                    if up[i] <= m {
                         continue;
                     }
                     let r = base + i;
                     let c = &centroids[a * dim..(a + 1) * dim];
                     up[i] = (norms[r] - 2.0 * fdot(&x[r * dim..(r + 1) * dim], c) + cn[a]).max(0.0).sqrt();
-                    if up[i] > m / SLACK {
+                    if up[i] > m {
                         todo.push(i);
                     }
                 }
@@ -713,7 +696,7 @@ fn hamerly(
                 counts.iter_mut().zip(&part.counts).for_each(|(a, b)| *a = (*a as i64 + b) as usize);
             }
         }
-        if !first && (changed == 0 || drift.iter().map(|&d| (d as f64).powi(2)).sum::<f64>() <= tol) {
+        if !first && (changed == 0 || moves.shift() <= tol) {
             break;
         }
         if iterations == max_iter {
@@ -724,41 +707,87 @@ fn hamerly(
         // costs more than it saves.
         full_next = 2 * searched > n;
         iterations += 1;
-        // Lloyd's update, and how far each centroid moved.
+        // Lloyd's update (an empty cluster moves to the farthest row, by
+        // exact distances), and how far each centroid moved.
         let dists: Vec<f32> =
             if counts.contains(&0) { exact_dists(x, norms, dim, &centroids, &labels) } else { Vec::new() };
-        let new = update_centroids(x, dim, &sums, &counts, if dists.is_empty() { &upper } else { &dists });
-        for (j, d) in drift.iter_mut().enumerate() {
-            let (a, b) = (&new[j * dim..(j + 1) * dim], &centroids[j * dim..(j + 1) * dim]);
-            *d = a.iter().zip(b).map(|(p, q)| ((p - q) as f64).powi(2)).sum::<f64>().sqrt() as f32;
-        }
+        let new = update_centroids(x, dim, &sums, &counts, &dists);
+        moves = Moves::between(&centroids, &new, dim);
         centroids = new;
-        half_gap.par_iter_mut().enumerate().for_each(|(j, h)| {
-            let cj = &centroids[j * dim..(j + 1) * dim];
-            *h = (0..k)
-                .filter(|&o| o != j)
-                .map(|o| cj.iter().zip(&centroids[o * dim..(o + 1) * dim]).map(|(p, q)| (p - q) * (p - q)).sum::<f32>())
-                .fold(f32::INFINITY, f32::min)
-                .sqrt()
-                / 2.0;
-        });
     }
     let dists = exact_dists(x, norms, dim, &centroids, &labels);
     let inertia = dists.iter().map(|&d| d as f64).sum();
     Cohorts { dim, centroids, labels, inertia, iterations }
 }
 
-/// The largest value, the second largest and the index of the largest.
-fn top_two(v: &[f32]) -> (f32, f32, usize) {
-    let (mut m1, mut m2, mut a1) = (0f32, 0f32, usize::MAX);
-    for (j, &d) in v.iter().enumerate() {
-        if d > m1 {
-            (m2, m1, a1) = (m1, d, j);
-        } else if d > m2 {
-            m2 = d;
-        }
+/// Bounds are loosened by this factor before a row is skipped, so f32
+/// rounding in the distances cannot keep a row from a nearer centroid.
+const SLACK: f32 = 1.0 + 1e-5;
+
+/// How far each centroid moved in the last update, and what that does to
+/// a row's Hamerly bounds.
+struct Moves {
+    /// Distance each centroid moved.
+    drift: Vec<f32>,
+    /// Half the distance from each centroid to its nearest other centroid.
+    half_gap: Vec<f32>,
+    /// The largest drift, the second largest and the centroid of the largest.
+    max1: f32,
+    max2: f32,
+    arg1: usize,
+}
+
+impl Moves {
+    /// No move yet (before the first update).
+    fn none(k: usize) -> Self {
+        Moves { drift: vec![0.0; k], half_gap: vec![0.0; k], max1: 0.0, max2: 0.0, arg1: usize::MAX }
     }
-    (m1, m2, a1)
+
+    /// The moves from `old` to `new` centroids (row-major `k × dim`).
+    fn between(old: &[f32], new: &[f32], dim: usize) -> Self {
+        let k = new.len() / dim;
+        let drift: Vec<f32> = (0..k)
+            .map(|j| {
+                let (a, b) = (&new[j * dim..(j + 1) * dim], &old[j * dim..(j + 1) * dim]);
+                a.iter().zip(b).map(|(p, q)| ((p - q) as f64).powi(2)).sum::<f64>().sqrt() as f32
+            })
+            .collect();
+        let half_gap: Vec<f32> = (0..k)
+            .into_par_iter()
+            .map(|j| {
+                let cj = &new[j * dim..(j + 1) * dim];
+                (0..k)
+                    .filter(|&o| o != j)
+                    .map(|o| cj.iter().zip(&new[o * dim..(o + 1) * dim]).map(|(p, q)| (p - q) * (p - q)).sum::<f32>())
+                    .fold(f32::INFINITY, f32::min)
+                    .sqrt()
+                    / 2.0
+            })
+            .collect();
+        let (mut max1, mut max2, mut arg1) = (0f32, 0f32, usize::MAX);
+        for (j, &d) in drift.iter().enumerate() {
+            if d > max1 {
+                (max2, max1, arg1) = (max1, d, j);
+            } else if d > max2 {
+                max2 = d;
+            }
+        }
+        Moves { drift, half_gap, max1, max2, arg1 }
+    }
+
+    /// A row of centroid `a` with bounds `up` and `low` before the move:
+    /// its bounds after it, and the threshold its upper bound must pass for
+    /// the row to possibly change cluster.
+    fn loosen(&self, a: usize, up: f32, low: f32) -> (f32, f32, f32) {
+        let u = up + self.drift[a];
+        let l = low - if a == self.arg1 { self.max2 } else { self.max1 };
+        (u, l, l.max(self.half_gap[a]) / SLACK)
+    }
+
+    /// Sum of the squared drifts: Lloyd's centre shift.
+    fn shift(&self) -> f64 {
+        self.drift.iter().map(|&d| (d as f64).powi(2)).sum()
+    }
 }
 
 /// Each row's squared distance to its centroid, as the assignment computes

@@ -49,7 +49,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::confidence::{confidence, Weighting};
 use crate::error::{check_range, DataError, FitError, ParamError};
-use crate::linalg::{axpy, cholesky_solve, dot, gram};
+use crate::linalg::{axpy, cholesky_solve, dot, gemm_acc, gram};
 use crate::rng::Rng;
 use crate::sparse::Csr;
 
@@ -368,12 +368,10 @@ fn half_step_scatter(y: &mut [f32], x: &[f32], cu: &Csr, params: &AlsParams) {
     }
     let kernel = CgKernel::best(f);
     // r = b − A y: the pass gives Σ_u (c − (c − 1) x_uᵀ y_i) x_u.
+    // (XᵀX + λI is symmetric, so the rows' products are one GEMM.)
+    let items = cu.cols();
     let mut r = scatter_pass::<true>(x, cu, y, f, kernel);
-    r.par_chunks_mut(f).zip(y.par_chunks(f)).for_each(|(ri, yi)| {
-        for d in 0..f {
-            ri[d] -= dot(&xtx[d * f..(d + 1) * f], yi);
-        }
-    });
+    gemm_acc(-1.0, y, &xtx, &mut r, items, f, f);
     let mut p = r.clone();
     let mut rsold: Vec<f32> = r.par_chunks(f).map(|ri| dot(ri, ri)).collect();
     let mut active: Vec<bool> = rsold.iter().map(|&v| v >= 1e-20).collect();
@@ -382,6 +380,7 @@ fn half_step_scatter(y: &mut [f32], x: &[f32], cu: &Csr, params: &AlsParams) {
             break;
         }
         let mut ap = scatter_pass::<false>(x, cu, &p, f, kernel);
+        gemm_acc(1.0, &p, &xtx, &mut ap, items, f, f);
         y.par_chunks_mut(f)
             .zip(r.par_chunks_mut(f))
             .zip(p.par_chunks_mut(f))
@@ -391,9 +390,6 @@ fn half_step_scatter(y: &mut [f32], x: &[f32], cu: &Csr, params: &AlsParams) {
             .for_each(|(((((yi, ri), pi), api), rs), on)| {
                 if !*on {
                     return;
-                }
-                for d in 0..f {
-                    api[d] += dot(&xtx[d * f..(d + 1) * f], pi);
                 }
                 let pap = dot(pi, api);
                 if pap <= 0.0 {

@@ -44,6 +44,46 @@ pub fn matmul_t(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> 
     sgemm(a, b, m, k, n, 1, k as isize)
 }
 
+/// `C += α · A · B` for row-major `A` (`m × k`), `B` (`k × n`) and `C`
+/// (`m × n`), in parallel blocks of rows. Each element's sum runs over `k`
+/// in the same order whatever the blocking, so the result repeats bit for
+/// bit. The artist half-step uses it for `P · (XᵀX + λI)` over all
+/// artists at once, where one dot product per element was 21% of an
+/// iteration.
+pub fn gemm_acc(alpha: f32, a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usize) {
+    use rayon::prelude::*;
+    assert_eq!(a.len(), m * k);
+    assert_eq!(b.len(), k * n);
+    assert_eq!(c.len(), m * n);
+    if m == 0 || n == 0 || k == 0 {
+        return;
+    }
+    const BLOCK: usize = 512;
+    c.par_chunks_mut(BLOCK * n).zip(a.par_chunks(BLOCK * k)).for_each(|(cb, ab)| {
+        let rows = cb.len() / n;
+        // SAFETY: `ab` is a dense row-major rows × k block of `a`, `b` is
+        // k × n and `cb` the matching rows × n block of `c`.
+        unsafe {
+            matrixmultiply::sgemm(
+                rows,
+                k,
+                n,
+                alpha,
+                ab.as_ptr(),
+                k as isize,
+                1,
+                b.as_ptr(),
+                n as isize,
+                1,
+                1.0,
+                cb.as_mut_ptr(),
+                n as isize,
+                1,
+            );
+        }
+    });
+}
+
 /// Rows per parallel part when `rows` rows are split into at most
 /// `max_parts` parts of whole `align`-row blocks. Parts are fixed by the
 /// sizes alone, so sums reduced part by part in order are bit-for-bit
@@ -180,6 +220,11 @@ mod tests {
                 assert!((c[i * n + j] - want).abs() < 1e-5);
                 assert!((c2[i * n + j] - want).abs() < 1e-5);
             }
+        }
+        let mut acc: Vec<f32> = (0..m * n).map(|v| v as f32).collect();
+        gemm_acc(-2.0, &a, &b, &mut acc, m, k, n);
+        for (idx, v) in acc.iter().enumerate() {
+            assert!((v - (idx as f32 - 2.0 * c[idx])).abs() < 1e-4, "C += αAB at {idx}");
         }
         let g = gram(&a, m, k);
         let want: f32 = (0..m).map(|r| a[r * k + 1] * a[r * k + 3]).sum();

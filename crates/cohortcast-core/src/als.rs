@@ -317,13 +317,20 @@ fn half_step(x: &mut [f32], y: &[f32], c: &Csr, params: &AlsParams) {
     }
     let kernel = CgKernel::best(f);
     match params.solver {
-        Solver::ConjugateGradient => x.par_chunks_mut(f).enumerate().for_each_init(
-            || vec![0f32; 3 * f],
-            |scratch, (u, xu)| {
-                let (idx, val) = c.row(u);
-                solve_row_cg(&yty, y, idx, val, f, params.cg_steps, xu, scratch, kernel);
-            },
-        ),
+        Solver::ConjugateGradient => {
+            // The address of `x`, to prefetch the row two users on.
+            let (base, rows) = (x.as_ptr() as usize, c.rows());
+            x.par_chunks_mut(f).enumerate().for_each_init(
+                || vec![0f32; 3 * f],
+                |scratch, (u, xu)| {
+                    if u + 2 < rows {
+                        crate::simd::prefetch_floats((base as *const f32).wrapping_add((u + 2) * f), f);
+                    }
+                    let (idx, val) = c.row(u);
+                    solve_row_cg(&yty, y, idx, val, f, params.cg_steps, xu, scratch, kernel);
+                },
+            )
+        }
         Solver::Cholesky => {
             // yty already holds λI; the reference solve adds it itself.
             for d in 0..f {
@@ -424,7 +431,11 @@ fn scatter_pass<const RESIDUAL: bool>(x: &[f32], cu: &Csr, v: &[f32], f: usize, 
         .par_iter()
         .map(|&start| {
             let mut acc = vec![0f32; items * f];
-            for u in start..(start + per).min(users) {
+            let end = (start + per).min(users);
+            for u in start..end {
+                if u + 2 < end {
+                    crate::simd::prefetch_floats(x[(u + 2) * f..].as_ptr(), f);
+                }
                 let (idx, conf) = cu.row(u);
                 scatter_row::<RESIDUAL>(&x[u * f..(u + 1) * f], idx, conf, v, &mut acc, f, kernel);
             }

@@ -667,11 +667,23 @@ fn parse_pairs(coder: &PairCoder, lines: &ArrayRef) -> datafusion::error::Result
     let mut pairs = Vec::with_capacity(n);
     {
         let mut users = coder.users.lock().expect("a parse panicked");
+        // Plays come in sessions, a user's rows one after another: the last
+        // user's number is kept, so most rows need no map lookup (the map
+        // misses the cache, and the lock serialises the partitions).
+        let mut last: Option<(u128, u32)> = None;
         for p in parsed {
             pairs.push(match p {
                 Ok((user, code)) => {
-                    let next = users.len() as u32;
-                    ((*users.entry(user).or_insert(next) as u64) << 32) | code as u64
+                    let number = match last {
+                        Some((u, n)) if u == user => n,
+                        _ => {
+                            let next = users.len() as u32;
+                            let n = *users.entry(user).or_insert(next);
+                            last = Some((user, n));
+                            n
+                        }
+                    };
+                    ((number as u64) << 32) | code as u64
                 }
                 Err(reject) => ((REJECTED as u64) << 32) | reject as u64,
             });

@@ -226,6 +226,18 @@ mod tests {
         for (idx, v) in acc.iter().enumerate() {
             assert!((v - (idx as f32 - 2.0 * c[idx])).abs() < 1e-4, "C += αAB at {idx}");
         }
+        // Past one 512-row block: the blocks' seams and the short last one.
+        let (m2, k2, n2) = (1100, 7, 5);
+        let a2: Vec<f32> = (0..m2 * k2).map(|v| ((v * 37 % 101) as f32 - 50.0) / 25.0).collect();
+        let b2: Vec<f32> = (0..k2 * n2).map(|v| (v as f32 * 0.3).cos()).collect();
+        let mut acc2 = vec![1f32; m2 * n2];
+        gemm_acc(0.5, &a2, &b2, &mut acc2, m2, k2, n2);
+        for i in 0..m2 {
+            for j in 0..n2 {
+                let want = 1.0 + 0.5 * (0..k2).map(|l| a2[i * k2 + l] * b2[l * n2 + j]).sum::<f32>();
+                assert!((acc2[i * n2 + j] - want).abs() < 1e-4, "row {i} col {j}");
+            }
+        }
         let g = gram(&a, m, k);
         let want: f32 = (0..m).map(|r| a[r * k + 1] * a[r * k + 3]).sum();
         assert!((g[k + 3] - want).abs() < 1e-5);

@@ -124,47 +124,43 @@ pub(crate) const AHEAD: usize = 12;
 #[cfg(target_arch = "x86_64")]
 #[inline]
 pub(crate) fn prefetch_row(y: &[f32], idx: &[u32], j: usize, f: usize) {
-    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
     if let Some(&i) = idx.get(j) {
         let at = i as usize * f;
-        if f > 0 && at + f <= y.len() {
-            // SAFETY: every address is inside `y`; a prefetch never faults.
-            unsafe {
-                let p = y.as_ptr().add(at);
-                let mut off = 0;
-                while off < f {
-                    _mm_prefetch::<_MM_HINT_T0>(p.add(off) as *const i8);
-                    off += 16;
-                }
-                _mm_prefetch::<_MM_HINT_T0>(p.add(f - 1) as *const i8);
-            }
+        if at + f <= y.len() {
+            prefetch_floats(y[at..].as_ptr(), f);
         }
     }
 }
 
-/// Prefetches the cache lines of the `len` floats at `p`. A hint: nothing
-/// is read and no address faults, so any `p` will do (a no-op off x86-64).
-/// The row loops use it for the next user's factor row, which the
-/// hardware prefetcher left to stall the first load of each row (18% of
-/// a scatter pass on 500 k users).
+/// Starts loading the cache line holding `p` into L1. A hint: nothing is
+/// read and no address faults, so any `p` will do (a no-op off x86-64).
+/// The ingest uses it for its song table's slots.
+#[inline]
+pub fn prefetch<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch reads nothing and never faults.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p as *const i8)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
+/// Prefetches the cache lines of the `len` floats at `p` (one line more
+/// than `len / 16` when `p` is not line-aligned); any `p` will do, as for
+/// [`prefetch`]. The row loops use it for the next user's factor row,
+/// which the hardware prefetcher left to stall the first load of each row
+/// (18% of a scatter pass on 500 k users).
 #[inline]
 pub(crate) fn prefetch_floats(p: *const f32, len: usize) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        let mut off = 0;
-        while off < len {
-            // SAFETY: a prefetch reads nothing and never faults.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off) as *const i8) };
-            off += 16;
-        }
-        if len > 0 {
-            // SAFETY: as above; the last line when `p` is not line-aligned.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(len - 1) as *const i8) };
-        }
+    let mut off = 0;
+    while off < len {
+        prefetch(p.wrapping_add(off));
+        off += 16;
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (p, len);
+    if len > 0 {
+        prefetch(p.wrapping_add(len - 1));
+    }
 }
 
 /// Register-blocked conjugate-gradient row solves with AVX2 + FMA for

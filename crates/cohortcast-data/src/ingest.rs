@@ -625,15 +625,7 @@ impl SongTable {
 
     /// Starts loading the slot where a lookup of `key` begins.
     fn prefetch(&self, key: u64) {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: the address is a slot of the table; a prefetch reads
-        // nothing and never faults.
-        unsafe {
-            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-            _mm_prefetch::<_MM_HINT_T0>(self.slots.as_ptr().add(self.home(key)) as *const i8);
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = key;
+        cohortcast_core::simd::prefetch(&self.slots[self.home(key)]);
     }
 }
 

@@ -328,23 +328,25 @@ pub fn run_all(
             km.n_clusters
         );
     }
-    save_ingested(&out.join("ingest"), &ing)?;
-    let model = train(&ing, als, km, &mut t)?;
-    save_model(&out.join("model"), &model)?;
-    let start = Instant::now();
-    let notes = notifications(&model, &ing);
-    if notes.iter().all(|n| n.artists.is_empty()) {
-        bail!("no notification names an artist that anyone played; check --notification-actor against --metadata");
-    }
-    let chosen = plan(policy, &model, &ing, &notes, tp);
-    t.targeting = start.elapsed().as_secs_f64();
-    write_pushes(out, &model, &notes, &chosen)?;
-    let hours = CohortHours::of(&ing, &model.labels, model.cohorts.k());
-    write_cohort_hours(out, hours.as_ref(), &model)?;
-    let start = Instant::now();
-    let truth = truth_dir.map(|d| load_truth(d, &model, &notes)).transpose()?;
-    let ev = evaluate_all(&model, &ing, &notes, &chosen, truth.as_deref(), tp, km.seed)?;
-    t.evaluation = start.elapsed().as_secs_f64();
+    // The ingest and model folders are written on a second thread while
+    // the next stage computes: writing them is one thread's work (2.2 s of
+    // Parquet encoding for the medium set) that would leave a core idle.
+    let model = std::thread::scope(|s| {
+        let saving = s.spawn(|| save_ingested(&out.join("ingest"), &ing));
+        let model = train(&ing, als, km, &mut t);
+        let saved = saving.join().expect("the ingest folder's writer does not panic");
+        let model = model?;
+        saved?;
+        Ok::<_, anyhow::Error>(model)
+    })?;
+    let (notes, chosen, hours, ev) = std::thread::scope(|s| {
+        let saving = s.spawn(|| save_model(&out.join("model"), &model));
+        let rest = target_and_evaluate(&model, &ing, truth_dir, tp, km.seed, policy, out, &mut t);
+        let saved = saving.join().expect("the model folder's writer does not panic");
+        let rest = rest?;
+        saved?;
+        Ok::<_, anyhow::Error>(rest)
+    })?;
     t.total = total.elapsed().as_secs_f64();
     let empty = Evaluation { reports: Vec::new(), clicks_outside_model: 0 };
     if let Some(ev) = &ev {
@@ -374,6 +376,39 @@ pub fn run_all(
     )?;
     write_report(out, &ing, &model, hours.as_ref())?;
     Ok(ev)
+}
+
+/// What `run` works out after training: the notifications, the chosen
+/// plan (its pushes and cohort hours written), and the evaluation.
+type Targeted = (Vec<Notification>, PushPlan, Option<CohortHours>, Option<Evaluation>);
+
+/// `run` after training: targeting, the pushes and the evaluation.
+#[allow(clippy::too_many_arguments)]
+fn target_and_evaluate(
+    model: &StoredModel,
+    ing: &Ingested,
+    truth_dir: Option<&Path>,
+    tp: &TargetingParams,
+    seed: u64,
+    policy: PolicyArg,
+    out: &Path,
+    t: &mut Timings,
+) -> Result<Targeted> {
+    let start = Instant::now();
+    let notes = notifications(model, ing);
+    if notes.iter().all(|n| n.artists.is_empty()) {
+        bail!("no notification names an artist that anyone played; check --notification-actor against --metadata");
+    }
+    let chosen = plan(policy, model, ing, &notes, tp);
+    t.targeting = start.elapsed().as_secs_f64();
+    write_pushes(out, model, &notes, &chosen)?;
+    let hours = CohortHours::of(ing, &model.labels, model.cohorts.k());
+    write_cohort_hours(out, hours.as_ref(), model)?;
+    let start = Instant::now();
+    let truth = truth_dir.map(|d| load_truth(d, model, &notes)).transpose()?;
+    let ev = evaluate_all(model, ing, &notes, &chosen, truth.as_deref(), tp, seed)?;
+    t.evaluation = start.elapsed().as_secs_f64();
+    Ok((notes, chosen, hours, ev))
 }
 
 /// `report.html`: the dashboard's charts for this run, written last (it

@@ -489,22 +489,22 @@ fn ints(col: &ArrayRef) -> Result<Int64Array> {
     Ok(c.as_primitive::<datafusion::arrow::datatypes::Int64Type>().clone())
 }
 
-/// Counts rows by reject code for a small input and returns the good lines'
-/// first two fields.
+/// Counts rows by reject code for a small input and hands the good lines'
+/// first two fields to `keep`.
 async fn small_input(
     ctx: &SessionContext,
     input: Input,
     location: &str,
     report: &mut InputReport,
-) -> Result<Vec<(String, String)>> {
+    mut keep: impl FnMut(&str, &str) -> Result<()>,
+) -> Result<()> {
     let t = input.name();
     // No GROUP BY: grouping a million distinct string pairs cost more than
-    // the sort and dedup below (1.2 M clicks: 1.6 s against 0.6 s).
+    // the callers' sort and dedup (1.2 M clicks: 1.6 s against 0.6 s).
     let sql = format!(
         "SELECT cc_reject_{t}(line) AS reject, split_part(l, ',', 1) AS a, split_part(l, ',', 2) AS b \
          FROM (SELECT line, rtrim(line, chr(13)) AS l FROM {t}_lines)"
     );
-    let mut good = Vec::new();
     for batch in collect(ctx, &sql, &format!("{t} ({location}): parsing")).await? {
         let (rej, a, b) = (strings(batch.column(0))?, strings(batch.column(1))?, strings(batch.column(2))?);
         report.rows += batch.num_rows() as u64;
@@ -512,13 +512,53 @@ async fn small_input(
             if rej.is_valid(i) {
                 *report.rejected.entry(rej.value(i).to_string()).or_default() += 1;
             } else {
-                good.push((a.value(i).to_string(), b.value(i).to_string()));
+                keep(a.value(i), b.value(i))?;
             }
         }
     }
-    good.sort_unstable();
-    good.dedup();
-    Ok(good)
+    Ok(())
+}
+
+/// The good click rows as (notification id, lowercase user id), sorted and
+/// without repeats. Sorted as (rank of the notification id, user key), which
+/// is the strings' order (the key is the fixed-width lowercase hex number),
+/// without comparing strings: 1.2 M clicks took 1.5 s as string pairs.
+async fn read_clicks(ctx: &SessionContext, location: &str, report: &mut InputReport) -> Result<Vec<(String, String)>> {
+    let mut index: HashMap<String, u32> = HashMap::new();
+    let mut names: Vec<String> = Vec::new();
+    let mut keyed: Vec<(u32, u128)> = Vec::new();
+    small_input(ctx, Input::NotificationClicks, location, report, |n, u| {
+        let id = match index.get(n) {
+            Some(&id) => id,
+            None => {
+                let id = names.len() as u32;
+                names.push(n.to_string());
+                index.insert(n.to_string(), id);
+                id
+            }
+        };
+        // The reject check passed, so the id is 32 hex digits.
+        let key = saavn::user_key(u).ok_or_else(|| IoError::Malformed {
+            path: location.into(),
+            line: 0,
+            detail: format!("user id `{u}` passed the checks but is not 32 hexadecimal digits"),
+        })?;
+        keyed.push((id, key));
+        Ok(())
+    })
+    .await?;
+    let mut order: Vec<u32> = (0..names.len() as u32).collect();
+    order.sort_unstable_by(|&a, &b| names[a as usize].cmp(&names[b as usize]));
+    let mut rank = vec![0u32; names.len()];
+    for (r, &id) in order.iter().enumerate() {
+        rank[id as usize] = r as u32;
+    }
+    for k in keyed.iter_mut() {
+        k.0 = rank[k.0 as usize];
+    }
+    keyed.sort_unstable();
+    keyed.dedup();
+    Ok(keyed.into_iter().map(|(r, k)| (names[order[r as usize] as usize].clone(), saavn::user_id(k))).collect())
 }
 
 /// Hashes a 128-bit user key (or a 64-bit song key) for the client's maps:
@@ -1112,13 +1152,20 @@ async fn ingest_async(paths: &InputPaths, opts: &IngestOptions, joined: bool) ->
 
     // Notifications.
     let mut actor = InputReport::default();
-    let rows = small_input(
+    let mut rows: Vec<(String, String)> = Vec::new();
+    small_input(
         &ctx,
         Input::NotificationActor,
         paths.notification_actor.as_deref().unwrap_or_default(),
         &mut actor,
+        |n, a| {
+            rows.push((n.to_string(), a.to_string()));
+            Ok(())
+        },
     )
     .await?;
+    rows.sort_unstable();
+    rows.dedup();
     let notifications = RawNotification::group(rows);
     report.notifications = notifications.len();
     let mut unplayed: Vec<&str> = notifications
@@ -1137,22 +1184,7 @@ async fn ingest_async(paths: &InputPaths, opts: &IngestOptions, joined: bool) ->
     // Clicks.
     let clicks = if paths.notification_clicks.is_some() {
         let mut r = InputReport::default();
-        // User ids as the clickstream's are written: lowercase.
-        let mut c: Vec<(String, String)> = small_input(
-            &ctx,
-            Input::NotificationClicks,
-            paths.notification_clicks.as_deref().unwrap_or_default(),
-            &mut r,
-        )
-        .await?
-        .into_iter()
-        .map(|(n, u)| (n, saavn::user_key(&u).map(saavn::user_id).unwrap_or(u)))
-        .collect();
-        // Sorted already unless some ids were not in lowercase.
-        if !c.is_sorted() {
-            c.sort_unstable();
-        }
-        c.dedup();
+        let c = read_clicks(&ctx, paths.notification_clicks.as_deref().unwrap_or_default(), &mut r).await?;
         let entry = report.inputs.get_mut("notification_clicks").expect("registered");
         r.files = entry.files;
         *entry = r;
@@ -1380,6 +1412,35 @@ mod tests {
         }
         let absent = (1..=3000u64).map(|i| saavn::mix64(i ^ 0x5555)).filter(|k| !map.contains_key(k));
         assert!(absent.map(|k| t.get(k)).all(|c| c == UNKNOWN_SONG));
+    }
+
+    #[test]
+    fn clicks_come_sorted_as_strings_lowercase_and_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let (u1, u2) = (U2.to_string(), U1.to_string());
+        // The second user sorts first as a number and as a string; "n10"
+        // sorts before "n2" as a string though not as a number.
+        assert!(u2 < u1);
+        let clicks = [
+            format!("n2,{u1},20170102"),
+            format!("n10,{},20170102", u1.to_uppercase()),
+            format!("n2,{u2},20170103"),
+            format!("n10,{u1},20170104"),
+            format!("n2,{},20170105", u1.to_uppercase()),
+            "n2,not-a-user,20170105".to_string(),
+        ];
+        let paths = InputPaths {
+            clickstream: Some(write(d, "clickstream", &format!("{U1},1500000000,s1,20170101\n"))),
+            metadata: Some(write(d, "metadata", "s1,a1\n")),
+            notification_actor: Some(write(d, "notification_actor", "n2,a1\nn10,a1\n")),
+            notification_clicks: Some(write(d, "notification_clicks", &(clicks.join("\n") + "\n"))),
+        };
+        let ing = ingest(&paths, &IngestOptions { partitions: 2, ..Default::default() }).unwrap();
+        let want = vec![("n10".to_string(), u1.clone()), ("n2".to_string(), u2), ("n2".to_string(), u1)];
+        assert_eq!(ing.clicks.unwrap(), want);
+        assert_eq!(ing.report.clicks, 3);
+        assert_eq!(ing.report.inputs["notification_clicks"].rejected["bad_user_id"], 1);
     }
 
     #[test]

@@ -39,7 +39,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use cohortcast_core::hours;
-use cohortcast_core::saavn::{self, Input, Reject};
+use cohortcast_core::saavn::{self, Input, KeyHash, Reject};
 use cohortcast_core::sparse::Csr;
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, Int64Array, RecordBatch, StringArray, StructArray, UInt32Builder, UInt64Array,
@@ -560,32 +560,6 @@ async fn read_clicks(ctx: &SessionContext, location: &str, report: &mut InputRep
     keyed.dedup();
     Ok(keyed.into_iter().map(|(r, k)| (names[order[r as usize] as usize].clone(), saavn::user_id(k))).collect())
 }
-
-/// Hashes a 128-bit user key (or a 64-bit song key) for the client's maps:
-/// the two halves mixed by one multiply and [`saavn::mix64`] (keys are ids,
-/// not attacker input, and SipHash was a visible share of the client's time).
-#[derive(Default)]
-struct KeyHasher(u64);
-
-impl std::hash::Hasher for KeyHasher {
-    fn finish(&self) -> u64 {
-        saavn::mix64(self.0)
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ b as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        }
-    }
-    fn write_u64(&mut self, k: u64) {
-        self.0 = k;
-    }
-    fn write_u128(&mut self, k: u128) {
-        self.0 =
-            ((k >> 64) as u64 ^ (k as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)).wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    }
-}
-
-type KeyHash = std::hash::BuildHasherDefault<KeyHasher>;
 
 /// What the clickstream aggregation leaves for the client, users by
 /// provisional number (renumbered in id order afterwards).

@@ -25,14 +25,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{IoError, Result};
 use crate::files::{
-    read_json, read_lines, read_npy_f32, read_npy_u32, write_atomic, write_json, write_lines, write_npy_f32,
-    write_npy_u32,
+    read_json, read_lines, read_npy_f32, read_npy_u32, write_json, write_lines, write_npy_f32, write_npy_u32,
 };
 use crate::ingest::{IngestReport, Ingested, RawNotification};
 
 const NOTIFICATIONS_HEADER: &str = "notification_id,artist_id";
 const CLICKS_HEADER: &str = "notification_id,user_id";
 const SONGS_HEADER: &str = "song_id,artist_id";
+/// Plays per batch handed to the Parquet writer (which cuts row groups of
+/// its default 1 Mi rows).
+const PLAYS_PER_BATCH: usize = 1 << 20;
 
 /// Writes the ingest folder.
 pub fn save_ingested(dir: &Path, ing: &Ingested) -> Result<()> {
@@ -43,30 +45,32 @@ pub fn save_ingested(dir: &Path, ing: &Ingested) -> Result<()> {
         Field::new("artist", DataType::UInt32, false),
         Field::new("plays", DataType::Float32, false),
     ]));
-    let (mut u, mut a, mut p) = (Vec::new(), Vec::new(), Vec::new());
-    for r in 0..ing.plays.rows() {
-        let (idx, val) = ing.plays.row(r);
-        for (&i, &v) in idx.iter().zip(val) {
-            u.push(r as u32);
-            a.push(i);
-            p.push(v);
-        }
-    }
-    let batch = RecordBatch::try_new(
-        schema.clone(),
-        vec![Arc::new(UInt32Array::from(u)), Arc::new(UInt32Array::from(a)), Arc::new(Float32Array::from(p))],
-    )
-    .map_err(|e| IoError::engine("building the play table", e.into()))?;
+    // Batches of about a million plays, built and written one at a time:
+    // the writer runs beside training, so it holds no copy of the whole
+    // table (233 M plays at full scale would be 2.8 GB more).
     let path = dir.join("plays.parquet");
-    let mut buf = Vec::new();
-    (|| -> std::result::Result<(), datafusion::parquet::errors::ParquetError> {
-        let mut writer = ArrowWriter::try_new(&mut buf, schema.clone(), None)?;
-        writer.write(&batch)?;
-        writer.close()?;
-        Ok(())
-    })()
-    .map_err(|e| IoError::Parquet { path: path.clone(), source: e })?;
-    write_atomic(&path, |w| w.write_all(&buf))?;
+    let mut file = crate::files::AtomicFile::create(&path)?;
+    let parquet_err = |e| IoError::Parquet { path: path.clone(), source: e };
+    let mut writer = ArrowWriter::try_new(&mut file, schema.clone(), None).map_err(parquet_err)?;
+    let mut r = 0;
+    while r < ing.plays.rows() {
+        let (mut u, mut a, mut p) = (Vec::new(), Vec::new(), Vec::new());
+        while r < ing.plays.rows() && u.len() < PLAYS_PER_BATCH {
+            let (idx, val) = ing.plays.row(r);
+            u.extend(std::iter::repeat_n(r as u32, idx.len()));
+            a.extend_from_slice(idx);
+            p.extend_from_slice(val);
+            r += 1;
+        }
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(UInt32Array::from(u)), Arc::new(UInt32Array::from(a)), Arc::new(Float32Array::from(p))],
+        )
+        .map_err(|e| IoError::engine("building the play table", e.into()))?;
+        writer.write(&batch).map_err(parquet_err)?;
+    }
+    writer.close().map_err(parquet_err)?;
+    file.commit()?;
     let notes: Vec<String> =
         ing.notifications.iter().flat_map(|n| n.artists.iter().map(move |a| format!("{},{a}", n.id))).collect();
     write_lines(&dir.join("notifications.csv"), Some(NOTIFICATIONS_HEADER), notes)?;

@@ -64,32 +64,77 @@ impl Csr {
     }
 
     /// Sorts each row's cells (`cells[bounds[r]..bounds[r + 1]]`) by column,
-    /// sums duplicates and drops zeros, compacting in the same buffer.
+    /// sums duplicates and drops zeros. Parts of the rows run in parallel,
+    /// each compacting its rows within its own cells; the parts are then
+    /// copied out in order. Each row's cells are summed in the same order
+    /// as one thread would, so the matrix does not depend on the threads.
     fn from_spread(rows: usize, cols: usize, bounds: &[usize], mut cells: Vec<(u32, f32)>) -> Csr {
+        use rayon::prelude::*;
+        let per = crate::linalg::part_rows(rows, crate::linalg::MAX_PARTS, 1);
+        // Each part's cells, split off in order.
+        let mut parts: Vec<(usize, &mut [(u32, f32)])> = Vec::new();
+        let mut rest: &mut [(u32, f32)] = &mut cells;
+        for start in (0..rows).step_by(per) {
+            let end = (start + per).min(rows);
+            let (mine, tail) = rest.split_at_mut(bounds[end] - bounds[start]);
+            parts.push((start, mine));
+            rest = tail;
+        }
+        // Per part: the compacted length of each of its rows.
+        let lens: Vec<Vec<usize>> = parts
+            .par_iter_mut()
+            .map(|(start, part)| {
+                let (start, base) = (*start, bounds[*start]);
+                let end = (start + per).min(rows);
+                let mut w = 0;
+                let mut lens = Vec::with_capacity(end - start);
+                for r in start..end {
+                    let (s, e) = (bounds[r] - base, bounds[r + 1] - base);
+                    part[s..e].sort_unstable_by_key(|x| x.0);
+                    let before = w;
+                    let mut i = s;
+                    while i < e {
+                        let (c, mut v) = part[i];
+                        i += 1;
+                        while i < e && part[i].0 == c {
+                            v += part[i].1;
+                            i += 1;
+                        }
+                        // `w <= s <= i`: the write never overtakes the read.
+                        if v != 0.0 {
+                            part[w] = (c, v);
+                            w += 1;
+                        }
+                    }
+                    lens.push(w - before);
+                }
+                lens
+            })
+            .collect();
         let mut indptr = Vec::with_capacity(rows + 1);
         indptr.push(0);
-        let mut w = 0;
-        for r in 0..rows {
-            let (start, end) = (bounds[r], bounds[r + 1]);
-            cells[start..end].sort_unstable_by_key(|x| x.0);
-            let mut i = start;
-            while i < end {
-                let (c, mut v) = cells[i];
-                i += 1;
-                while i < end && cells[i].0 == c {
-                    v += cells[i].1;
-                    i += 1;
-                }
-                // `w <= start <= i`: the write never overtakes the read.
-                if v != 0.0 {
-                    cells[w] = (c, v);
-                    w += 1;
-                }
-            }
-            indptr.push(w);
+        for &n in lens.iter().flatten() {
+            indptr.push(indptr[indptr.len() - 1] + n);
         }
-        let indices = cells[..w].iter().map(|x| x.0).collect();
-        let data = cells[..w].iter().map(|x| x.1).collect();
+        let nnz = indptr[rows];
+        let mut indices = vec![0u32; nnz];
+        let mut data = vec![0f32; nnz];
+        // Disjoint output ranges, one a part, filled in parallel.
+        let mut outs: Vec<(&mut [u32], &mut [f32])> = Vec::with_capacity(parts.len());
+        let (mut ri, mut rd): (&mut [u32], &mut [f32]) = (&mut indices, &mut data);
+        for l in &lens {
+            let n: usize = l.iter().sum();
+            let (oi, ti) = ri.split_at_mut(n);
+            let (od, td) = rd.split_at_mut(n);
+            outs.push((oi, od));
+            (ri, rd) = (ti, td);
+        }
+        outs.into_par_iter().zip(parts.par_iter()).for_each(|((oi, od), (_, part))| {
+            for (k, &(c, v)) in part[..oi.len()].iter().enumerate() {
+                oi[k] = c;
+                od[k] = v;
+            }
+        });
         Csr { rows, cols, indptr, indices, data }
     }
 
@@ -230,6 +275,18 @@ mod tests {
                 })
                 .collect();
             let want = Csr::from_triplets(rows, cols, &t).unwrap();
+            // Both against cell sums taken one by one (the rows are built
+            // in parts in parallel).
+            let mut sums = std::collections::BTreeMap::new();
+            for &(r, c, v) in &t {
+                *sums.entry((r, c)).or_insert(0f32) += v;
+            }
+            let cells: Vec<(u32, u32, f32)> =
+                sums.into_iter().filter(|e| e.1 != 0.0).map(|((r, c), v)| (r, c, v)).collect();
+            assert_eq!(want.nnz(), cells.len(), "{rows}x{cols}, {n} triplets");
+            for (r, c, v) in cells {
+                assert_eq!(want.get(r as usize, c), v, "{rows}x{cols} cell ({r}, {c})");
+            }
             let got = Csr::from_triplets_owned(rows, cols, t).unwrap();
             assert_eq!(got, want, "{rows}x{cols}, {n} triplets");
         }

@@ -5,27 +5,74 @@ use crate::error::DataError;
 /// Each row's start (and the end), and the `(col, value)` cells in row order.
 type Spread = (Vec<usize>, Vec<(u32, f32)>);
 
-/// Checks the triplets and spreads them into rows (a counting sort).
+/// Most parts of the triplets [`spread`] counts and places in parallel.
+const SPREAD_PARTS: usize = 8;
+
+/// `cells`' buffer, written by several threads at positions that
+/// [`spread`] hands out disjoint.
+struct SharedCells(*mut (u32, f32));
+
+// SAFETY: the pointer is only written through `put`, whose callers write
+// disjoint positions inside the buffer, which outlives them.
+unsafe impl Sync for SharedCells {}
+
+impl SharedCells {
+    /// # Safety
+    /// `i` is inside the buffer and no other thread writes or reads it.
+    unsafe fn put(&self, i: usize, cell: (u32, f32)) {
+        unsafe { self.0.add(i).write(cell) }
+    }
+}
+
+/// Checks the triplets and spreads them into rows (a counting sort). The
+/// triplets are cut into parts in order; each part counts its rows, then
+/// places its cells after those of the parts before it, in parallel, so
+/// each row keeps its triplets in their order, as one thread would.
 fn spread(rows: usize, cols: usize, triplets: &[(u32, u32, f32)]) -> Result<Spread, DataError> {
+    use rayon::prelude::*;
+    let per = triplets.len().div_ceil(rayon::current_num_threads().clamp(1, SPREAD_PARTS)).max(1);
+    let counted: Vec<Result<Vec<usize>, DataError>> = triplets
+        .par_chunks(per)
+        .map(|part| {
+            let mut n = vec![0usize; rows];
+            for &(r, c, v) in part {
+                if r as usize >= rows || c as usize >= cols {
+                    return Err(DataError::OutOfBounds { row: r as usize, col: c as usize, rows, cols });
+                }
+                if !v.is_finite() {
+                    return Err(DataError::NonFinite { row: r as usize, col: c as usize });
+                }
+                n[r as usize] += 1;
+            }
+            Ok(n)
+        })
+        .collect();
+    // The first bad triplet in order is the one reported.
+    let mut next: Vec<Vec<usize>> = counted.into_iter().collect::<Result<_, _>>()?;
+    // Counts become each part's first position in each row.
     let mut bounds = vec![0usize; rows + 1];
-    for &(r, c, v) in triplets {
-        if r as usize >= rows || c as usize >= cols {
-            return Err(DataError::OutOfBounds { row: r as usize, col: c as usize, rows, cols });
+    let mut at = 0;
+    for r in 0..rows {
+        bounds[r] = at;
+        for part in next.iter_mut() {
+            let n = part[r];
+            part[r] = at;
+            at += n;
         }
-        if !v.is_finite() {
-            return Err(DataError::NonFinite { row: r as usize, col: c as usize });
-        }
-        bounds[r as usize + 1] += 1;
     }
-    for i in 0..rows {
-        bounds[i + 1] += bounds[i];
-    }
-    let mut next = bounds.clone();
+    bounds[rows] = at;
     let mut cells = vec![(0u32, 0f32); triplets.len()];
-    for &(r, c, v) in triplets {
-        cells[next[r as usize]] = (c, v);
-        next[r as usize] += 1;
-    }
+    let out = SharedCells(cells.as_mut_ptr());
+    triplets.par_chunks(per).zip(next.par_iter_mut()).for_each(|(part, next)| {
+        for &(r, c, v) in part {
+            let i = &mut next[r as usize];
+            // SAFETY: part k owns, in row r, the positions from its start
+            // up to its start plus its count there: inside `cells` and
+            // disjoint from every other part's.
+            unsafe { out.put(*i, (c, v)) };
+            *i += 1;
+        }
+    });
     Ok((bounds, cells))
 }
 
@@ -260,6 +307,32 @@ mod tests {
         assert!(Csr::from_triplets(2, 2, &[(0, 0, f32::NAN)]).is_err());
         assert!(Csr::from_triplets_owned(2, 2, vec![(0, 2, 1.0)]).is_err());
         assert!(Csr::from_triplets_owned(2, 2, vec![(0, 0, f32::INFINITY)]).is_err());
+    }
+
+    #[test]
+    fn the_parallel_spread_keeps_each_rows_triplets_in_order() {
+        let mut rng = crate::rng::Rng::new(8);
+        let (rows, cols) = (37, 11);
+        let t: Vec<(u32, u32, f32)> =
+            (0..10_007).map(|i| (rng.below(rows) as u32, rng.below(cols) as u32, i as f32 * 0.25)).collect();
+        // One thread's counting sort.
+        let mut want: Vec<Vec<(u32, f32)>> = vec![Vec::new(); rows];
+        for &(r, c, v) in &t {
+            want[r as usize].push((c, v));
+        }
+        for threads in [1, 3, 8] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let (bounds, cells) = pool.install(|| spread(rows, cols, &t)).unwrap();
+            for (r, w) in want.iter().enumerate() {
+                assert_eq!(&cells[bounds[r]..bounds[r + 1]], &w[..], "{threads} threads, row {r}");
+            }
+        }
+        // The first bad triplet in order is the one reported.
+        let mut bad = t.clone();
+        bad[9_000].0 = rows as u32;
+        bad[2].2 = f32::NAN;
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(4).build().unwrap();
+        assert!(matches!(pool.install(|| spread(rows, cols, &bad)), Err(DataError::NonFinite { .. })));
     }
 
     #[test]

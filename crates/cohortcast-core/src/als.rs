@@ -301,8 +301,8 @@ impl AlsModel {
 }
 
 /// The factor count training runs at for `f` requested: the next multiple
-/// of 16 where a register-blocked kernel exists for it (up to 128 with
-/// AVX-512, 64 with AVX2), else `f`. A row solve with the padding
+/// of 16 when [`CgKernel::best`] has a register-blocked kernel for that
+/// and none for `f`, else `f`. A row solve with the padding
 /// coordinates at zero keeps them at zero (their rows and columns of
 /// `YᵀY + λI` are `λ` on the diagonal and zero elsewhere, so the residual
 /// and every direction are zero there) and leaves the other coordinates'
@@ -310,14 +310,7 @@ impl AlsModel {
 /// generic loops at 10 factors.
 pub fn padded_factors(f: usize) -> usize {
     let up = f.next_multiple_of(16);
-    let limit = if crate::simd::has_avx512() {
-        128
-    } else if crate::simd::has_avx2_fma() {
-        64
-    } else {
-        return f;
-    };
-    if up <= limit {
+    if !CgKernel::best(f).register_blocked() && CgKernel::best(up).register_blocked() {
         up
     } else {
         f
@@ -596,6 +589,12 @@ enum CgKernel {
 }
 
 impl CgKernel {
+    /// Whether it holds the CG vectors in registers (a kernel instantiated
+    /// for the factor count).
+    fn register_blocked(self) -> bool {
+        matches!(self, CgKernel::Avx2Rows | CgKernel::Avx512Rows)
+    }
+
     /// The fastest kernel this CPU can run for `f` factors.
     fn best(f: usize) -> Self {
         let avx2 = crate::simd::has_avx2_fma();

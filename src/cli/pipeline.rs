@@ -150,13 +150,12 @@ fn read_pushes(out: &Path, model: &StoredModel, notes: &[Notification]) -> Resul
 
 /// Aligns the generator's truth to model users × notifications (NaN where
 /// missing), streaming the file one row at a time.
-fn load_truth(dir: &Path, model: &StoredModel, notes: &[Notification]) -> Result<Vec<f32>> {
+/// `index` numbers the model's users.
+fn load_truth(dir: &Path, model: &StoredModel, index: &UserIndex, notes: &[Notification]) -> Result<Vec<f32>> {
     let users = read_lines(&dir.join("users.csv"), None)?;
     let tnotes = read_lines(&dir.join("notifications.csv"), None)?;
     // Truth row -> model user.
-    let index = UserIndex::new(model.users.iter().map(String::as_str));
     let model_row: Vec<usize> = users.iter().map(|id| index.get(id).map_or(usize::MAX, |u| u as usize)).collect();
-    drop(index);
     let ncol: Vec<Option<usize>> = notes.iter().map(|n| tnotes.iter().position(|t| *t == n.id)).collect();
     let nn = notes.len();
     let mut out = vec![f32::NAN; model.users.len() * nn];
@@ -192,15 +191,17 @@ fn evaluate_all(
     ing: &Ingested,
     notes: &[Notification],
     chosen: &PushPlan,
-    truth: Option<&[f32]>,
+    truth_dir: Option<&Path>,
     tp: &TargetingParams,
     seed: u64,
 ) -> Result<Option<Evaluation>> {
+    let user_index = UserIndex::new(model.users.iter().map(String::as_str));
+    let truth = truth_dir.map(|d| load_truth(d, model, &user_index, notes)).transpose()?;
+    let truth = truth.as_deref();
     let Some(raw) = &ing.clicks else { return Ok(None) };
     let note_index: HashMap<&str, u32> = notes.iter().enumerate().map(|(i, n)| (n.id.as_str(), i as u32)).collect();
     // One hash lookup a click, in parallel (a binary search over the user
     // ids compared ~19 strings a click and took 2 s of 3.5 on the medium set).
-    let user_index = UserIndex::new(model.users.iter().map(String::as_str));
     let mapped: Vec<Option<(u32, u32)>> =
         raw.par_iter().map(|(n, u)| Some((*note_index.get(n.as_str())?, user_index.get(u)?))).collect();
     drop(user_index);
@@ -289,8 +290,7 @@ pub fn evaluate_stage(out: &Path, truth_dir: Option<&Path>, tp: &TargetingParams
     let model = load_model(&out.join("model")).context("run `cohortcast train` first")?;
     let notes = notifications(&model, &ing);
     let chosen = read_pushes(out, &model, &notes).context("run `cohortcast target` first")?;
-    let truth = truth_dir.map(|d| load_truth(d, &model, &notes)).transpose()?;
-    let Some(ev) = evaluate_all(&model, &ing, &notes, &chosen, truth.as_deref(), tp, seed)? else {
+    let Some(ev) = evaluate_all(&model, &ing, &notes, &chosen, truth_dir, tp, seed)? else {
         bail!("no notification_clicks were ingested: CTR needs the click log");
     };
     write_ctr_csv(&out.join("ctr.csv"), &notes, &ev.reports[0])?;
@@ -401,8 +401,7 @@ fn target_and_evaluate(
     let hours = CohortHours::of(ing, &model.labels, model.cohorts.k());
     write_cohort_hours(out, hours.as_ref(), model)?;
     let start = Instant::now();
-    let truth = truth_dir.map(|d| load_truth(d, model, &notes)).transpose()?;
-    let ev = evaluate_all(model, ing, &notes, &chosen, truth.as_deref(), tp, seed)?;
+    let ev = evaluate_all(model, ing, &notes, &chosen, truth_dir, tp, seed)?;
     t.evaluation = start.elapsed().as_secs_f64();
     Ok((notes, chosen, hours, ev))
 }

@@ -81,8 +81,8 @@ pub struct InputArgs {
     /// expected CTR and the oracle. Default: DATA/truth when it exists.
     #[arg(long)]
     truth: Option<String>,
-    /// Memory for the ingest's join and aggregation, in MiB; beyond it they
-    /// spill sorted runs to the temporary folder. Default: a quarter of the
+    /// Memory for the ingest's aggregation, in MiB; beyond it the play
+    /// counts spill to the temporary folder. Default: a quarter of the
     /// machine's memory, at most 8 GiB.
     #[arg(long)]
     ingest_memory_mb: Option<usize>,

@@ -166,11 +166,10 @@ fn stages_on_their_own_and_a_spilling_ingest_reproduce_the_whole_run() {
     let data = synth(dir.path());
     let (whole, staged) = (dir.path().join("whole"), dir.path().join("staged"));
     run_small(&data, &whole);
-    // With 2 MiB for DataFusion the aggregation must spill to disk and
-    // merge: the outputs must not change (measured: 3 spill files at 2 MiB,
-    // 2 at 3 MiB, none at 4 MiB, and 1 MiB is too little to number the
-    // artists). The pool leaves room for one partition of its minimum
-    // share, whatever the machine's cores.
+    // With 2 MiB the play counts must spill to disk and be summed back:
+    // the outputs must not change (1 MiB is too little for DataFusion to
+    // number the artists). The pool leaves room for one partition of its
+    // minimum share, whatever the machine's cores.
     ok(&["ingest", "--data", s(&data), "--out", s(&staged), "--ingest-memory-mb", "2", "--ingest-partitions", "8"]);
     let mut args = vec!["train", "--out", s(&staged)];
     args.extend_from_slice(MODEL);

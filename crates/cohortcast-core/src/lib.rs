@@ -4,6 +4,7 @@
 //!
 //! * [`sparse`]: the user × artist play matrix ([`sparse::Csr`]).
 //! * [`confidence`]: play counts to implicit-feedback confidence.
+//! * [`counts`]: the hash table the ingest sums (user, artist) plays in.
 //! * [`als`]: implicit ALS (Hu, Koren & Volinsky 2008) with the
 //!   conjugate-gradient solver (Takács et al. 2011) and an exact reference.
 //! * [`kmeans`]: cohorts by k-means++ and Lloyd iterations.
@@ -30,6 +31,7 @@
 
 pub mod als;
 pub mod confidence;
+pub mod counts;
 pub mod ctr;
 pub mod error;
 pub mod hours;

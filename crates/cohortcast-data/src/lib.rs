@@ -11,6 +11,7 @@ pub mod error;
 pub mod files;
 pub mod ingest;
 pub mod inputs;
+pub mod pair_sums;
 pub mod samples;
 pub mod stages;
 pub mod store;

@@ -1,0 +1,303 @@
+//! Counting 64-bit keys: the table the embedded ingest sums its
+//! (user, artist) plays in.
+//!
+//! [`KeyCounts`] is an open-addressing hash table with linear probing
+//! (Knuth, *The Art of Computer Programming* vol. 3, §6.4, Algorithm L) whose
+//! slots hold a key and its count side by side (12 bytes), at most 7/10
+//! full. Keys are added a batch at a time and each key's home slot is
+//! prefetched a few keys ahead: at millions of distinct keys the table is
+//! far larger than the caches, so an insertion costs the wait for its slot,
+//! and with the loads started early several of those waits overlap. A
+//! general group-by pays that wait more than once a row (the table of
+//! group indices, the keys, then each aggregate's own array).
+//!
+//! ```
+//! use cohortcast_core::counts::KeyCounts;
+//! let mut counts = KeyCounts::new();
+//! counts.add_all(&[7, 3, 7, 7, u64::MAX]);
+//! assert_eq!((counts.get(7), counts.get(3), counts.get(u64::MAX), counts.get(4)), (3, 1, 1, 0));
+//! let mut all = counts.drain();
+//! all.sort_unstable();
+//! assert_eq!(all, vec![(3, 1), (7, 3), (u64::MAX, 1)]);
+//! assert!(counts.is_empty());
+//! ```
+
+use crate::saavn::mix64;
+
+/// One slot: a key and how many times it was added; a count of 0 marks an
+/// empty slot, so every `u64` is a key.
+#[derive(Clone, Copy)]
+#[repr(C, packed(4))]
+struct Slot {
+    key: u64,
+    count: u32,
+}
+
+const EMPTY: Slot = Slot { key: 0, count: 0 };
+
+/// Slots a new table starts with.
+const FIRST_SLOTS: usize = 1 << 10;
+
+/// Keys ahead whose home slot is prefetched while one is added.
+const AHEAD: usize = 8;
+
+/// `n` empty slots.
+fn empty_slots(n: usize) -> Vec<Slot> {
+    vec![EMPTY; n]
+}
+
+/// Counts of 64-bit keys (see the [module docs](self)).
+pub struct KeyCounts {
+    slots: Vec<Slot>,
+    /// Keys held.
+    len: usize,
+}
+
+impl Default for KeyCounts {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl KeyCounts {
+    /// An empty table of 1 024 slots.
+    pub fn new() -> KeyCounts {
+        KeyCounts { slots: empty_slots(FIRST_SLOTS), len: 0 }
+    }
+
+    /// Distinct keys held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no key is held.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The bytes the slots take now.
+    pub fn bytes(&self) -> usize {
+        self.slots.len() * std::mem::size_of::<Slot>()
+    }
+
+    /// The bytes the slots will take once `more` new keys can be added
+    /// without growing: the same as [`bytes`](Self::bytes) when they fit.
+    /// While the table grows its old slots are held too, so a caller with
+    /// a memory limit checks the sum of both.
+    pub fn bytes_for(&self, more: usize) -> usize {
+        Self::slots_for(self.slots.len(), self.len + more) * std::mem::size_of::<Slot>()
+    }
+
+    /// The slot count, doubling from `slots`, that holds `keys` at most
+    /// 7/10 full.
+    fn slots_for(mut slots: usize, keys: usize) -> usize {
+        while keys.saturating_mul(10) > slots * 7 {
+            slots *= 2;
+        }
+        slots
+    }
+
+    fn home(key: u64, mask: usize) -> usize {
+        mix64(key) as usize & mask
+    }
+
+    /// How many times `key` was added (0: never).
+    pub fn get(&self, key: u64) -> u32 {
+        let mask = self.slots.len() - 1;
+        let mut at = Self::home(key, mask);
+        loop {
+            let s = self.slots[at];
+            if s.count == 0 || s.key == key {
+                return s.count;
+            }
+            at = (at + 1) & mask;
+        }
+    }
+
+    /// Adds each of `keys` once (a key repeated in `keys` counts each
+    /// time), growing the table first if they could overfill it. A count
+    /// stops at `u32::MAX`.
+    pub fn add_all(&mut self, keys: &[u64]) {
+        self.add_batch(keys.len(), |j| (keys[j], 1));
+    }
+
+    /// Adds each (key, count) of `entries`, as [`add_all`](Self::add_all)
+    /// would add the key `count` times.
+    pub fn add_counted(&mut self, entries: &[(u64, u32)]) {
+        self.add_batch(entries.len(), |j| entries[j]);
+    }
+
+    /// Adds the `n` entries `entry(0..n)`, each home slot prefetched
+    /// [`AHEAD`] entries before.
+    fn add_batch(&mut self, n: usize, entry: impl Fn(usize) -> (u64, u32)) {
+        let want = Self::slots_for(self.slots.len(), self.len + n);
+        if want != self.slots.len() {
+            self.grow(want);
+        }
+        let mask = self.slots.len() - 1;
+        for j in 0..n.min(AHEAD) {
+            crate::simd::prefetch(&self.slots[Self::home(entry(j).0, mask)]);
+        }
+        for j in 0..n {
+            if j + AHEAD < n {
+                crate::simd::prefetch(&self.slots[Self::home(entry(j + AHEAD).0, mask)]);
+            }
+            let (key, count) = entry(j);
+            if count > 0 {
+                self.add(key, count, mask);
+            }
+        }
+    }
+
+    /// Adds `count` to `key`; the table has room for it.
+    fn add(&mut self, key: u64, count: u32, mask: usize) {
+        let mut at = Self::home(key, mask);
+        loop {
+            let s = &mut self.slots[at];
+            if s.count == 0 {
+                *s = Slot { key, count };
+                self.len += 1;
+                return;
+            }
+            if s.key == key {
+                s.count = s.count.saturating_add(count);
+                return;
+            }
+            at = (at + 1) & mask;
+        }
+    }
+
+    /// Moves every key into `slots` new slots, each new slot prefetched
+    /// [`AHEAD`] old slots before.
+    fn grow(&mut self, slots: usize) {
+        let old = std::mem::replace(&mut self.slots, empty_slots(slots));
+        self.len = 0;
+        let mask = slots - 1;
+        for (j, s) in old.iter().enumerate() {
+            if let Some(next) = old.get(j + AHEAD) {
+                crate::simd::prefetch(&self.slots[Self::home(next.key, mask)]);
+            }
+            if s.count != 0 {
+                self.add(s.key, s.count, mask);
+            }
+        }
+    }
+
+    /// Every (key, count), in no particular order, leaving the table empty
+    /// with the slots it had.
+    pub fn drain(&mut self) -> Vec<(u64, u32)> {
+        let mut out = Vec::with_capacity(self.len);
+        for s in self.slots.iter_mut() {
+            if s.count != 0 {
+                out.push((s.key, s.count));
+                *s = EMPTY;
+            }
+        }
+        self.len = 0;
+        out
+    }
+
+    /// Calls `each(key, count)` for every key, in no particular order,
+    /// and frees the table.
+    pub fn into_each(self, mut each: impl FnMut(u64, u32)) {
+        for s in self.slots {
+            if s.count != 0 {
+                each(s.key, s.count);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+    use std::collections::HashMap;
+
+    #[test]
+    fn counts_agree_with_a_hash_map_through_growth_and_repeats() {
+        let mut rng = Rng::new(5);
+        let mut counts = KeyCounts::new();
+        let mut reference: HashMap<u64, u32> = HashMap::new();
+        // Batches of keys drawn from a pool, so most repeat, plus 0 and
+        // u64::MAX (a count, not a key, marks an empty slot).
+        let pool: Vec<u64> = (0..20_000).map(|_| rng.next_u64()).chain([0, u64::MAX]).collect();
+        for round in 0..40 {
+            let batch: Vec<u64> = (0..(round * 97) % 3000).map(|_| pool[rng.below(pool.len())]).collect();
+            counts.add_all(&batch);
+            for k in batch {
+                *reference.entry(k).or_default() += 1;
+            }
+            assert_eq!(counts.len(), reference.len());
+        }
+        assert!(counts.bytes() > FIRST_SLOTS * 12, "the table grew");
+        assert!(counts.len() * 10 <= counts.slots.len() * 7);
+        for (&k, &n) in &reference {
+            assert_eq!(counts.get(k), n, "key {k}");
+        }
+        assert_eq!(counts.get(pool[0] ^ 1), 0);
+        let mut all = counts.drain();
+        all.sort_unstable();
+        let mut want: Vec<(u64, u32)> = reference.into_iter().collect();
+        want.sort_unstable();
+        assert_eq!(all, want);
+        assert!(counts.is_empty() && counts.get(want[0].0) == 0, "drained");
+        counts.add_all(&[want[0].0]);
+        let mut seen = Vec::new();
+        counts.into_each(|k, n| seen.push((k, n)));
+        assert_eq!(seen, vec![(want[0].0, 1)]);
+    }
+
+    #[test]
+    fn probes_wrap_past_the_last_slot_and_growth_keeps_them() {
+        // Keys whose home is the last slot of a new table: the later ones
+        // must wrap to slot 0, 1, ... and still be found.
+        let mask = FIRST_SLOTS - 1;
+        let last: Vec<u64> = (0u64..).filter(|&k| KeyCounts::home(k, mask) == mask).take(5).collect();
+        let mut counts = KeyCounts::new();
+        counts.add_all(&last);
+        counts.add_all(&last[2..]);
+        assert_eq!(counts.slots.len(), FIRST_SLOTS);
+        assert_eq!({ counts.slots[1].key }, last[2], "the third key wrapped to slot 1");
+        for (i, &k) in last.iter().enumerate() {
+            assert_eq!(counts.get(k), if i < 2 { 1 } else { 2 });
+        }
+        // Growing rehashes the wrapped keys too.
+        let more: Vec<u64> = (1_000_000..1_001_000).collect();
+        assert!(counts.bytes_for(more.len()) > counts.bytes());
+        counts.add_all(&more);
+        assert!(counts.slots.len() > FIRST_SLOTS);
+        assert_eq!((counts.get(last[4]), counts.get(last[0]), counts.get(1_000_999)), (2, 1, 1));
+        assert_eq!(counts.len(), 1005);
+    }
+
+    #[test]
+    fn counted_entries_add_as_their_keys_repeated() {
+        let (mut one_by_one, mut counted) = (KeyCounts::new(), KeyCounts::new());
+        one_by_one.add_all(&[4, 4, 4, 8, 4, 8, 4]);
+        // The second count of 4 adds to the first.
+        counted.add_counted(&[(4, 3), (8, 2), (15, 0), (4, 2)]);
+        for k in [4, 8, 15] {
+            assert_eq!(counted.get(k), one_by_one.get(k), "key {k}");
+        }
+        assert_eq!(counted.len(), 2, "a count of 0 adds no key");
+    }
+
+    #[test]
+    fn a_count_stops_at_its_largest_value() {
+        let mut counts = KeyCounts::new();
+        counts.add_all(&[9]);
+        counts.slots.iter_mut().filter(|s| s.count != 0).for_each(|s| s.count = u32::MAX - 1);
+        counts.add_all(&[9, 9, 9]);
+        assert_eq!(counts.get(9), u32::MAX);
+    }
+
+    #[test]
+    fn room_is_reported_before_the_table_grows() {
+        let counts = KeyCounts::new();
+        // 716 keys fit 1 024 slots at 7/10; one more doubles them.
+        assert_eq!(counts.bytes_for(716), FIRST_SLOTS * 12);
+        assert_eq!(counts.bytes_for(717), 2 * FIRST_SLOTS * 12);
+        assert_eq!(counts.bytes_for(3000), 8 * FIRST_SLOTS * 12);
+    }
+}

@@ -1,0 +1,202 @@
+//! The embedded ingest's plays per (user, artist) key, summed within a
+//! memory limit.
+//!
+//! Keys are counted in a [`KeyCounts`] table. When the table would grow past
+//! the limit (while it grows, its old and new slots are both held), its
+//! counts are spilled: each (key, count) is appended to one of [`BUCKETS`]
+//! temporary files chosen by the key's hash, and the table is emptied and
+//! filled again. At the end, if anything was spilled, the table is spilled
+//! too, and each bucket is summed on its own in a fresh table, so what is
+//! held at once is one bucket's keys: aggregation by hash partitions, as in
+//! the Grace hash join (Kitsuregawa, Tanaka & Moto-oka 1983). No sort and
+//! no merge is needed, since a key's counts all land in the same bucket.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+
+use cohortcast_core::counts::KeyCounts;
+use cohortcast_core::saavn::mix64;
+
+use crate::error::{IoError, Result};
+
+/// Temporary files a spill spreads the keys over.
+pub const BUCKETS: usize = 64;
+
+/// Bytes of one spilled (key, count) record.
+const RECORD: usize = 12;
+
+/// Records read from a bucket file at a time.
+const CHUNK: usize = 1 << 14;
+
+/// Counts of 64-bit keys that spill to temporary files beyond a memory
+/// limit (see the [module docs](self)).
+pub struct PairSums {
+    counts: KeyCounts,
+    limit: usize,
+    /// The bucket files, created at the first spill.
+    buckets: Vec<BufWriter<File>>,
+    spills: usize,
+    spilled_bytes: u64,
+}
+
+/// What a [`PairSums`] wrote to disk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Spilled {
+    /// Times the table was spilled (the last one at the end included).
+    pub spills: usize,
+    /// Temporary files written (0 or [`BUCKETS`]).
+    pub files: usize,
+    /// Bytes written to them.
+    pub bytes: u64,
+}
+
+fn spill_error(e: std::io::Error) -> IoError {
+    IoError::io("<temporary file of the play counts spilled beyond --ingest-memory-mb (TMPDIR)>", e)
+}
+
+fn bucket(key: u64) -> usize {
+    // The high bits: the table's home slot takes the low ones.
+    (mix64(key) >> (64 - BUCKETS.trailing_zeros())) as usize
+}
+
+impl PairSums {
+    /// Sums held within about `limit` bytes of table.
+    pub fn new(limit: usize) -> PairSums {
+        PairSums { counts: KeyCounts::new(), limit, buckets: Vec::new(), spills: 0, spilled_bytes: 0 }
+    }
+
+    /// Counts each of `keys` once more, spilling first if the table would
+    /// otherwise grow past the limit.
+    pub fn add_all(&mut self, keys: &[u64]) -> Result<()> {
+        let (now, then) = (self.counts.bytes(), self.counts.bytes_for(keys.len()));
+        if then != now && now + then > self.limit && !self.counts.is_empty() {
+            self.spill()?;
+        }
+        self.counts.add_all(keys);
+        Ok(())
+    }
+
+    fn spill(&mut self) -> Result<()> {
+        if self.buckets.is_empty() {
+            for _ in 0..BUCKETS {
+                self.buckets.push(BufWriter::with_capacity(64 << 10, tempfile::tempfile().map_err(spill_error)?));
+            }
+        }
+        let entries = self.counts.drain();
+        for &(key, count) in &entries {
+            let w = &mut self.buckets[bucket(key)];
+            w.write_all(&key.to_le_bytes()).map_err(spill_error)?;
+            w.write_all(&count.to_le_bytes()).map_err(spill_error)?;
+        }
+        self.spills += 1;
+        self.spilled_bytes += (entries.len() * RECORD) as u64;
+        tracing::info!(keys = entries.len(), spills = self.spills, "ingest: play counts spilled to disk");
+        Ok(())
+    }
+
+    /// Hands every key and its total count to `each`, in no particular
+    /// order, and says what was spilled.
+    pub fn finish(mut self, mut each: impl FnMut(u64, u32)) -> Result<Spilled> {
+        if self.buckets.is_empty() {
+            self.counts.into_each(each);
+            return Ok(Spilled::default());
+        }
+        self.spill()?;
+        drop(std::mem::take(&mut self.counts));
+        let mut entries: Vec<(u64, u32)> = Vec::with_capacity(CHUNK);
+        let mut buf = vec![0u8; CHUNK * RECORD];
+        for w in std::mem::take(&mut self.buckets) {
+            let mut file = w.into_inner().map_err(|e| spill_error(e.into_error()))?;
+            file.seek(SeekFrom::Start(0)).map_err(spill_error)?;
+            let mut file = BufReader::new(file);
+            let mut sums = KeyCounts::new();
+            loop {
+                let n = read_full(&mut file, &mut buf).map_err(spill_error)?;
+                if n % RECORD != 0 {
+                    return Err(spill_error(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        format!("the file ends inside a record ({n} bytes read)"),
+                    )));
+                }
+                entries.clear();
+                entries.extend(buf[..n].chunks_exact(RECORD).map(|r| {
+                    (u64::from_le_bytes(r[..8].try_into().unwrap()), u32::from_le_bytes(r[8..].try_into().unwrap()))
+                }));
+                sums.add_counted(&entries);
+                if n < buf.len() {
+                    break;
+                }
+            }
+            sums.into_each(&mut each);
+        }
+        Ok(Spilled { spills: self.spills, files: BUCKETS, bytes: self.spilled_bytes })
+    }
+}
+
+/// Reads until `buf` is full or the file ends; the bytes read.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    /// Keys of a few thousand (user, artist) pairs, each repeated.
+    fn plays(n: usize) -> Vec<u64> {
+        (0..n as u64).map(|i| ((i * 7919 % 3001) << 32) | (i * 31 % 17)).collect()
+    }
+
+    fn sums(limit: usize, keys: &[u64]) -> (HashMap<u64, u32>, Spilled) {
+        let mut s = PairSums::new(limit);
+        for batch in keys.chunks(1000) {
+            s.add_all(batch).unwrap();
+        }
+        let mut out = HashMap::new();
+        let spilled = s
+            .finish(|k, n| {
+                assert!(out.insert(k, n).is_none(), "key {k} handed out twice");
+            })
+            .unwrap();
+        (out, spilled)
+    }
+
+    #[test]
+    fn spilled_sums_equal_those_held_in_memory() {
+        let keys = plays(200_000);
+        let mut want: HashMap<u64, u32> = HashMap::new();
+        for &k in &keys {
+            *want.entry(k).or_default() += 1;
+        }
+        let (held, none) = sums(1 << 30, &keys);
+        assert_eq!(none, Spilled::default());
+        assert_eq!(held, want);
+        // 64 KiB holds about 3 800 keys at most: the 51 k keys spill
+        // many times, and the sums must not change.
+        let (spilled, stats) = sums(64 << 10, &keys);
+        assert!(stats.spills > 5, "{stats:?}");
+        assert_eq!(stats.files, BUCKETS);
+        assert!(stats.bytes >= (want.len() * RECORD) as u64, "{stats:?}");
+        assert_eq!(spilled, want);
+    }
+
+    #[test]
+    fn a_limit_below_one_batch_still_counts_every_key() {
+        // The table cannot be spilled while empty: it grows past the limit
+        // for one batch rather than fail.
+        let keys = plays(5000);
+        let (got, stats) = sums(1, &keys);
+        assert!(stats.spills >= 4, "{stats:?}");
+        assert_eq!(got.values().map(|&n| n as usize).sum::<usize>(), keys.len());
+    }
+}

@@ -54,9 +54,11 @@ fn spill_error(e: std::io::Error) -> IoError {
     IoError::io("<temporary file of the play counts spilled beyond --ingest-memory-mb (TMPDIR)>", e)
 }
 
+/// A key's bucket, by its user (high half), so a user's counts are summed
+/// and handed out together; the top bits of the hash, since the table's
+/// home slot takes the low ones.
 fn bucket(key: u64) -> usize {
-    // The high bits: the table's home slot takes the low ones.
-    (mix64(key) >> (64 - BUCKETS.trailing_zeros())) as usize
+    (mix64(key >> 32) >> (64 - BUCKETS.trailing_zeros())) as usize
 }
 
 impl PairSums {

@@ -26,7 +26,8 @@
 //! let mut counts = KeyCounts::new();
 //! counts.add_all(&[7, 3, 7, 7, u64::MAX]);
 //! assert_eq!((counts.get(7), counts.get(3), counts.get(u64::MAX), counts.get(4)), (3, 1, 1, 0));
-//! let mut all = counts.drain();
+//! let mut all = Vec::new();
+//! counts.drain_each(|key, n| all.push((key, n)));
 //! all.sort_unstable();
 //! assert_eq!(all, vec![(3, 1), (7, 3), (u64::MAX, 1)]);
 //! assert!(counts.is_empty());
@@ -195,18 +196,17 @@ impl KeyCounts {
         }
     }
 
-    /// Every (key, count), in no particular order, leaving the table empty
-    /// with the slots it had.
-    pub fn drain(&mut self) -> Vec<(u64, u32)> {
-        let mut out = Vec::with_capacity(self.len);
+    /// Calls `each(key, count)` for every key, in no particular order,
+    /// leaving the table empty with the slots it had (nothing is gathered
+    /// first: a full-scale spill hands out 188 M keys).
+    pub fn drain_each(&mut self, mut each: impl FnMut(u64, u32)) {
         for s in self.slots.iter_mut() {
             if s.count != 0 {
-                out.push((s.key, s.count));
+                each(s.key, s.count);
                 *s = EMPTY;
             }
         }
         self.len = 0;
-        out
     }
 
     /// Calls `each(key, count)` for every key, in no particular order,
@@ -248,7 +248,8 @@ mod tests {
             assert_eq!(counts.get(k), n, "key {k}");
         }
         assert_eq!(counts.get(pool[0] ^ 1), 0);
-        let mut all = counts.drain();
+        let mut all = Vec::new();
+        counts.drain_each(|k, n| all.push((k, n)));
         all.sort_unstable();
         let mut want: Vec<(u64, u32)> = reference.into_iter().collect();
         want.sort_unstable();

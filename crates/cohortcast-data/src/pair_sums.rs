@@ -6,10 +6,12 @@
 //! counts are spilled: each (key, count) is appended to one of [`BUCKETS`]
 //! temporary files chosen by the key's hash, and the table is emptied and
 //! filled again. At the end, if anything was spilled, the table is spilled
-//! too, and each bucket is summed on its own in a fresh table, so what is
-//! held at once is one bucket's keys: aggregation by hash partitions, as in
-//! the Grace hash join (Kitsuregawa, Tanaka & Moto-oka 1983). No sort and
-//! no merge is needed, since a key's counts all land in the same bucket.
+//! too, and each bucket is summed on its own in a fresh table (one bucket
+//! per core at a time), so what is held at once is a few buckets' keys:
+//! aggregation by hash partitions, as in the Grace hash join (Kitsuregawa,
+//! Tanaka & Moto-oka 1983). No sort and no merge is needed, since a key's
+//! counts all land in the same bucket (bucketed by user, so a user's
+//! counts also come out together).
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
@@ -84,20 +86,30 @@ impl PairSums {
                 self.buckets.push(BufWriter::with_capacity(64 << 10, tempfile::tempfile().map_err(spill_error)?));
             }
         }
-        let entries = self.counts.drain();
-        for &(key, count) in &entries {
-            let w = &mut self.buckets[bucket(key)];
-            w.write_all(&key.to_le_bytes()).map_err(spill_error)?;
-            w.write_all(&count.to_le_bytes()).map_err(spill_error)?;
+        // Written straight from the slots; the first failed write is kept
+        // (and the rest skipped) since the table is emptied either way.
+        let (keys, buckets) = (self.counts.len(), &mut self.buckets);
+        let mut failed: Option<std::io::Error> = None;
+        self.counts.drain_each(|key, count| {
+            if failed.is_none() {
+                let mut record = [0u8; RECORD];
+                record[..8].copy_from_slice(&key.to_le_bytes());
+                record[8..].copy_from_slice(&count.to_le_bytes());
+                failed = buckets[bucket(key)].write_all(&record).err();
+            }
+        });
+        if let Some(e) = failed {
+            return Err(spill_error(e));
         }
         self.spills += 1;
-        self.spilled_bytes += (entries.len() * RECORD) as u64;
-        tracing::info!(keys = entries.len(), spills = self.spills, "ingest: play counts spilled to disk");
+        self.spilled_bytes += (keys * RECORD) as u64;
+        tracing::info!(keys, spills = self.spills, "ingest: play counts spilled to disk");
         Ok(())
     }
 
     /// Hands every key and its total count to `each`, in no particular
-    /// order, and says what was spilled.
+    /// order, and says what was spilled. Spilled files are summed as many
+    /// at a time as the machine has cores, then handed out in file order.
     pub fn finish(mut self, mut each: impl FnMut(u64, u32)) -> Result<Spilled> {
         if self.buckets.is_empty() {
             self.counts.into_each(each);
@@ -105,33 +117,52 @@ impl PairSums {
         }
         self.spill()?;
         drop(std::mem::take(&mut self.counts));
-        let mut entries: Vec<(u64, u32)> = Vec::with_capacity(CHUNK);
-        let mut buf = vec![0u8; CHUNK * RECORD];
+        let mut files = Vec::with_capacity(BUCKETS);
         for w in std::mem::take(&mut self.buckets) {
             let mut file = w.into_inner().map_err(|e| spill_error(e.into_error()))?;
             file.seek(SeekFrom::Start(0)).map_err(spill_error)?;
-            let mut file = BufReader::new(file);
-            let mut sums = KeyCounts::new();
-            loop {
-                let n = read_full(&mut file, &mut buf).map_err(spill_error)?;
-                if n % RECORD != 0 {
-                    return Err(spill_error(std::io::Error::new(
-                        std::io::ErrorKind::UnexpectedEof,
-                        format!("the file ends inside a record ({n} bytes read)"),
-                    )));
-                }
-                entries.clear();
-                entries.extend(buf[..n].chunks_exact(RECORD).map(|r| {
-                    (u64::from_le_bytes(r[..8].try_into().unwrap()), u32::from_le_bytes(r[8..].try_into().unwrap()))
-                }));
-                sums.add_counted(&entries);
-                if n < buf.len() {
-                    break;
-                }
+            files.push(file);
+        }
+        let at_once = std::thread::available_parallelism().map_or(2, |n| n.get());
+        while !files.is_empty() {
+            let rest = files.split_off(at_once.min(files.len()));
+            let sums: Vec<std::io::Result<KeyCounts>> = std::thread::scope(|s| {
+                let running: Vec<_> = files.drain(..).map(|f| s.spawn(move || sum_file(f))).collect();
+                running.into_iter().map(|h| h.join().expect("summing a spill file does not panic")).collect()
+            });
+            for sum in sums {
+                sum.map_err(spill_error)?.into_each(&mut each);
             }
-            sums.into_each(&mut each);
+            files = rest;
         }
         Ok(Spilled { spills: self.spills, files: BUCKETS, bytes: self.spilled_bytes })
+    }
+}
+
+/// Sums one spilled file's records in a fresh table.
+fn sum_file(file: File) -> std::io::Result<KeyCounts> {
+    let mut file = BufReader::new(file);
+    let mut sums = KeyCounts::new();
+    let mut entries: Vec<(u64, u32)> = Vec::with_capacity(CHUNK);
+    let mut buf = vec![0u8; CHUNK * RECORD];
+    loop {
+        let n = read_full(&mut file, &mut buf)?;
+        if n % RECORD != 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("the file ends inside a record ({n} bytes read)"),
+            ));
+        }
+        entries.clear();
+        entries.extend(
+            buf[..n].chunks_exact(RECORD).map(|r| {
+                (u64::from_le_bytes(r[..8].try_into().unwrap()), u32::from_le_bytes(r[8..].try_into().unwrap()))
+            }),
+        );
+        sums.add_counted(&entries);
+        if n < buf.len() {
+            return Ok(sums);
+        }
     }
 }
 

@@ -52,11 +52,6 @@ const FIRST_SLOTS: usize = 1 << 10;
 /// Keys ahead whose home slot is prefetched while one is added.
 const AHEAD: usize = 8;
 
-/// `n` empty slots.
-fn empty_slots(n: usize) -> Vec<Slot> {
-    vec![EMPTY; n]
-}
-
 /// Counts of 64-bit keys (see the [module docs](self)).
 pub struct KeyCounts {
     slots: Vec<Slot>,
@@ -73,7 +68,7 @@ impl Default for KeyCounts {
 impl KeyCounts {
     /// An empty table of 1 024 slots.
     pub fn new() -> KeyCounts {
-        KeyCounts { slots: empty_slots(FIRST_SLOTS), len: 0 }
+        KeyCounts { slots: vec![EMPTY; FIRST_SLOTS], len: 0 }
     }
 
     /// Distinct keys held.
@@ -183,7 +178,7 @@ impl KeyCounts {
     /// Moves every key into `slots` new slots, each new slot prefetched
     /// [`AHEAD`] old slots before.
     fn grow(&mut self, slots: usize) {
-        let old = std::mem::replace(&mut self.slots, empty_slots(slots));
+        let old = std::mem::replace(&mut self.slots, vec![EMPTY; slots]);
         self.len = 0;
         let mask = slots - 1;
         for (j, s) in old.iter().enumerate() {

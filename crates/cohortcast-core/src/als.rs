@@ -301,7 +301,7 @@ impl AlsModel {
 }
 
 /// The factor count training runs at for `f` requested: the next multiple
-/// of 16 when [`CgKernel::best`] has a register-blocked kernel for that
+/// of 16 when `CgKernel::best` has a register-blocked kernel for that
 /// and none for `f`, else `f`. A row solve with the padding
 /// coordinates at zero keeps them at zero (their rows and columns of
 /// `YᵀY + λI` are `λ` on the diagonal and zero elsewhere, so the residual

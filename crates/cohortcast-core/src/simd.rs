@@ -499,7 +499,7 @@ pub mod avx512_rows {
 /// `‖c‖² − 2 x·c` (the row's own norm is the same for every centroid).
 ///
 /// A register-blocked micro-kernel in the manner of BLIS (Van Zee & van de
-/// Geijn 2015): [`Panel`] holds the centroids transposed, 32 to a block, so
+/// Geijn 2015): [`Panel`](avx512_nearest::Panel) holds the centroids transposed, 32 to a block, so
 /// a tile of `MR` rows × 32 centroids accumulates in `2·MR` registers with
 /// one broadcast of `x[r][d]` and two centroid loads per `d`, and the
 /// distances never leave the registers: each block's are compared

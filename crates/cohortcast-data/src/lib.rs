@@ -1,8 +1,9 @@
 //! # cohortcast-data
 //!
 //! Reading and writing for cohortcast: the Saavn inputs through DataFusion
-//! ([`ingest`]), and the files a run leaves behind ([`files`], [`model`]),
-//! each written under a temporary name and renamed when complete.
+//! ([`ingest`], with the embedded engine's plays summed in [`pair_sums`]),
+//! and the files a run leaves behind ([`files`], [`stages`]), each written
+//! under a temporary name and renamed when complete.
 
 #![warn(missing_docs)]
 

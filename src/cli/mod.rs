@@ -87,8 +87,9 @@ pub struct InputArgs {
     #[arg(long)]
     ingest_memory_mb: Option<usize>,
     /// Parallel partitions (and threads) for the ingest. Default: the
-    /// machine's cores. Each partition's join and aggregation takes its
-    /// share of --ingest-memory-mb, so more partitions need more memory.
+    /// machine's cores. Each partition's DataFusion join and aggregation
+    /// (the metadata's, and the clickstream's on a cluster) takes its share
+    /// of --ingest-memory-mb, so more partitions need more memory.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     ingest_partitions: Option<u16>,
     /// Where the ingest runs: `embedded` (DataFusion in this process) or

@@ -36,6 +36,14 @@
 //! CG steps, but the large user matrix is read in order instead of one
 //! scattered row per nonzero. docs/design.md gives the figures.
 //!
+//! On the AVX-512 kernel the user half-step works in the eigenbasis of
+//! `YᵀY` (`rotate_to_eigenbasis`): `YᵀY = QΛQᵀ` by Jacobi rotations, `Y`
+//! and each user's row turned by the orthogonal `Q`, so that the shared
+//! product `(YᵀY + λI) p` of every CG step is `f` multiplications instead
+//! of an `f × f` product. Predictions, the loss and the CG steps are those
+//! of the original basis; the factors come out in the last basis used
+//! (factors of a factorisation are only ever defined up to such a turn).
+//!
 //! ```
 //! use cohortcast_core::als::{AlsParams, AlsModel};
 //! use cohortcast_core::sparse::Csr;
@@ -175,11 +183,18 @@ impl AlsModel {
         let mut x = restride(init_factors(plays.rows(), f, params.seed, 0), f, fp);
         let mut y = restride(init_factors(plays.cols(), f, params.seed, 1), f, fp);
         let mut loss_history = Vec::with_capacity(params.iterations);
+        let rotate = rotates(&work);
+        let mut spare = Vec::new();
         for it in 1..=params.iterations {
-            half_step(&mut x, &y, &cu, &work);
+            if rotate {
+                let eigen = rotate_to_eigenbasis(&mut y, &mut spare, fp);
+                half_step(&mut x, &y, &cu, &work, Some(&eigen));
+            } else {
+                half_step(&mut x, &y, &cu, &work, None);
+            }
             ensure_finite(&x, "user", it)?;
             match &ci {
-                Some(ci) => half_step(&mut y, &x, ci, &work),
+                Some(ci) => half_step(&mut y, &x, ci, &work, None),
                 None => half_step_scatter(&mut y, &x, &cu, &work),
             }
             ensure_finite(&y, "artist", it)?;
@@ -354,13 +369,18 @@ fn ensure_finite(v: &[f32], side: &'static str, iteration: usize) -> Result<(), 
     }
 }
 
-/// Solves every row of `x` given fixed `y` and row confidences `c`.
-fn half_step(x: &mut [f32], y: &[f32], c: &Csr, params: &AlsParams) {
+/// Solves every row of `x` given fixed `y` and row confidences `c`. With
+/// `eigen` (from [`rotate_to_eigenbasis`]), `y` is in the eigenbasis of
+/// `YᵀY` and the rows of `x` are turned to it as they are solved.
+fn half_step(x: &mut [f32], y: &[f32], c: &Csr, params: &AlsParams, eigen: Option<&[f32]>) {
     let f = params.factors;
     let reg = params.regularization;
-    let mut yty = gram(y, c.cols(), f);
+    let (mut yty, diag) = match eigen {
+        Some(e) => (e.to_vec(), true),
+        None => (gram(y, c.cols(), f), false),
+    };
     for d in 0..f {
-        yty[d * f + d] += reg;
+        yty[if diag { d } else { d * f + d }] += reg;
     }
     let kernel = CgKernel::best(f);
     match params.solver {
@@ -374,11 +394,12 @@ fn half_step(x: &mut [f32], y: &[f32], c: &Csr, params: &AlsParams) {
                         crate::simd::prefetch_floats((base as *const f32).wrapping_add((u + 2) * f), f);
                     }
                     let (idx, val) = c.row(u);
-                    solve_row_cg(&yty, y, idx, val, f, params.cg_steps, xu, scratch, kernel);
+                    solve_row_cg(&yty, y, idx, val, f, params.cg_steps, xu, scratch, kernel, diag);
                 },
             )
         }
         Solver::Cholesky => {
+            assert!(!diag, "the exact solver takes YᵀY whole");
             // yty already holds λI; the reference solve adds it itself.
             for d in 0..f {
                 yty[d * f + d] -= reg;
@@ -389,6 +410,35 @@ fn half_step(x: &mut [f32], y: &[f32], c: &Csr, params: &AlsParams) {
             })
         }
     }
+}
+
+/// Whether the user half-step runs in the eigenbasis of `YᵀY`: with
+/// conjugate gradient on the AVX-512 kernel, where `(YᵀY + λI) p` (a
+/// `f × f` product, 39% of that kernel's samples on the medium benchmark
+/// set, run four times a user) becomes `f` products.
+fn rotates(work: &AlsParams) -> bool {
+    work.solver == Solver::ConjugateGradient && CgKernel::best(work.factors) == CgKernel::Avx512Rows
+}
+
+/// Turns the artist factors (`f` columns) to the eigenbasis of `YᵀY`, so
+/// that the user half-step's shared term is diagonal, and returns the
+/// eigenvalues followed by the eigenvectors `Q` (`f × f`, row-major):
+/// `YᵀY = QΛQᵀ` ([`crate::linalg::sym_eigen`], in f64) and `Y ← YQ`. The
+/// user half-step turns each user's row likewise as it loads it
+/// (`x ← xQ`, one `f × f` product in place of three of the four its solve
+/// took), so both sides end in the new basis. `Q` is orthogonal: every
+/// prediction `x_uᵀ y_i`, every norm in the penalty, and so the loss, are
+/// unchanged, and conjugate gradient, which commutes with an orthogonal
+/// change of basis, takes the same steps in the new coordinates. `spare`
+/// is a buffer kept between calls.
+fn rotate_to_eigenbasis(y: &mut Vec<f32>, spare: &mut Vec<f32>, f: usize) -> Vec<f32> {
+    let g: Vec<f64> = gram(y, y.len() / f, f).iter().map(|&v| v as f64).collect();
+    let (w, q) = crate::linalg::sym_eigen(&g, f);
+    let q: Vec<f32> = q.iter().map(|&v| v as f32).collect();
+    spare.resize(y.len(), 0.0);
+    crate::linalg::gemm_into(y, &q, spare, y.len() / f, f, f);
+    std::mem::swap(y, spare);
+    w.iter().map(|&v| v as f32).chain(q).collect()
 }
 
 /// Fixed parts of the users in a scatter pass, each with its own artist
@@ -612,8 +662,10 @@ impl CgKernel {
 
 /// `cg_steps` conjugate-gradient steps on
 /// `(YᵀY + λI + Σ_i (c_i − 1) y_i y_iᵀ) x = Σ_i c_i y_i`, from the current `x`.
-/// `ytyr` is `YᵀY + λI`; `kernel` must come from [`CgKernel::best`] (or be
-/// `Portable`).
+/// `ytyr` is `YᵀY + λI`, or when `diag` its eigenvalues plus `λ` and its
+/// eigenvectors, with `y` in that basis and `x` turned to it (the AVX-512
+/// kernel only: see [`rotates`] and `simd::avx512_rows::cg`); `kernel`
+/// must come from [`CgKernel::best`] (or be `Portable`).
 #[allow(clippy::too_many_arguments)]
 fn solve_row_cg(
     ytyr: &[f32],
@@ -625,7 +677,9 @@ fn solve_row_cg(
     x: &mut [f32],
     scratch: &mut [f32],
     kernel: CgKernel,
+    diag: bool,
 ) {
+    assert!(!diag || kernel == CgKernel::Avx512Rows, "a diagonal YᵀY needs the AVX-512 kernel");
     // SAFETY: every SIMD kernel is only chosen by `CgKernel::best`, which
     // checked the CPU features and that `f` is one the register-blocked
     // kernels are instantiated for; the portable body calls only safe
@@ -635,14 +689,22 @@ fn solve_row_cg(
         {
             use crate::simd::{avx2_rows as a2, avx512_rows as a5};
             match (kernel, f) {
-                (CgKernel::Avx512Rows, 16) => return a5::cg::<1>(ytyr, y, idx, conf, steps, x, scratch),
-                (CgKernel::Avx512Rows, 32) => return a5::cg::<2>(ytyr, y, idx, conf, steps, x, scratch),
-                (CgKernel::Avx512Rows, 48) => return a5::cg::<3>(ytyr, y, idx, conf, steps, x, scratch),
-                (CgKernel::Avx512Rows, 64) => return a5::cg::<4>(ytyr, y, idx, conf, steps, x, scratch),
-                (CgKernel::Avx512Rows, 80) => return a5::cg::<5>(ytyr, y, idx, conf, steps, x, scratch),
-                (CgKernel::Avx512Rows, 96) => return a5::cg::<6>(ytyr, y, idx, conf, steps, x, scratch),
-                (CgKernel::Avx512Rows, 112) => return a5::cg::<7>(ytyr, y, idx, conf, steps, x, scratch),
-                (CgKernel::Avx512Rows, 128) => return a5::cg::<8>(ytyr, y, idx, conf, steps, x, scratch),
+                (CgKernel::Avx512Rows, 16) if diag => return a5::cg::<1, true>(ytyr, y, idx, conf, steps, x, scratch),
+                (CgKernel::Avx512Rows, 16) => return a5::cg::<1, false>(ytyr, y, idx, conf, steps, x, scratch),
+                (CgKernel::Avx512Rows, 32) if diag => return a5::cg::<2, true>(ytyr, y, idx, conf, steps, x, scratch),
+                (CgKernel::Avx512Rows, 32) => return a5::cg::<2, false>(ytyr, y, idx, conf, steps, x, scratch),
+                (CgKernel::Avx512Rows, 48) if diag => return a5::cg::<3, true>(ytyr, y, idx, conf, steps, x, scratch),
+                (CgKernel::Avx512Rows, 48) => return a5::cg::<3, false>(ytyr, y, idx, conf, steps, x, scratch),
+                (CgKernel::Avx512Rows, 64) if diag => return a5::cg::<4, true>(ytyr, y, idx, conf, steps, x, scratch),
+                (CgKernel::Avx512Rows, 64) => return a5::cg::<4, false>(ytyr, y, idx, conf, steps, x, scratch),
+                (CgKernel::Avx512Rows, 80) if diag => return a5::cg::<5, true>(ytyr, y, idx, conf, steps, x, scratch),
+                (CgKernel::Avx512Rows, 80) => return a5::cg::<5, false>(ytyr, y, idx, conf, steps, x, scratch),
+                (CgKernel::Avx512Rows, 96) if diag => return a5::cg::<6, true>(ytyr, y, idx, conf, steps, x, scratch),
+                (CgKernel::Avx512Rows, 96) => return a5::cg::<6, false>(ytyr, y, idx, conf, steps, x, scratch),
+                (CgKernel::Avx512Rows, 112) if diag => return a5::cg::<7, true>(ytyr, y, idx, conf, steps, x, scratch),
+                (CgKernel::Avx512Rows, 112) => return a5::cg::<7, false>(ytyr, y, idx, conf, steps, x, scratch),
+                (CgKernel::Avx512Rows, 128) if diag => return a5::cg::<8, true>(ytyr, y, idx, conf, steps, x, scratch),
+                (CgKernel::Avx512Rows, 128) => return a5::cg::<8, false>(ytyr, y, idx, conf, steps, x, scratch),
                 (CgKernel::Avx2Rows, 16) => return a2::cg::<2>(ytyr, y, idx, conf, steps, x, scratch),
                 (CgKernel::Avx2Rows, 32) => return a2::cg::<4>(ytyr, y, idx, conf, steps, x, scratch),
                 (CgKernel::Avx2Rows, 48) => return a2::cg::<6>(ytyr, y, idx, conf, steps, x, scratch),
@@ -829,7 +891,7 @@ mod tests {
         let mut scratch = vec![0f32; 3 * f];
         for kernel in [CgKernel::Portable, CgKernel::best(f)] {
             let mut x = vec![0f32; f];
-            solve_row_cg(&ytyr, &y, &idx, &conf, f, 2 * f, &mut x, &mut scratch, kernel);
+            solve_row_cg(&ytyr, &y, &idx, &conf, f, 2 * f, &mut x, &mut scratch, kernel, false);
             for d in 0..f {
                 assert!((x[d] - exact[d]).abs() < 1e-3 * exact[d].abs().max(1.0), "{kernel:?}: {x:?} vs {exact:?}");
             }
@@ -854,7 +916,7 @@ mod tests {
             let x0: Vec<f32> = (0..f).map(|_| rng.normal() as f32 * 0.01).collect();
             let mut scratch = vec![0f32; 3 * f];
             let mut portable = x0.clone();
-            solve_row_cg(&ytyr, &y, &idx, &conf, f, 3, &mut portable, &mut scratch, CgKernel::Portable);
+            solve_row_cg(&ytyr, &y, &idx, &conf, f, 3, &mut portable, &mut scratch, CgKernel::Portable, false);
             assert_ne!(portable, x0, "the solve moved x");
             let mut kernels = vec![CgKernel::best(f)];
             if crate::simd::has_avx2_fma() && matches!(f, 16 | 32 | 48 | 64) {
@@ -862,13 +924,34 @@ mod tests {
             }
             for kernel in kernels {
                 let mut fast = x0.clone();
-                solve_row_cg(&ytyr, &y, &idx, &conf, f, 3, &mut fast, &mut scratch, kernel);
+                solve_row_cg(&ytyr, &y, &idx, &conf, f, 3, &mut fast, &mut scratch, kernel, false);
                 for d in 0..f {
                     assert!(
                         (portable[d] - fast[d]).abs() < 1e-4 * portable[d].abs().max(1.0),
                         "f {f} {kernel:?} {d}: {} vs {}",
                         portable[d],
                         fast[d]
+                    );
+                }
+            }
+            // In the eigenbasis of YᵀY (the AVX-512 kernel's diagonal form),
+            // the same steps give the portable solution turned by Q.
+            if CgKernel::best(f) == CgKernel::Avx512Rows {
+                let mut yq = y.clone();
+                let mut eigen = rotate_to_eigenbasis(&mut yq, &mut Vec::new(), f);
+                for w in &mut eigen[..f] {
+                    *w += 0.5;
+                }
+                let mut turned = x0.clone();
+                solve_row_cg(&eigen, &yq, &idx, &conf, f, 3, &mut turned, &mut scratch, CgKernel::Avx512Rows, true);
+                let want = crate::linalg::matmul(&portable, &eigen[f..], 1, f, f);
+                let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+                for d in 0..f {
+                    assert!(
+                        (want[d] - turned[d]).abs() < 1e-4 * scale,
+                        "f {f} eigenbasis {d}: {} vs {}",
+                        want[d],
+                        turned[d]
                     );
                 }
             }
@@ -895,7 +978,7 @@ mod tests {
             let x: Vec<f32> = init_factors(m.rows(), f, 9, 0).iter().map(|v| v * 40.0).collect();
             let y0 = init_factors(m.cols(), f, 9, 1);
             let (mut rows, mut scattered) = (y0.clone(), y0.clone());
-            half_step(&mut rows, &x, &ci, &params);
+            half_step(&mut rows, &x, &ci, &params, None);
             half_step_scatter(&mut scattered, &x, &cu, &params);
             assert_ne!(rows, y0, "f {f}: the half-step moved the factors");
             for (k, (a, b)) in rows.iter().zip(&scattered).enumerate() {
@@ -952,13 +1035,14 @@ mod tests {
             assert_eq!(padded.item_factors().len(), 50 * f);
             let (lp, lq) = (*padded.loss_history.last().unwrap(), *plain.loss_history.last().unwrap());
             assert!((lp - lq).abs() < 1e-4 * lq.abs(), "f {f}: loss {lp} padded, {lq} not");
-            let scale = plain.user_factors().iter().fold(0f32, |a, v| a.max(v.abs()));
-            for (k, (a, b)) in padded.user_factors().iter().zip(plain.user_factors()).enumerate() {
-                assert!((a - b).abs() < 1e-3 * scale, "f {f} user value {k}: {a} padded, {b} not");
-            }
-            let scale = plain.item_factors().iter().fold(0f32, |a, v| a.max(v.abs()));
-            for (k, (a, b)) in padded.item_factors().iter().zip(plain.item_factors()).enumerate() {
-                assert!((a - b).abs() < 1e-3 * scale, "f {f} artist value {k}: {a} padded, {b} not");
+            // The padded fit may turn its factors to another basis (see
+            // `rotates`); the model is its predictions.
+            let scores = |m: &AlsModel| -> Vec<f32> {
+                (0..300).flat_map(|u| (0..50).map(move |i| (u, i))).map(|(u, i)| m.score(u, i)).collect()
+            };
+            let scale = scores(&plain).iter().fold(0f32, |a, v| a.max(v.abs()));
+            for (k, (a, b)) in scores(&padded).iter().zip(scores(&plain)).enumerate() {
+                assert!((a - b).abs() < 1e-3 * scale, "f {f} score {k}: {a} padded, {b} not");
             }
         }
         // Where a kernel exists for the count, or none for any, nothing is padded.

@@ -51,6 +51,18 @@ pub fn matmul_t(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> 
 /// artists at once, where one dot product per element was 21% of an
 /// iteration.
 pub fn gemm_acc(alpha: f32, a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usize) {
+    gemm_blocks(alpha, a, b, 1.0, c, m, k, n)
+}
+
+/// `C = A · B` into `C`, whatever it held, in the parallel blocks of
+/// [`gemm_acc`] (bit-for-bit repeatable likewise).
+pub fn gemm_into(a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usize) {
+    gemm_blocks(1.0, a, b, 0.0, c, m, k, n)
+}
+
+/// `C = α · A · B + β · C` in parallel blocks of rows.
+#[allow(clippy::too_many_arguments)]
+fn gemm_blocks(alpha: f32, a: &[f32], b: &[f32], beta: f32, c: &mut [f32], m: usize, k: usize, n: usize) {
     use rayon::prelude::*;
     assert_eq!(a.len(), m * k);
     assert_eq!(b.len(), k * n);
@@ -75,7 +87,7 @@ pub fn gemm_acc(alpha: f32, a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: us
                 b.as_ptr(),
                 n as isize,
                 1,
-                1.0,
+                beta,
                 cb.as_mut_ptr(),
                 n as isize,
                 1,
@@ -202,6 +214,66 @@ pub fn cholesky_solve(a: &mut [f64], b: &mut [f64], n: usize) -> bool {
     true
 }
 
+/// Eigendecomposition of a symmetric `n × n` matrix (row-major) by cyclic
+/// Jacobi rotations (Golub & Van Loan, *Matrix Computations*, 4th ed.,
+/// §8.5.2–8.5.3, with Rutishauser's choice of the smaller rotation angle).
+/// Returns `(w, v)` with `A = V diag(w) Vᵀ`: `v` row-major, its column `j`
+/// the unit eigenvector of `w[j]`, and the eigenvalues in no particular
+/// order.
+///
+/// An element of `A` that is exactly zero with every other row is never
+/// rotated, so a coordinate that `A` keeps apart (as the ALS padding
+/// coordinates are) stays a unit vector of `V`. Sweeps stop when the
+/// off-diagonal mass is below `1e-24` of the whole (quadratic convergence
+/// makes that a handful of sweeps), or after 60.
+pub fn sym_eigen(a: &[f64], n: usize) -> (Vec<f64>, Vec<f64>) {
+    assert_eq!(a.len(), n * n);
+    let mut a = a.to_vec();
+    let mut v = vec![0f64; n * n];
+    for d in 0..n {
+        v[d * n + d] = 1.0;
+    }
+    let total: f64 = a.iter().map(|x| x * x).sum();
+    for _ in 0..60 {
+        let off: f64 = (0..n)
+            .flat_map(|p| (0..n).filter(move |&q| q != p).map(move |q| (p, q)))
+            .map(|(p, q)| a[p * n + q].powi(2))
+            .sum();
+        if off <= 1e-24 * total {
+            break;
+        }
+        for p in 0..n {
+            for q in p + 1..n {
+                let apq = a[p * n + q];
+                if apq == 0.0 {
+                    continue;
+                }
+                // tan of the angle that zeroes a_pq, the smaller root.
+                let theta = (a[q * n + q] - a[p * n + p]) / (2.0 * apq);
+                let t = theta.signum() / (theta.abs() + (theta * theta + 1.0).sqrt());
+                let c = 1.0 / (t * t + 1.0).sqrt();
+                let s = t * c;
+                for k in 0..n {
+                    let (akp, akq) = (a[k * n + p], a[k * n + q]);
+                    a[k * n + p] = c * akp - s * akq;
+                    a[k * n + q] = s * akp + c * akq;
+                }
+                for k in 0..n {
+                    let (apk, aqk) = (a[p * n + k], a[q * n + k]);
+                    a[p * n + k] = c * apk - s * aqk;
+                    a[q * n + k] = s * apk + c * aqk;
+                }
+                for k in 0..n {
+                    let (vkp, vkq) = (v[k * n + p], v[k * n + q]);
+                    v[k * n + p] = c * vkp - s * vkq;
+                    v[k * n + q] = s * vkp + c * vkq;
+                }
+            }
+        }
+    }
+    ((0..n).map(|d| a[d * n + d]).collect(), v)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -241,6 +313,42 @@ mod tests {
         let g = gram(&a, m, k);
         let want: f32 = (0..m).map(|r| a[r * k + 1] * a[r * k + 3]).sum();
         assert!((g[k + 3] - want).abs() < 1e-5);
+    }
+
+    #[test]
+    fn jacobi_eigenvectors_diagonalise_and_keep_apart_coordinates() {
+        let mut rng = crate::rng::Rng::new(3);
+        for n in [1, 2, 5, 16, 64] {
+            // A Gram matrix (as ALS has) plus one coordinate kept apart.
+            let rows = 3 * n;
+            let y: Vec<f32> = (0..rows * n).map(|_| rng.normal() as f32).collect();
+            let g = gram(&y, rows, n);
+            let m = n + 1;
+            let mut a = vec![0f64; m * m];
+            for r in 0..n {
+                for c in 0..n {
+                    a[r * m + c] = g[r * n + c] as f64;
+                }
+            }
+            a[n * m + n] = 0.25;
+            let (w, v) = sym_eigen(&a, m);
+            let scale = w.iter().fold(0f64, |s, x| s.max(x.abs()));
+            for i in 0..m {
+                for j in 0..m {
+                    // Vᵀ V = I and Vᵀ A V = diag(w).
+                    let vv: f64 = (0..m).map(|k| v[k * m + i] * v[k * m + j]).sum();
+                    let vav: f64 =
+                        (0..m).map(|k| v[k * m + i] * (0..m).map(|l| a[k * m + l] * v[l * m + j]).sum::<f64>()).sum();
+                    let (want_vv, want_vav) = if i == j { (1.0, w[i]) } else { (0.0, 0.0) };
+                    assert!((vv - want_vv).abs() < 1e-12, "n {n}: (VᵀV)[{i}][{j}] = {vv}");
+                    assert!((vav - want_vav).abs() < 1e-10 * scale, "n {n}: (VᵀAV)[{i}][{j}] = {vav}");
+                }
+            }
+            // The kept-apart coordinate is an eigenvector as it stood.
+            assert_eq!(w[n], 0.25);
+            assert!((0..m).all(|k| v[k * m + n] == if k == n { 1.0 } else { 0.0 }));
+            assert!((0..n).all(|k| v[n * m + k] == 0.0));
+        }
     }
 
     #[test]

@@ -401,16 +401,38 @@ pub mod avx512_rows {
         acc
     }
 
+    /// `G v` for the shared part `G = YᵀY + λI` of a row's system, `v`
+    /// in memory (`vm`) and in registers (`vr`): `G` held whole (`f × f`)
+    /// or, when `DIAG`, as its diagonal (the first `f` floats of `g`: the
+    /// factors are in the eigenbasis of `YᵀY`, see `als`).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn gram_times<const N: usize, const DIAG: bool>(g: &[f32], vm: &[f32], vr: &Row<N>) -> Row<N> {
+        if DIAG {
+            let mut out = load::<N>(g);
+            for (o, vk) in out.iter_mut().zip(vr) {
+                *o = _mm512_mul_ps(*o, *vk);
+            }
+            out
+        } else {
+            symv::<N>(g, vm)
+        }
+    }
+
     /// `steps` conjugate-gradient steps on
     /// `(YᵀY + λI + Σ_i (c_i − 1) y_i y_iᵀ) x = Σ_i c_i y_i` for `f = 16·N`,
-    /// from the current `x`; `ytyr` is `YᵀY + λI`, `scratch` at least `f`
-    /// floats.
+    /// from the current `x`; `scratch` at least `f` floats. `ytyr` is
+    /// `YᵀY + λI` (`f × f`), or when `DIAG` its eigenvalues plus `λ` (`f`)
+    /// followed by the eigenvectors `Q` (`f × f`, row-major, `YᵀY = QΛQᵀ`)
+    /// with `y` already turned to that basis: `x` is turned to it as it is
+    /// loaded (`xᵀ ← xᵀQ`) and stored there.
     ///
     /// # Safety
     /// The CPU must support AVX-512F; `x` and the rows of `y` are `16·N`
-    /// floats and every index in `idx` is a row of `y`.
+    /// floats, `ytyr` is `16·N + (16·N)²` floats when `DIAG` and `(16·N)²`
+    /// otherwise, and every index in `idx` is a row of `y`.
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn cg<const N: usize>(
+    pub unsafe fn cg<const N: usize, const DIAG: bool>(
         ytyr: &[f32],
         y: &[f32],
         idx: &[u32],
@@ -421,8 +443,8 @@ pub mod avx512_rows {
     ) {
         let f = 16 * N;
         let pmem = &mut scratch[..f];
-        let mut xr = load::<N>(x);
-        let mut r = symv::<N>(ytyr, x);
+        let mut xr = if DIAG { symv::<N>(&ytyr[f..f + f * f], x) } else { load::<N>(x) };
+        let mut r = gram_times::<N, DIAG>(ytyr, x, &xr);
         for v in r.iter_mut() {
             *v = _mm512_sub_ps(_mm512_setzero_ps(), *v);
         }
@@ -434,11 +456,12 @@ pub mod avx512_rows {
         let mut p = r;
         let mut rsold = dot(&r, &r);
         if rsold < 1e-20 {
+            store(&xr, x);
             return;
         }
         for _ in 0..steps {
             store(&p, pmem);
-            let mut ap = symv::<N>(ytyr, pmem);
+            let mut ap = gram_times::<N, DIAG>(ytyr, pmem, &p);
             for (j, (&i, &c)) in idx.iter().zip(conf).enumerate() {
                 prefetch_row(y, idx, j + AHEAD, f);
                 let yi = load::<N>(&y[i as usize * f..(i as usize + 1) * f]);

@@ -57,7 +57,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::confidence::{confidence, Weighting};
 use crate::error::{check_range, DataError, FitError, ParamError};
-use crate::linalg::{axpy, cholesky_solve, dot, gemm_acc, gram};
+use crate::linalg::{axpy, cholesky_solve, dot, gemm_acc, gram, Floats};
 use crate::rng::Rng;
 use crate::sparse::Csr;
 
@@ -180,14 +180,14 @@ impl AlsModel {
         // artists' accumulators stay small; else by rows of the transpose.
         let scatter = scatter_fits(plays.cols(), fp) && params.solver == Solver::ConjugateGradient;
         let ci = if scatter { None } else { Some(cu.transpose()) };
-        let mut x = restride(init_factors(plays.rows(), f, params.seed, 0), f, fp);
-        let mut y = restride(init_factors(plays.cols(), f, params.seed, 1), f, fp);
+        // On cache lines: the kernels load whole factor rows.
+        let mut x = Floats::from_slice(&restride(init_factors(plays.rows(), f, params.seed, 0), f, fp));
+        let mut y = Floats::from_slice(&restride(init_factors(plays.cols(), f, params.seed, 1), f, fp));
         let mut loss_history = Vec::with_capacity(params.iterations);
         let rotate = rotates(&work);
-        let mut spare = Vec::new();
         for it in 1..=params.iterations {
             if rotate {
-                let eigen = rotate_to_eigenbasis(&mut y, &mut spare, fp);
+                let eigen = rotate_to_eigenbasis(&mut y, fp);
                 half_step(&mut x, &y, &cu, &work, Some(&eigen));
             } else {
                 half_step(&mut x, &y, &cu, &work, None);
@@ -207,8 +207,8 @@ impl AlsModel {
             params: params.clone(),
             users: plays.rows(),
             items: plays.cols(),
-            user_factors: restride(x, fp, f),
-            item_factors: restride(y, fp, f),
+            user_factors: restride(x.to_vec(), fp, f),
+            item_factors: restride(y.to_vec(), fp, f),
             loss_history,
         })
     }
@@ -429,15 +429,14 @@ fn rotates(work: &AlsParams) -> bool {
 /// took), so both sides end in the new basis. `Q` is orthogonal: every
 /// prediction `x_uᵀ y_i`, every norm in the penalty, and so the loss, are
 /// unchanged, and conjugate gradient, which commutes with an orthogonal
-/// change of basis, takes the same steps in the new coordinates. `spare`
-/// is a buffer kept between calls.
-fn rotate_to_eigenbasis(y: &mut Vec<f32>, spare: &mut Vec<f32>, f: usize) -> Vec<f32> {
+/// change of basis, takes the same steps in the new coordinates.
+fn rotate_to_eigenbasis(y: &mut Floats, f: usize) -> Vec<f32> {
     let g: Vec<f64> = gram(y, y.len() / f, f).iter().map(|&v| v as f64).collect();
     let (w, q) = crate::linalg::sym_eigen(&g, f);
     let q: Vec<f32> = q.iter().map(|&v| v as f32).collect();
-    spare.resize(y.len(), 0.0);
-    crate::linalg::gemm_into(y, &q, spare, y.len() / f, f, f);
-    std::mem::swap(y, spare);
+    let mut turned = Floats::zeroed(y.len());
+    crate::linalg::gemm_into(y, &q, &mut turned, y.len() / f, f, f);
+    *y = turned;
     w.iter().map(|&v| v as f32).chain(q).collect()
 }
 
@@ -520,14 +519,14 @@ fn half_step_scatter(y: &mut [f32], x: &[f32], cu: &Csr, params: &AlsParams) {
 /// One pass over every nonzero, user by user: for artist `i`,
 /// `Σ_u t_ui x_u` with `t = c − (c − 1) x_uᵀ v_i` when `RESIDUAL`, else
 /// `t = (c − 1) x_uᵀ v_i`. Parts of the users in parallel, summed in order.
-fn scatter_pass<const RESIDUAL: bool>(x: &[f32], cu: &Csr, v: &[f32], f: usize, kernel: CgKernel) -> Vec<f32> {
+fn scatter_pass<const RESIDUAL: bool>(x: &[f32], cu: &Csr, v: &[f32], f: usize, kernel: CgKernel) -> Floats {
     let (users, items) = (cu.rows(), cu.cols());
     let per = crate::linalg::part_rows(users, SCATTER_PARTS, 64);
     let starts: Vec<usize> = (0..users).step_by(per).collect();
-    let mut parts: Vec<Vec<f32>> = starts
+    let mut parts: Vec<Floats> = starts
         .par_iter()
         .map(|&start| {
-            let mut acc = vec![0f32; items * f];
+            let mut acc = Floats::zeroed(items * f);
             let end = (start + per).min(users);
             for u in start..end {
                 if u + 2 < end {
@@ -937,8 +936,8 @@ mod tests {
             // In the eigenbasis of YᵀY (the AVX-512 kernel's diagonal form),
             // the same steps give the portable solution turned by Q.
             if CgKernel::best(f) == CgKernel::Avx512Rows {
-                let mut yq = y.clone();
-                let mut eigen = rotate_to_eigenbasis(&mut yq, &mut Vec::new(), f);
+                let mut yq = Floats::from_slice(&y);
+                let mut eigen = rotate_to_eigenbasis(&mut yq, f);
                 for w in &mut eigen[..f] {
                     *w += 0.5;
                 }

@@ -24,7 +24,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{check_range, DataError, FitError, ParamError};
-use crate::linalg::{dot, matmul_t, part_rows, MAX_PARTS};
+use crate::linalg::{dot, matmul_t, part_rows, Floats, MAX_PARTS};
 use crate::rng::Rng;
 
 /// Hyperparameters of k-means; names follow scikit-learn.
@@ -190,8 +190,9 @@ pub fn cohort_sizes(labels: &[u32], k: usize) -> Vec<usize> {
 /// Rows scaled to unit length (zero rows stay zero): k-means on them groups
 /// by the direction of the taste vector (spherical k-means, Dhillon & Modha
 /// 2001), so heavy and light listeners of the same taste share a cohort.
-pub fn normalize_rows(x: &[f32], dim: usize) -> Vec<f32> {
-    let mut out = x.to_vec();
+/// The rows start on cache lines ([`Floats`]) for the distance kernels.
+pub fn normalize_rows(x: &[f32], dim: usize) -> Floats {
+    let mut out = Floats::from_slice(x);
     out.par_chunks_mut(dim).for_each(|r| {
         let n = dot(r, r).sqrt();
         if n > 0.0 {
@@ -924,7 +925,9 @@ mod tests {
         let (bx, _) = blobs(10, 300, 16, 3.0, 8);
         let rx: Vec<f32> = (0..4000 * 64).map(|_| rng.normal() as f32).collect();
         let ux = normalize_rows(&rx, 64);
-        for (x, dim, k, max_iter) in [(&bx, 16, 10, 100), (&rx, 64, 50, 30), (&ux, 64, 100, 100), (&bx, 16, 1, 5)] {
+        for (x, dim, k, max_iter) in
+            [(&bx[..], 16, 10, 100), (&rx[..], 64, 50, 30), (&ux[..], 64, 100, 100), (&bx[..], 16, 1, 5)]
+        {
             let n = x.len() / dim;
             let norms: Vec<f32> = x.chunks(dim).map(|r| dot(r, r)).collect();
             let start: Vec<f32> = x[..k * dim].to_vec();
@@ -985,7 +988,7 @@ mod tests {
     #[test]
     fn normalized_rows_have_unit_length() {
         let x = normalize_rows(&[3.0, 4.0, 0.0, 0.0], 2);
-        assert_eq!(x, vec![0.6, 0.8, 0.0, 0.0]);
+        assert_eq!(x[..], [0.6, 0.8, 0.0, 0.0]);
     }
 
     #[test]

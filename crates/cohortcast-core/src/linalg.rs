@@ -1,6 +1,58 @@
 //! Small dense linear algebra: Gram matrices through a real GEMM, and the
 //! dense Cholesky solve used by the reference ALS solver and the fold-in.
 
+/// A float vector that starts on a 64-byte cache line, so that a factor
+/// row of a multiple of 16 floats fills whole lines and its vector loads
+/// never straddle two. (A large `Vec<f32>` starts 16 bytes past a page:
+/// every 64-float row then spans five lines, and every AVX-512 load of it
+/// is a split load.) Derefs to `[f32]`.
+#[derive(Clone, Debug, Default)]
+pub struct Floats {
+    lines: Vec<Line>,
+    len: usize,
+}
+
+/// One cache line of floats, the unit [`Floats`] is allocated in.
+#[derive(Clone, Copy, Debug)]
+#[repr(C, align(64))]
+struct Line([f32; 16]);
+
+impl Floats {
+    /// `len` zeros.
+    pub fn zeroed(len: usize) -> Self {
+        Floats { lines: vec![Line([0.0; 16]); len.div_ceil(16)], len }
+    }
+
+    /// A copy of `v`.
+    pub fn from_slice(v: &[f32]) -> Self {
+        let mut out = Floats::zeroed(v.len());
+        out.copy_from_slice(v);
+        out
+    }
+}
+
+impl PartialEq for Floats {
+    fn eq(&self, other: &Floats) -> bool {
+        self[..] == other[..]
+    }
+}
+
+impl std::ops::Deref for Floats {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        // SAFETY: `lines` holds at least `len` initialised floats, laid out
+        // contiguously (`Line` is `repr(C)` of `[f32; 16]` with no padding).
+        unsafe { std::slice::from_raw_parts(self.lines.as_ptr() as *const f32, self.len) }
+    }
+}
+
+impl std::ops::DerefMut for Floats {
+    fn deref_mut(&mut self) -> &mut [f32] {
+        // SAFETY: as for `deref`, and `&mut self` makes the borrow unique.
+        unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr() as *mut f32, self.len) }
+    }
+}
+
 /// `C = A · op(B)` for row-major `A` (`m × k`), with `op(B)` (`k × n`)
 /// addressed through the strides `(rsb, csb)`, by matrixmultiply's packed
 /// SGEMM kernels.
@@ -348,6 +400,20 @@ mod tests {
             assert_eq!(w[n], 0.25);
             assert!((0..m).all(|k| v[k * m + n] == if k == n { 1.0 } else { 0.0 }));
             assert!((0..n).all(|k| v[n * m + k] == 0.0));
+        }
+    }
+
+    #[test]
+    fn floats_start_on_a_cache_line() {
+        for len in [0, 1, 15, 16, 17, 64 * 4000, 64 * 70_000] {
+            let v: Vec<f32> = (0..len).map(|i| i as f32).collect();
+            let mut a = Floats::from_slice(&v);
+            assert_eq!(&a[..], &v[..]);
+            assert_eq!(a.as_ptr() as usize % 64, 0, "len {len}");
+            let b = a.clone();
+            assert_eq!(b.as_ptr() as usize % 64, 0);
+            a.iter_mut().for_each(|x| *x += 1.0);
+            assert!(a.iter().zip(b.iter()).all(|(x, y)| *x == *y + 1.0));
         }
     }
 

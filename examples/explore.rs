@@ -91,7 +91,8 @@ fn main() {
                 100.0 * per_user / oracle
             );
             let k = 100;
-            let variants: Vec<(&str, Vec<f32>, usize)> = vec![("unit-factors", normalize_rows(m.user_factors(), f), f)];
+            let variants: Vec<(&str, Vec<f32>, usize)> =
+                vec![("unit-factors", normalize_rows(m.user_factors(), f).to_vec(), f)];
             for (vname, x, d) in variants {
                 let c = Cohorts::fit(&x, d, &KMeansParams { n_clusters: k, ..KMeansParams::default() }).unwrap();
                 let mut s = vec![0f64; k * nn];

@@ -687,23 +687,25 @@ fn solve_row_cg(
         #[cfg(target_arch = "x86_64")]
         {
             use crate::simd::{avx2_rows as a2, avx512_rows as a5};
+            // The AVX-512 kernel for 16·N factors, with YᵀY whole or diagonal.
+            macro_rules! avx512 {
+                ($n:literal) => {
+                    return if diag {
+                        a5::cg::<$n, true>(ytyr, y, idx, conf, steps, x, scratch)
+                    } else {
+                        a5::cg::<$n, false>(ytyr, y, idx, conf, steps, x, scratch)
+                    }
+                };
+            }
             match (kernel, f) {
-                (CgKernel::Avx512Rows, 16) if diag => return a5::cg::<1, true>(ytyr, y, idx, conf, steps, x, scratch),
-                (CgKernel::Avx512Rows, 16) => return a5::cg::<1, false>(ytyr, y, idx, conf, steps, x, scratch),
-                (CgKernel::Avx512Rows, 32) if diag => return a5::cg::<2, true>(ytyr, y, idx, conf, steps, x, scratch),
-                (CgKernel::Avx512Rows, 32) => return a5::cg::<2, false>(ytyr, y, idx, conf, steps, x, scratch),
-                (CgKernel::Avx512Rows, 48) if diag => return a5::cg::<3, true>(ytyr, y, idx, conf, steps, x, scratch),
-                (CgKernel::Avx512Rows, 48) => return a5::cg::<3, false>(ytyr, y, idx, conf, steps, x, scratch),
-                (CgKernel::Avx512Rows, 64) if diag => return a5::cg::<4, true>(ytyr, y, idx, conf, steps, x, scratch),
-                (CgKernel::Avx512Rows, 64) => return a5::cg::<4, false>(ytyr, y, idx, conf, steps, x, scratch),
-                (CgKernel::Avx512Rows, 80) if diag => return a5::cg::<5, true>(ytyr, y, idx, conf, steps, x, scratch),
-                (CgKernel::Avx512Rows, 80) => return a5::cg::<5, false>(ytyr, y, idx, conf, steps, x, scratch),
-                (CgKernel::Avx512Rows, 96) if diag => return a5::cg::<6, true>(ytyr, y, idx, conf, steps, x, scratch),
-                (CgKernel::Avx512Rows, 96) => return a5::cg::<6, false>(ytyr, y, idx, conf, steps, x, scratch),
-                (CgKernel::Avx512Rows, 112) if diag => return a5::cg::<7, true>(ytyr, y, idx, conf, steps, x, scratch),
-                (CgKernel::Avx512Rows, 112) => return a5::cg::<7, false>(ytyr, y, idx, conf, steps, x, scratch),
-                (CgKernel::Avx512Rows, 128) if diag => return a5::cg::<8, true>(ytyr, y, idx, conf, steps, x, scratch),
-                (CgKernel::Avx512Rows, 128) => return a5::cg::<8, false>(ytyr, y, idx, conf, steps, x, scratch),
+                (CgKernel::Avx512Rows, 16) => avx512!(1),
+                (CgKernel::Avx512Rows, 32) => avx512!(2),
+                (CgKernel::Avx512Rows, 48) => avx512!(3),
+                (CgKernel::Avx512Rows, 64) => avx512!(4),
+                (CgKernel::Avx512Rows, 80) => avx512!(5),
+                (CgKernel::Avx512Rows, 96) => avx512!(6),
+                (CgKernel::Avx512Rows, 112) => avx512!(7),
+                (CgKernel::Avx512Rows, 128) => avx512!(8),
                 (CgKernel::Avx2Rows, 16) => return a2::cg::<2>(ytyr, y, idx, conf, steps, x, scratch),
                 (CgKernel::Avx2Rows, 32) => return a2::cg::<4>(ytyr, y, idx, conf, steps, x, scratch),
                 (CgKernel::Avx2Rows, 48) => return a2::cg::<6>(ytyr, y, idx, conf, steps, x, scratch),

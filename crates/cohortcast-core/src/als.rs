@@ -180,9 +180,8 @@ impl AlsModel {
         // artists' accumulators stay small; else by rows of the transpose.
         let scatter = scatter_fits(plays.cols(), fp) && params.solver == Solver::ConjugateGradient;
         let ci = if scatter { None } else { Some(cu.transpose()) };
-        // On cache lines: the kernels load whole factor rows.
-        let mut x = Floats::from_slice(&restride(init_factors(plays.rows(), f, params.seed, 0), f, fp));
-        let mut y = Floats::from_slice(&restride(init_factors(plays.cols(), f, params.seed, 1), f, fp));
+        let mut x = init_factors_padded(plays.rows(), f, fp, params.seed, 0);
+        let mut y = init_factors_padded(plays.cols(), f, fp, params.seed, 1);
         let mut loss_history = Vec::with_capacity(params.iterations);
         let rotate = rotates(&work);
         for it in 1..=params.iterations {
@@ -346,11 +345,18 @@ fn restride(v: Vec<f32>, from: usize, to: usize) -> Vec<f32> {
     out
 }
 
+#[cfg(test)]
 fn init_factors(rows: usize, f: usize, seed: u64, side: u64) -> Vec<f32> {
-    let mut v = vec![0f32; rows * f];
-    v.par_chunks_mut(f).enumerate().for_each(|(r, row)| {
+    init_factors_padded(rows, f, f, seed, side).to_vec()
+}
+
+/// The starting factors: small seeded normals, `f` a row, in rows of
+/// `fp ≥ f` floats (the rest zero) on cache lines.
+fn init_factors_padded(rows: usize, f: usize, fp: usize, seed: u64, side: u64) -> Floats {
+    let mut v = Floats::zeroed(rows * fp);
+    v.par_chunks_mut(fp).enumerate().for_each(|(r, row)| {
         let mut rng = Rng::stream(seed.wrapping_add(side << 40), r as u64);
-        for pair in row.chunks_mut(2) {
+        for pair in row[..f].chunks_mut(2) {
             let (a, b) = rng.normal_pair();
             pair[0] = (a * 0.01) as f32;
             if let Some(v) = pair.get_mut(1) {

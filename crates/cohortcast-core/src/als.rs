@@ -206,8 +206,8 @@ impl AlsModel {
             params: params.clone(),
             users: plays.rows(),
             items: plays.cols(),
-            user_factors: restride(x.to_vec(), fp, f),
-            item_factors: restride(y.to_vec(), fp, f),
+            user_factors: restride(&x, fp, f),
+            item_factors: restride(&y, fp, f),
             loss_history,
         })
     }
@@ -332,10 +332,10 @@ pub fn padded_factors(f: usize) -> usize {
 }
 
 /// Rows of `from` floats copied into rows of `to` floats, cut or padded
-/// with zeros (`v` itself when the widths agree).
-fn restride(v: Vec<f32>, from: usize, to: usize) -> Vec<f32> {
+/// with zeros.
+fn restride(v: &[f32], from: usize, to: usize) -> Vec<f32> {
     if from == to {
-        return v;
+        return v.to_vec();
     }
     let mut out = vec![0f32; v.len() / from * to];
     out.par_chunks_mut(to).zip(v.par_chunks(from)).for_each(|(o, r)| {

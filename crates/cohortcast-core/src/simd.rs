@@ -460,7 +460,10 @@ pub mod avx512_rows {
             return;
         }
         for _ in 0..steps {
-            store(&p, pmem);
+            if !DIAG {
+                // The dense product reads `p` back one float at a time.
+                store(&p, pmem);
+            }
             let mut ap = gram_times::<N, DIAG>(ytyr, pmem, &p);
             for (j, (&i, &c)) in idx.iter().zip(conf).enumerate() {
                 prefetch_row(y, idx, j + AHEAD, f);

@@ -160,11 +160,20 @@ fn load_truth(dir: &Path, model: &StoredModel, index: &UserIndex, notes: &[Notif
     let nn = notes.len();
     let mut out = vec![f32::NAN; model.users.len() * nn];
     let path = dir.join("click_probability.npy");
+    // The columns to copy, as (ours, the truth's); one slice copy a row when
+    // they are the truth's own columns in order.
+    let pairs: Vec<(usize, usize)> = ncol.iter().enumerate().filter_map(|(n, c)| Some((n, (*c)?))).collect();
+    let in_order = pairs.len() == nn && pairs.iter().all(|&(n, c)| n == c);
     let (rows, cols) = read_npy_f32_rows(&path, |r, probs| {
         if let Some(&u) = model_row.get(r).filter(|u| **u != usize::MAX) {
-            for (n, c) in ncol.iter().enumerate() {
-                if let Some(c) = c.filter(|c| *c < probs.len()) {
-                    out[u * nn + n] = probs[c];
+            let row = &mut out[u * nn..(u + 1) * nn];
+            if in_order && probs.len() >= nn {
+                row.copy_from_slice(&probs[..nn]);
+            } else {
+                for &(n, c) in &pairs {
+                    if let Some(&p) = probs.get(c) {
+                        row[n] = p;
+                    }
                 }
             }
         }

@@ -179,7 +179,11 @@ impl AlsModel {
         // The artist side by scatter passes over the user rows when the
         // artists' accumulators stay small; else by rows of the transpose.
         let scatter = scatter_fits(plays.cols(), fp) && params.solver == Solver::ConjugateGradient;
-        let ci = if scatter { None } else { Some(cu.transpose()) };
+        let artists = if scatter {
+            ArtistSide::Blocks(UserBlocks::new(&cu, SCATTER_BLOCK))
+        } else {
+            ArtistSide::Rows(cu.transpose())
+        };
         let mut x = init_factors_padded(plays.rows(), f, fp, params.seed, 0);
         let mut y = init_factors_padded(plays.cols(), f, fp, params.seed, 1);
         let mut loss_history = Vec::with_capacity(params.iterations);
@@ -192,9 +196,9 @@ impl AlsModel {
                 half_step(&mut x, &y, &cu, &work, None);
             }
             ensure_finite(&x, "user", it)?;
-            match &ci {
-                Some(ci) => half_step(&mut y, &x, ci, &work, None),
-                None => half_step_scatter(&mut y, &x, &cu, &work),
+            match &artists {
+                ArtistSide::Rows(ci) => half_step(&mut y, &x, ci, &work, None),
+                ArtistSide::Blocks(ub) => half_step_scatter(&mut y, &x, ub, &work),
             }
             ensure_finite(&y, "artist", it)?;
             if loss_every_iteration || it == params.iterations {
@@ -446,9 +450,9 @@ fn rotate_to_eigenbasis(y: &mut Floats, f: usize) -> Vec<f32> {
     w.iter().map(|&v| v as f32).chain(q).collect()
 }
 
-/// Fixed parts of the users in a scatter pass, each with its own artist
-/// accumulators, summed in order: the result repeats bit for bit whatever
-/// the thread count.
+/// Fixed parts of the user blocks in a scatter pass, each with its own
+/// artist accumulators, summed in order: the result repeats bit for bit
+/// whatever the thread count.
 const SCATTER_PARTS: usize = 8;
 
 /// Whether the artist half-step runs as scatter passes: while one part's
@@ -459,27 +463,31 @@ fn scatter_fits(items: usize, f: usize) -> bool {
 
 /// The artist half-step with the same conjugate-gradient steps as
 /// [`half_step`], run for all artists in lock step, so that each pass
-/// visits the nonzeros user by user (`cu` is users × artists) instead of
+/// visits the nonzeros block of users by block of users (`ub`) instead of
 /// artist by artist.
 ///
 /// Each artist's CG needs `Σ_u (c_ui − 1) x_u x_uᵀ p_i` per step. By
 /// artist rows that is a visit to a scattered 256-byte user row per
 /// nonzero, out of a user matrix far larger than the caches (83% of an
-/// iteration on 500 k users × 4 000 artists). By user rows, `x_u` is read
-/// once, in order, and held in registers while its products are added into
-/// the artist accumulators, which stay in cache. Same arithmetic, summed in
+/// iteration on 500 k users × 4 000 artists). By blocks of users, the
+/// block's rows of `X` are read in order into the cache, and within the
+/// block the nonzeros are visited artist by artist: `p_i` and the run's
+/// sum stay in registers and the artist's accumulator is touched once a
+/// block. (Visiting each user's nonzeros in turn instead read and wrote a
+/// 256-byte accumulator row per nonzero, out of 1 MiB of accumulators and
+/// 1 MiB of `p`, more than a core's L2.) Same arithmetic, summed in
 /// another order.
-fn half_step_scatter(y: &mut [f32], x: &[f32], cu: &Csr, params: &AlsParams) {
+fn half_step_scatter(y: &mut [f32], x: &[f32], ub: &UserBlocks, params: &AlsParams) {
     let f = params.factors;
-    let mut xtx = gram(x, cu.rows(), f);
+    let mut xtx = gram(x, ub.users, f);
     for d in 0..f {
         xtx[d * f + d] += params.regularization;
     }
     let kernel = CgKernel::best(f);
     // r = b − A y: the pass gives Σ_u (c − (c − 1) x_uᵀ y_i) x_u.
     // (XᵀX + λI is symmetric, so the rows' products are one GEMM.)
-    let items = cu.cols();
-    let mut r = scatter_pass::<true>(x, cu, y, f, kernel);
+    let items = ub.items;
+    let mut r = scatter_pass::<true>(x, ub, y, f, kernel);
     gemm_acc(-1.0, y, &xtx, &mut r, items, f, f);
     let mut p = r.clone();
     let mut rsold: Vec<f32> = r.par_chunks(f).map(|ri| dot(ri, ri)).collect();
@@ -488,7 +496,7 @@ fn half_step_scatter(y: &mut [f32], x: &[f32], cu: &Csr, params: &AlsParams) {
         if !active.contains(&true) {
             break;
         }
-        let mut ap = scatter_pass::<false>(x, cu, &p, f, kernel);
+        let mut ap = scatter_pass::<false>(x, ub, &p, f, kernel);
         gemm_acc(1.0, &p, &xtx, &mut ap, items, f, f);
         y.par_chunks_mut(f)
             .zip(r.par_chunks_mut(f))
@@ -522,24 +530,118 @@ fn half_step_scatter(y: &mut [f32], x: &[f32], cu: &Csr, params: &AlsParams) {
     }
 }
 
-/// One pass over every nonzero, user by user: for artist `i`,
+/// How the artist half-step reads the confidences: by artist rows (the
+/// transpose) or by the scatter passes' blocks of users.
+enum ArtistSide {
+    Rows(Csr),
+    Blocks(UserBlocks),
+}
+
+/// Users per block of a scatter pass: a block's user rows (256 KiB at 64
+/// factors) stay in the core's cache while each artist's run of nonzeros
+/// in the block is summed in registers.
+const SCATTER_BLOCK: usize = 1024;
+
+/// The nonzeros of the users × artists matrix in fixed blocks of users,
+/// artist-major within each block: for each block, one run of
+/// (user in the block, confidence) per artist it played, users in order.
+/// Built once per fit; the scatter passes read it instead of the rows.
+#[derive(Debug, Clone)]
+struct UserBlocks {
+    users: usize,
+    items: usize,
+    block: usize,
+    /// Runs of block `b`: `block_runs[b]..block_runs[b + 1]`.
+    block_runs: Vec<usize>,
+    run_artist: Vec<u32>,
+    /// Where each run ends in `user` and `conf`; it starts where the
+    /// previous run ends (the first at 0).
+    run_end: Vec<usize>,
+    user: Vec<u16>,
+    conf: Vec<f32>,
+}
+
+impl UserBlocks {
+    fn new(cu: &Csr, block: usize) -> Self {
+        assert!((1..=1 << 16).contains(&block), "a block's users are numbered in 16 bits");
+        let users = cu.rows();
+        let mut out = UserBlocks {
+            users,
+            items: cu.cols(),
+            block,
+            block_runs: vec![0],
+            run_artist: Vec::new(),
+            run_end: Vec::new(),
+            user: Vec::with_capacity(cu.nnz()),
+            conf: Vec::with_capacity(cu.nnz()),
+        };
+        // A few dozen blocks sorted in parallel at a time, so the sorted
+        // copies never hold more than a sliver of the matrix.
+        let all: Vec<usize> = (0..users.div_ceil(block)).collect();
+        for some in all.chunks(64) {
+            let sorted: Vec<Vec<(u32, u16, f32)>> = some
+                .par_iter()
+                .map(|&b| {
+                    let (lo, hi) = (b * block, ((b + 1) * block).min(users));
+                    let mut e = Vec::new();
+                    for u in lo..hi {
+                        let (idx, conf) = cu.row(u);
+                        e.extend(idx.iter().zip(conf).map(|(&i, &c)| (i, (u - lo) as u16, c)));
+                    }
+                    // Stable: each run keeps its users in order.
+                    e.sort_by_key(|t| t.0);
+                    e
+                })
+                .collect();
+            for e in sorted {
+                for (k, &(i, u, c)) in e.iter().enumerate() {
+                    out.user.push(u);
+                    out.conf.push(c);
+                    if k + 1 == e.len() || e[k + 1].0 != i {
+                        out.run_artist.push(i);
+                        out.run_end.push(out.user.len());
+                    }
+                }
+                out.block_runs.push(out.run_artist.len());
+            }
+        }
+        out
+    }
+
+    fn blocks(&self) -> usize {
+        self.block_runs.len() - 1
+    }
+}
+
+/// One pass over every nonzero, block by block of users: for artist `i`,
 /// `Σ_u t_ui x_u` with `t = c − (c − 1) x_uᵀ v_i` when `RESIDUAL`, else
-/// `t = (c − 1) x_uᵀ v_i`. Parts of the users in parallel, summed in order.
-fn scatter_pass<const RESIDUAL: bool>(x: &[f32], cu: &Csr, v: &[f32], f: usize, kernel: CgKernel) -> Floats {
-    let (users, items) = (cu.rows(), cu.cols());
-    let per = crate::linalg::part_rows(users, SCATTER_PARTS, 64);
-    let starts: Vec<usize> = (0..users).step_by(per).collect();
+/// `t = (c − 1) x_uᵀ v_i`. Fixed parts of the blocks in parallel, each with
+/// its own accumulators, summed in order.
+fn scatter_pass<const RESIDUAL: bool>(x: &[f32], ub: &UserBlocks, v: &[f32], f: usize, kernel: CgKernel) -> Floats {
+    let (nb, items, bs) = (ub.blocks(), ub.items, ub.block);
+    let per = crate::linalg::part_rows(nb, SCATTER_PARTS, 1);
+    let starts: Vec<usize> = (0..nb).step_by(per.max(1)).collect();
     let mut parts: Vec<Floats> = starts
         .par_iter()
         .map(|&start| {
             let mut acc = Floats::zeroed(items * f);
-            let end = (start + per).min(users);
-            for u in start..end {
-                if u + 2 < end {
-                    crate::simd::prefetch_floats(x[(u + 2) * f..].as_ptr(), f);
+            let mut sum = vec![0f32; f];
+            for b in start..(start + per).min(nb) {
+                let xb = &x[b * bs * f..((b + 1) * bs).min(ub.users) * f];
+                // Fetch the next block's rows while this one is summed.
+                if b + 1 < nb {
+                    let next = &x[(b + 1) * bs * f..((b + 2) * bs).min(ub.users) * f];
+                    for row in next.chunks(f) {
+                        crate::simd::prefetch_floats(row.as_ptr(), row.len());
+                    }
                 }
-                let (idx, conf) = cu.row(u);
-                scatter_row::<RESIDUAL>(&x[u * f..(u + 1) * f], idx, conf, v, &mut acc, f, kernel);
+                let mut from = if ub.block_runs[b] == 0 { 0 } else { ub.run_end[ub.block_runs[b] - 1] };
+                for r in ub.block_runs[b]..ub.block_runs[b + 1] {
+                    let (i, to) = (ub.run_artist[r] as usize * f, ub.run_end[r]);
+                    let (users, conf) = (&ub.user[from..to], &ub.conf[from..to]);
+                    scatter_run::<RESIDUAL>(xb, users, conf, &v[i..i + f], &mut acc[i..i + f], &mut sum, kernel);
+                    from = to;
+                }
             }
             acc
         })
@@ -555,35 +657,37 @@ fn scatter_pass<const RESIDUAL: bool>(x: &[f32], cu: &Csr, v: &[f32], f: usize, 
     total
 }
 
-/// One user's share of a scatter pass, on the kernel `CgKernel::best`
-/// chose.
-fn scatter_row<const RESIDUAL: bool>(
-    xu: &[f32],
-    idx: &[u32],
+/// One artist's run in a block of a scatter pass, on the kernel
+/// `CgKernel::best` chose; `sum` is `f` floats of scratch.
+#[allow(clippy::too_many_arguments)]
+fn scatter_run<const RESIDUAL: bool>(
+    xb: &[f32],
+    users: &[u16],
     conf: &[f32],
     v: &[f32],
     acc: &mut [f32],
-    f: usize,
+    sum: &mut [f32],
     kernel: CgKernel,
 ) {
+    let f = v.len();
     #[cfg(target_arch = "x86_64")]
     {
-        use crate::simd::avx512_rows::scatter_row as s5;
+        use crate::simd::avx512_rows::scatter_run as s5;
         // SAFETY: `CgKernel::best` chose the AVX-512 kernel only on a CPU
-        // with AVX-512F and for these factor counts; every index is an
-        // artist row of `v` and `acc`.
+        // with AVX-512F and for these factor counts; every user is a row
+        // of the block `xb`, and `v`, `acc` and `sum` are `f` floats.
         unsafe {
             match (kernel, f) {
-                (CgKernel::Avx512Rows, 16) => return s5::<1, RESIDUAL>(xu, idx, conf, v, acc),
-                (CgKernel::Avx512Rows, 32) => return s5::<2, RESIDUAL>(xu, idx, conf, v, acc),
-                (CgKernel::Avx512Rows, 48) => return s5::<3, RESIDUAL>(xu, idx, conf, v, acc),
-                (CgKernel::Avx512Rows, 64) => return s5::<4, RESIDUAL>(xu, idx, conf, v, acc),
-                (CgKernel::Avx512Rows, 80) => return s5::<5, RESIDUAL>(xu, idx, conf, v, acc),
-                (CgKernel::Avx512Rows, 96) => return s5::<6, RESIDUAL>(xu, idx, conf, v, acc),
-                (CgKernel::Avx512Rows, 112) => return s5::<7, RESIDUAL>(xu, idx, conf, v, acc),
-                (CgKernel::Avx512Rows, 128) => return s5::<8, RESIDUAL>(xu, idx, conf, v, acc),
+                (CgKernel::Avx512Rows, 16) => return s5::<1, RESIDUAL>(xb, users, conf, v, acc),
+                (CgKernel::Avx512Rows, 32) => return s5::<2, RESIDUAL>(xb, users, conf, v, acc),
+                (CgKernel::Avx512Rows, 48) => return s5::<3, RESIDUAL>(xb, users, conf, v, acc),
+                (CgKernel::Avx512Rows, 64) => return s5::<4, RESIDUAL>(xb, users, conf, v, acc),
+                (CgKernel::Avx512Rows, 80) => return s5::<5, RESIDUAL>(xb, users, conf, v, acc),
+                (CgKernel::Avx512Rows, 96) => return s5::<6, RESIDUAL>(xb, users, conf, v, acc),
+                (CgKernel::Avx512Rows, 112) => return s5::<7, RESIDUAL>(xb, users, conf, v, acc),
+                (CgKernel::Avx512Rows, 128) => return s5::<8, RESIDUAL>(xb, users, conf, v, acc),
                 (CgKernel::Avx2Rows | CgKernel::Avx2, _) => {
-                    return scatter_row_avx2::<RESIDUAL>(xu, idx, conf, v, acc, f);
+                    return scatter_run_avx2::<RESIDUAL>(xb, users, conf, v, acc, sum);
                 }
                 _ => {}
             }
@@ -591,40 +695,43 @@ fn scatter_row<const RESIDUAL: bool>(
     }
     let _ = kernel;
     // SAFETY: the portable body calls only safe functions.
-    unsafe { scatter_row_portable::<RESIDUAL>(xu, idx, conf, v, acc, f) }
+    unsafe { scatter_run_portable::<RESIDUAL>(xb, users, conf, v, acc, sum) }
 }
 
-/// Defines one [`scatter_row`] body over the given `dot` and `axpy`
+/// Defines one [`scatter_run`] body over the given `dot` and `axpy`
 /// kernels (the body is shared; the kernels and target features differ).
 macro_rules! define_scatter {
     ($(#[$attr:meta])* $name:ident, $dot:path, $axpy:path) => {
         $(#[$attr])*
         #[allow(unused_unsafe)]
         unsafe fn $name<const RESIDUAL: bool>(
-            xu: &[f32],
-            idx: &[u32],
+            xb: &[f32],
+            users: &[u16],
             conf: &[f32],
             v: &[f32],
             acc: &mut [f32],
-            f: usize,
+            sum: &mut [f32],
         ) {
-            for (&i, &c) in idx.iter().zip(conf) {
-                let at = i as usize * f;
-                let d = unsafe { $dot(xu, &v[at..at + f]) };
+            let f = v.len();
+            sum.fill(0.0);
+            for (&u, &c) in users.iter().zip(conf) {
+                let xu = &xb[u as usize * f..(u as usize + 1) * f];
+                let d = unsafe { $dot(xu, v) };
                 let t = if RESIDUAL { c - (c - 1.0) * d } else { (c - 1.0) * d };
-                unsafe { $axpy(t, xu, &mut acc[at..at + f]) };
+                unsafe { $axpy(t, xu, sum) };
             }
+            unsafe { $axpy(1.0, sum, acc) };
         }
     };
 }
 
-define_scatter!(scatter_row_portable, crate::linalg::dot, crate::linalg::axpy);
+define_scatter!(scatter_run_portable, crate::linalg::dot, crate::linalg::axpy);
 #[cfg(target_arch = "x86_64")]
 define_scatter!(
     /// # Safety
     /// The CPU must support AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
-    scatter_row_avx2,
+    scatter_run_avx2,
     crate::simd::avx2::dot,
     crate::simd::avx2::axpy
 );
@@ -978,28 +1085,51 @@ mod tests {
             })
             .collect();
         let m = Csr::from_triplets(500, 41, &t).unwrap();
-        for f in [8, 16, 32, 64, 72, 128] {
+        for (f, block) in [(8, 1024), (16, 37), (32, 500), (64, 64), (72, 1), (128, 211)] {
             let params = AlsParams { factors: f, regularization: 0.5, ..AlsParams::default() };
             let cu = confidence(&m, params.weighting, params.alpha);
+            let ub = UserBlocks::new(&cu, block);
+            assert_eq!(ub.blocks(), 500usize.div_ceil(block));
+            assert_eq!(ub.user.len(), cu.nnz());
             let ci = cu.transpose();
             let x: Vec<f32> = init_factors(m.rows(), f, 9, 0).iter().map(|v| v * 40.0).collect();
             let y0 = init_factors(m.cols(), f, 9, 1);
             let (mut rows, mut scattered) = (y0.clone(), y0.clone());
             half_step(&mut rows, &x, &ci, &params, None);
-            half_step_scatter(&mut scattered, &x, &cu, &params);
+            half_step_scatter(&mut scattered, &x, &ub, &params);
             assert_ne!(rows, y0, "f {f}: the half-step moved the factors");
             for (k, (a, b)) in rows.iter().zip(&scattered).enumerate() {
                 assert!((a - b).abs() < 1e-3 * a.abs().max(0.1), "f {f} value {k}: {a} vs {b}");
             }
-            // The pass itself on the portable loops and on the chosen kernel.
+            // The pass itself on the portable loops and on the chosen kernel,
+            // against the sums written out nonzero by nonzero.
             let v: Vec<f32> = init_factors(m.cols(), f, 5, 2);
-            let portable = scatter_pass::<false>(&x, &cu, &v, f, CgKernel::Portable);
-            let fast = scatter_pass::<false>(&x, &cu, &v, f, CgKernel::best(f));
-            let res = scatter_pass::<true>(&x, &cu, &v, f, CgKernel::best(f));
+            let portable = scatter_pass::<false>(&x, &ub, &v, f, CgKernel::Portable);
+            let fast = scatter_pass::<false>(&x, &ub, &v, f, CgKernel::best(f));
+            let res = scatter_pass::<true>(&x, &ub, &v, f, CgKernel::best(f));
+            let (mut want, mut want_res) = (vec![0f64; m.cols() * f], vec![0f64; m.cols() * f]);
+            for u in 0..cu.rows() {
+                let (idx, conf) = cu.row(u);
+                let xu = &x[u * f..(u + 1) * f];
+                for (&i, &c) in idx.iter().zip(conf) {
+                    let vi = &v[i as usize * f..(i as usize + 1) * f];
+                    let d: f64 = xu.iter().zip(vi).map(|(a, b)| *a as f64 * *b as f64).sum();
+                    let (c, i) = (c as f64, i as usize);
+                    for (k, &xk) in xu.iter().enumerate() {
+                        want[i * f + k] += (c - 1.0) * d * xk as f64;
+                        want_res[i * f + k] += (c - (c - 1.0) * d) * xk as f64;
+                    }
+                }
+            }
             // Sums of terms of either sign: the error is relative to their size.
-            let scale = portable.iter().fold(0f32, |m, v| m.max(v.abs()));
-            for k in 0..portable.len() {
-                assert!((portable[k] - fast[k]).abs() < 1e-4 * scale, "f {f} {k}: {} vs {}", portable[k], fast[k]);
+            let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+            let scale_res = want_res.iter().fold(0f64, |m, v| m.max(v.abs()));
+            for k in 0..want.len() {
+                for got in [portable[k], fast[k]] {
+                    assert!((want[k] - got as f64).abs() < 1e-4 * scale, "f {f} {k}: {} vs {got}", want[k]);
+                }
+                let got = res[k] as f64;
+                assert!((want_res[k] - got).abs() < 1e-4 * scale_res, "f {f} {k}: {} vs {got}", want_res[k]);
             }
             // Artist 40 was never played: nothing is added to it.
             assert!(fast[40 * f..].iter().chain(&res[40 * f..]).all(|&v| v == 0.0));

@@ -489,35 +489,39 @@ pub mod avx512_rows {
         store(&xr, x);
     }
 
-    /// One user's share of a scatter pass of the artist half-step (see
-    /// `als`): for each nonzero `(i, c)` of the user's row, with `d = x_uᵀ v_i`,
-    /// `acc_i += t · x_u` where `t = c − (c − 1) d` when `RESIDUAL`, else
-    /// `t = (c − 1) d`. `x_u` stays in registers for the whole row.
+    /// One artist's run of nonzeros in a block of users, in a scatter pass
+    /// of the artist half-step (see `als`): for each `(u, c)`, with
+    /// `d = x_uᵀ v`, it adds `t · x_u` to a sum held in registers, where
+    /// `t = c − (c − 1) d` when `RESIDUAL`, else `t = (c − 1) d`; then
+    /// `acc += sum`. `v` stays in registers and the block's rows `xb` in
+    /// cache, so `acc` is read and written once a run, not once a nonzero.
     ///
     /// # Safety
-    /// The CPU must support AVX-512F; `xu` is `16·N` floats, `v` and `acc`
-    /// hold a `16·N`-float row for every index in `idx`.
+    /// The CPU must support AVX-512F; `v` and `acc` are `16·N` floats and
+    /// every `u` in `users` is a `16·N`-float row of `xb`.
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn scatter_row<const N: usize, const RESIDUAL: bool>(
-        xu: &[f32],
-        idx: &[u32],
+    pub unsafe fn scatter_run<const N: usize, const RESIDUAL: bool>(
+        xb: &[f32],
+        users: &[u16],
         conf: &[f32],
         v: &[f32],
         acc: &mut [f32],
     ) {
         let f = 16 * N;
-        let xr = load::<N>(xu);
-        for (j, (&i, &c)) in idx.iter().zip(conf).enumerate() {
-            prefetch_row(v, idx, j + AHEAD, f);
-            prefetch_row(acc, idx, j + AHEAD, f);
-            let at = i as usize * f;
-            let d = dot(&xr, &load::<N>(&v[at..at + f]));
+        let vr = load::<N>(v);
+        let mut sum = [_mm512_setzero_ps(); N];
+        for (&u, &c) in users.iter().zip(conf) {
+            let at = u as usize * f;
+            let xu = load::<N>(&xb[at..at + f]);
+            let d = dot(&xu, &vr);
             let t = if RESIDUAL { c - (c - 1.0) * d } else { (c - 1.0) * d };
-            let row = &mut acc[at..at + f];
-            let mut a = load::<N>(row);
-            axpy(t, &xr, &mut a);
-            store(&a, row);
+            axpy(t, &xu, &mut sum);
         }
+        let mut a = load::<N>(acc);
+        for (a, s) in a.iter_mut().zip(&sum) {
+            *a = _mm512_add_ps(*a, *s);
+        }
+        store(&a, acc);
     }
 }
 

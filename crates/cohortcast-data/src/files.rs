@@ -199,8 +199,9 @@ fn read_npy(path: &Path) -> Result<Npy> {
 }
 
 /// Streams a 2-D `<f4` `.npy` one row at a time (`each(row, values)`),
-/// holding one row in memory; returns (rows, cols). For matrices too big to
-/// hold twice (the generator's truth at millions of users).
+/// holding one block of rows (about 4 MiB) in memory; returns (rows,
+/// cols). For matrices too big to hold twice (the generator's truth at
+/// millions of users).
 pub fn read_npy_f32_rows(path: &Path, mut each: impl FnMut(usize, &[f32])) -> Result<(usize, usize)> {
     let mut f = std::io::BufReader::with_capacity(1 << 20, File::open(path).map_err(|e| IoError::io(path, e))?);
     let (descr, shape) = read_npy_header(path, &mut f)?;
@@ -212,20 +213,50 @@ pub fn read_npy_f32_rows(path: &Path, mut each: impl FnMut(usize, &[f32])) -> Re
         });
     }
     let (rows, cols) = (shape[0], shape[1]);
-    let mut raw = vec![0u8; cols * 4];
-    let mut row = vec![0f32; cols];
-    for r in 0..rows {
-        f.read_exact(&mut raw).map_err(|e| IoError::Malformed {
-            path: path.into(),
-            line: 0,
-            detail: format!("ends inside row {r} of shape ({rows}, {cols}): {e}"),
-        })?;
-        for (v, b) in row.iter_mut().zip(raw.chunks_exact(4)) {
+    // Blocks of whole rows, about 4 MiB each: one read and one conversion
+    // per block, not per row (a 500 k × 200 matrix took 1.2 s row by row).
+    let per = ((4 << 20) / (cols * 4).max(1)).clamp(1, rows.max(1));
+    let mut raw = vec![0u8; per * cols * 4];
+    let mut block = vec![0f32; per * cols];
+    let mut r = 0;
+    while r < rows {
+        let n = per.min(rows - r);
+        let bytes = &mut raw[..n * cols * 4];
+        let got = read_full(&mut f, bytes).map_err(|e| IoError::io(path, e))?;
+        if got < bytes.len() {
+            return Err(IoError::Malformed {
+                path: path.into(),
+                line: 0,
+                detail: format!("ends inside row {} of shape ({rows}, {cols})", r + got / (cols * 4)),
+            });
+        }
+        for (v, b) in block.iter_mut().zip(bytes.chunks_exact(4)) {
             *v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
         }
-        each(r, &row);
+        if cols > 0 {
+            for (q, row) in block[..n * cols].chunks_exact(cols).enumerate() {
+                each(r + q, row);
+            }
+        } else {
+            (0..n).for_each(|q| each(r + q, &[]));
+        }
+        r += n;
     }
     Ok((rows, cols))
+}
+
+/// Fills `buf` from `r` until it is full or the input ends; the bytes read.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match r.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
 }
 
 /// Reads a 2-D `<f4` `.npy`; returns values, rows, cols.
@@ -327,6 +358,17 @@ mod tests {
         assert_eq!(rows, (0..3).map(|r| (r, data[r * 4..r * 4 + 4].to_vec())).collect::<Vec<_>>());
         std::fs::write(&p, &bytes[..bytes.len() - 2]).unwrap();
         assert!(read_npy_f32_rows(&p, |_, _| {}).unwrap_err().to_string().contains("ends inside row 2"));
+        // Rows over several blocks (about 4 MiB each, 3 rows of 1.2 MB here),
+        // and a file cut short in the sixth row.
+        let (r, c) = (7, 300_000);
+        let big: Vec<f32> = (0..r * c).map(|v| (v % 1000) as f32 + (v / c) as f32 * 1e4).collect();
+        write_npy_f32(&p, &big, r, c).unwrap();
+        let mut seen = Vec::new();
+        assert_eq!(read_npy_f32_rows(&p, |i, v| seen.push((i, v == &big[i * c..(i + 1) * c]))).unwrap(), (r, c));
+        assert_eq!(seen, (0..r).map(|i| (i, true)).collect::<Vec<_>>());
+        let bytes = std::fs::read(&p).unwrap();
+        std::fs::write(&p, &bytes[..bytes.len() - 4 * c - 8]).unwrap();
+        assert!(read_npy_f32_rows(&p, |_, _| {}).unwrap_err().to_string().contains("ends inside row 5"));
         let q = dir.path().join("l.npy");
         write_npy_u32(&q, &[3, 1, 4]).unwrap();
         assert_eq!(read_npy_u32(&q).unwrap(), vec![3, 1, 4]);

@@ -635,10 +635,19 @@ fn scatter_pass<const RESIDUAL: bool>(x: &[f32], ub: &UserBlocks, v: &[f32], f: 
                         crate::simd::prefetch_floats(row.as_ptr(), row.len());
                     }
                 }
-                let mut from = if ub.block_runs[b] == 0 { 0 } else { ub.run_end[ub.block_runs[b] - 1] };
-                for r in ub.block_runs[b]..ub.block_runs[b + 1] {
+                let (first, last) = (ub.block_runs[b], ub.block_runs[b + 1]);
+                let mut from = if first == 0 { 0 } else { ub.run_end[first - 1] };
+                let block_end = if last == 0 { 0 } else { ub.run_end[last - 1] };
+                for r in first..last {
+                    if r + 2 < last {
+                        let next = ub.run_artist[r + 2] as usize * f;
+                        crate::simd::prefetch_floats(v[next..].as_ptr(), f);
+                        crate::simd::prefetch_floats(acc[next..].as_ptr(), f);
+                    }
                     let (i, to) = (ub.run_artist[r] as usize * f, ub.run_end[r]);
-                    let (users, conf) = (&ub.user[from..to], &ub.conf[from..to]);
+                    // The kernel reads `to − from` users and fetches ahead
+                    // into the block's next runs.
+                    let (users, conf) = (&ub.user[from..block_end], &ub.conf[from..to]);
                     scatter_run::<RESIDUAL>(xb, users, conf, &v[i..i + f], &mut acc[i..i + f], &mut sum, kernel);
                     from = to;
                 }

@@ -340,7 +340,7 @@ pub mod avx2_rows {
 /// registers with no spills.
 #[cfg(target_arch = "x86_64")]
 pub mod avx512_rows {
-    use super::{prefetch_row, AHEAD};
+    use super::{prefetch_floats, prefetch_row, AHEAD};
     use std::arch::x86_64::*;
 
     type Row<const N: usize> = [__m512; N];
@@ -497,8 +497,10 @@ pub mod avx512_rows {
     /// cache, so `acc` is read and written once a run, not once a nonzero.
     ///
     /// # Safety
-    /// The CPU must support AVX-512F; `v` and `acc` are `16·N` floats and
-    /// every `u` in `users` is a `16·N`-float row of `xb`.
+    /// The CPU must support AVX-512F; `v` and `acc` are `16·N` floats,
+    /// every `u` in `users` is a `16·N`-float row of `xb`, and the run is
+    /// as long as `conf`: `users` may go on (with the block's next runs,
+    /// whose rows are fetched ahead).
     #[target_feature(enable = "avx512f")]
     pub unsafe fn scatter_run<const N: usize, const RESIDUAL: bool>(
         xb: &[f32],
@@ -510,7 +512,11 @@ pub mod avx512_rows {
         let f = 16 * N;
         let vr = load::<N>(v);
         let mut sum = [_mm512_setzero_ps(); N];
-        for (&u, &c) in users.iter().zip(conf) {
+        for (j, (&u, &c)) in users.iter().zip(conf).enumerate() {
+            // `users` runs on past this run to the block's end.
+            if let Some(&a) = users.get(j + AHEAD) {
+                prefetch_floats(xb.as_ptr().add(a as usize * f), f);
+            }
             let at = u as usize * f;
             let xu = load::<N>(&xb[at..at + f]);
             let d = dot(&xu, &vr);

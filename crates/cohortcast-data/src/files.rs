@@ -246,7 +246,7 @@ pub fn read_npy_f32_rows(path: &Path, mut each: impl FnMut(usize, &[f32])) -> Re
 }
 
 /// Fills `buf` from `r` until it is full or the input ends; the bytes read.
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+pub(crate) fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut got = 0;
     while got < buf.len() {
         match r.read(&mut buf[got..]) {

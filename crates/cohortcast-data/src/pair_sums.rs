@@ -14,12 +14,13 @@
 //! counts also come out together).
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{BufReader, BufWriter, Seek, SeekFrom, Write};
 
 use cohortcast_core::counts::KeyCounts;
 use cohortcast_core::saavn::mix64;
 
 use crate::error::{IoError, Result};
+use crate::files::read_full;
 
 /// Temporary files a spill spreads the keys over.
 pub const BUCKETS: usize = 64;
@@ -164,20 +165,6 @@ fn sum_file(file: File) -> std::io::Result<KeyCounts> {
             return Ok(sums);
         }
     }
-}
-
-/// Reads until `buf` is full or the file ends; the bytes read.
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 #[cfg(test)]

@@ -554,9 +554,8 @@ struct UserBlocks {
     /// Runs of block `b`: `block_runs[b]..block_runs[b + 1]`.
     block_runs: Vec<usize>,
     run_artist: Vec<u32>,
-    /// Where each run ends in `user` and `conf`; it starts where the
-    /// previous run ends (the first at 0).
-    run_end: Vec<usize>,
+    /// Run `r` is `run_bounds[r]..run_bounds[r + 1]` of `user` and `conf`.
+    run_bounds: Vec<usize>,
     user: Vec<u16>,
     conf: Vec<f32>,
 }
@@ -571,7 +570,7 @@ impl UserBlocks {
             block,
             block_runs: vec![0],
             run_artist: Vec::new(),
-            run_end: Vec::new(),
+            run_bounds: vec![0],
             user: Vec::with_capacity(cu.nnz()),
             conf: Vec::with_capacity(cu.nnz()),
         };
@@ -599,7 +598,7 @@ impl UserBlocks {
                     out.conf.push(c);
                     if k + 1 == e.len() || e[k + 1].0 != i {
                         out.run_artist.push(i);
-                        out.run_end.push(out.user.len());
+                        out.run_bounds.push(out.user.len());
                     }
                 }
                 out.block_runs.push(out.run_artist.len());
@@ -636,20 +635,18 @@ fn scatter_pass<const RESIDUAL: bool>(x: &[f32], ub: &UserBlocks, v: &[f32], f: 
                     }
                 }
                 let (first, last) = (ub.block_runs[b], ub.block_runs[b + 1]);
-                let mut from = if first == 0 { 0 } else { ub.run_end[first - 1] };
-                let block_end = if last == 0 { 0 } else { ub.run_end[last - 1] };
+                let block_end = ub.run_bounds[last];
                 for r in first..last {
                     if r + 2 < last {
                         let next = ub.run_artist[r + 2] as usize * f;
                         crate::simd::prefetch_floats(v[next..].as_ptr(), f);
                         crate::simd::prefetch_floats(acc[next..].as_ptr(), f);
                     }
-                    let (i, to) = (ub.run_artist[r] as usize * f, ub.run_end[r]);
+                    let (i, from, to) = (ub.run_artist[r] as usize * f, ub.run_bounds[r], ub.run_bounds[r + 1]);
                     // The kernel reads `to − from` users and fetches ahead
                     // into the block's next runs.
                     let (users, conf) = (&ub.user[from..block_end], &ub.conf[from..to]);
                     scatter_run::<RESIDUAL>(xb, users, conf, &v[i..i + f], &mut acc[i..i + f], &mut sum, kernel);
-                    from = to;
                 }
             }
             acc

@@ -200,6 +200,11 @@ impl Csr {
         self.data.len()
     }
 
+    /// Where row `r` starts among the stored values (`nnz()` for `r = rows()`).
+    pub fn row_start(&self, r: usize) -> usize {
+        self.indptr[r]
+    }
+
     /// The column indices and values of one row.
     pub fn row(&self, r: usize) -> (&[u32], &[f32]) {
         let (a, b) = (self.indptr[r], self.indptr[r + 1]);
@@ -213,8 +218,10 @@ impl Csr {
     }
 
     /// The same shape and pattern with every value mapped through `f`.
-    pub fn map_values(&self, f: impl Fn(f32) -> f32) -> Csr {
-        Csr { data: self.data.iter().map(|&v| f(v)).collect(), ..self.clone() }
+    pub fn map_values(&self, f: impl Fn(f32) -> f32 + Sync) -> Csr {
+        use rayon::prelude::*;
+        let data = self.data.par_iter().map(|&v| f(v)).collect();
+        Csr { rows: self.rows, cols: self.cols, indptr: self.indptr.clone(), indices: self.indices.clone(), data }
     }
 
     /// Values of the matrix, row by row.

@@ -193,15 +193,20 @@ impl AlsModel {
         let mut loss_history = Vec::with_capacity(params.iterations);
         let rotate = rotates(&work);
         for it in 1..=params.iterations {
-            if rotate {
+            // Each user's row is checked as it is solved, while in cache.
+            let finite = if rotate {
                 let eigen = rotate_to_eigenbasis(&mut y, fp);
-                half_step(&mut x, &y, &cu, &work, Some(&eigen));
+                half_step(&mut x, &y, &cu, &work, Some(&eigen))
             } else {
-                half_step(&mut x, &y, &cu, &work, None);
+                half_step(&mut x, &y, &cu, &work, None)
+            };
+            if !finite {
+                return Err(FitError::NonFinite { side: "user", iteration: it });
             }
-            ensure_finite(&x, "user", it)?;
             match &artists {
-                ArtistSide::Rows(ci) => half_step(&mut y, &x, ci, &work, None),
+                ArtistSide::Rows(ci) => {
+                    half_step(&mut y, &x, ci, &work, None);
+                }
                 ArtistSide::Blocks(ub) => half_step_scatter(&mut y, &x, ub, &work),
             }
             ensure_finite(&y, "artist", it)?;
@@ -385,8 +390,9 @@ fn ensure_finite(v: &[f32], side: &'static str, iteration: usize) -> Result<(), 
 
 /// Solves every row of `x` given fixed `y` and row confidences `c`. With
 /// `eigen` (from [`rotate_to_eigenbasis`]), `y` is in the eigenbasis of
-/// `YᵀY` and the rows of `x` are turned to it as they are solved.
-fn half_step(x: &mut [f32], y: &[f32], c: &Csr, params: &AlsParams, eigen: Option<&[f32]>) {
+/// `YᵀY` and the rows of `x` are turned to it as they are solved. Returns
+/// whether every solved value is finite.
+fn half_step(x: &mut [f32], y: &[f32], c: &Csr, params: &AlsParams, eigen: Option<&[f32]>) -> bool {
     let f = params.factors;
     let reg = params.regularization;
     let (mut yty, diag) = match eigen {
@@ -401,16 +407,20 @@ fn half_step(x: &mut [f32], y: &[f32], c: &Csr, params: &AlsParams, eigen: Optio
         Solver::ConjugateGradient => {
             // The address of `x`, to prefetch the row two users on.
             let (base, rows) = (x.as_ptr() as usize, c.rows());
-            x.par_chunks_mut(f).enumerate().for_each_init(
-                || vec![0f32; 3 * f],
-                |scratch, (u, xu)| {
-                    if u + 2 < rows {
-                        crate::simd::prefetch_floats((base as *const f32).wrapping_add((u + 2) * f), f);
-                    }
-                    let (idx, val) = c.row(u);
-                    solve_row_cg(&yty, y, idx, val, f, params.cg_steps, xu, scratch, kernel, diag);
-                },
-            )
+            x.par_chunks_mut(f)
+                .enumerate()
+                .map_init(
+                    || vec![0f32; 3 * f],
+                    |scratch, (u, xu)| {
+                        if u + 2 < rows {
+                            crate::simd::prefetch_floats((base as *const f32).wrapping_add((u + 2) * f), f);
+                        }
+                        let (idx, val) = c.row(u);
+                        solve_row_cg(&yty, y, idx, val, f, params.cg_steps, xu, scratch, kernel, diag);
+                        xu.iter().all(|v| v.is_finite())
+                    },
+                )
+                .reduce(|| true, |a, b| a && b)
         }
         Solver::Cholesky => {
             assert!(!diag, "the exact solver takes YᵀY whole");
@@ -418,10 +428,14 @@ fn half_step(x: &mut [f32], y: &[f32], c: &Csr, params: &AlsParams, eigen: Optio
             for d in 0..f {
                 yty[d * f + d] -= reg;
             }
-            x.par_chunks_mut(f).enumerate().for_each(|(u, xu)| {
-                let (idx, val) = c.row(u);
-                xu.copy_from_slice(&solve_row_cholesky(&yty, y, idx, val, f, reg));
-            })
+            x.par_chunks_mut(f)
+                .enumerate()
+                .map(|(u, xu)| {
+                    let (idx, val) = c.row(u);
+                    xu.copy_from_slice(&solve_row_cholesky(&yty, y, idx, val, f, reg));
+                    xu.iter().all(|v| v.is_finite())
+                })
+                .reduce(|| true, |a, b| a && b)
         }
     }
 }
@@ -1329,7 +1343,10 @@ mod tests {
         assert!(matches!(AlsModel::fit(&empty, &AlsParams::default()), Err(FitError::Data(_))));
         // A confidence so large that f32 overflows must be reported, not returned.
         let huge = Csr::from_triplets(2, 2, &[(0, 0, 3e38), (1, 1, 3e38)]).unwrap();
-        let p = AlsParams { weighting: Weighting::Linear, alpha: 1e6, factors: 2, ..AlsParams::default() };
-        assert!(matches!(AlsModel::fit(&huge, &p), Err(FitError::NonFinite { .. })));
+        for solver in [Solver::ConjugateGradient, Solver::Cholesky] {
+            let p = AlsParams { weighting: Weighting::Linear, alpha: 1e6, factors: 2, solver, ..AlsParams::default() };
+            let got = AlsModel::fit(&huge, &p);
+            assert!(matches!(got, Err(FitError::NonFinite { side: "user", iteration: 1 })), "{solver:?}: {got:?}");
+        }
     }
 }

@@ -204,6 +204,44 @@ impl KeyCounts {
         self.len = 0;
     }
 
+    /// Every key's items in one vector of exactly the size needed, in the
+    /// order [`into_each`](Self::into_each) hands the keys out: `len(key)`
+    /// items for each key, written by `write(key, count, place)` into a
+    /// place of that length. Two passes over the slots, each in parallel
+    /// parts (the order and the result do not depend on the thread count):
+    /// one sums the lengths, the other writes each part's items in place.
+    pub fn expand<T: Copy + Default + Send>(
+        &self,
+        len: impl Fn(u64) -> usize + Sync,
+        write: impl Fn(u64, u32, &mut [T]) + Sync,
+    ) -> Vec<T> {
+        use rayon::prelude::*;
+        const PARTS: usize = 64;
+        let per = self.slots.len().div_ceil(PARTS).max(1);
+        let sizes: Vec<usize> = self
+            .slots
+            .par_chunks(per)
+            .map(|part| part.iter().filter(|s| s.count != 0).map(|s| len(s.key)).sum())
+            .collect();
+        let mut out = vec![T::default(); sizes.iter().sum()];
+        let mut places: Vec<&mut [T]> = Vec::with_capacity(sizes.len());
+        let mut rest = &mut out[..];
+        for &n in &sizes {
+            let (place, tail) = std::mem::take(&mut rest).split_at_mut(n);
+            places.push(place);
+            rest = tail;
+        }
+        self.slots.par_chunks(per).zip(places).for_each(|(part, place)| {
+            let mut at = 0;
+            for s in part.iter().filter(|s| s.count != 0) {
+                let n = len(s.key);
+                write(s.key, s.count, &mut place[at..at + n]);
+                at += n;
+            }
+        });
+        out
+    }
+
     /// Calls `each(key, count)` for every key, in no particular order,
     /// and frees the table.
     pub fn into_each(self, mut each: impl FnMut(u64, u32)) {
@@ -315,6 +353,32 @@ mod tests {
             assert_eq!(counted.get(k), one_by_one.get(k), "key {k}");
         }
         assert_eq!(counted.len(), 2, "a count of 0 adds no key");
+    }
+
+    #[test]
+    fn expanded_items_come_in_table_order_whatever_the_threads() {
+        // Keys expand to 0, 1 or 3 items (key, count, i): as many as
+        // handed out one key at a time, in the same order.
+        let mut rng = Rng::new(8);
+        let mut counts = KeyCounts::new();
+        let keys: Vec<u64> = (0..50_000).map(|_| rng.next_u64() % 30_000).collect();
+        counts.add_all(&keys);
+        let len = |k: u64| [1usize, 0, 3][(k % 3) as usize];
+        let write = |k: u64, n: u32, out: &mut [(u64, u32, usize)]| {
+            for (i, o) in out.iter_mut().enumerate() {
+                *o = (k, n, i);
+            }
+        };
+        let mut want = Vec::new();
+        counts.drain_each(|k, n| want.extend((0..len(k)).map(|i| (k, n, i))));
+        counts.add_all(&keys);
+        for threads in [1, 3] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let got = pool.install(|| counts.expand(len, write));
+            assert_eq!(got.len(), want.len(), "{threads} threads");
+            assert!(got == want, "{threads} threads: another order or other items");
+        }
+        assert!(KeyCounts::new().expand(len, write).is_empty());
     }
 
     #[test]

@@ -945,16 +945,35 @@ async fn aggregate_embedded(
     })
     .await?;
     ctx.deregister_udf("cc_pair");
-    let spilled = sums.finish(|key, count| {
-        let (u, code, count) = ((key >> 32) as u32, key as u32, count as f32);
-        if code < coder.artists {
-            agg.triplets.push((u, code, count));
+    // A key's code is an artist, or a group of a song's artists: one
+    // triplet for each.
+    fn artists_of<'a>(coder: &'a PairCoder, code: &'a u32) -> &'a [u32] {
+        if *code < coder.artists {
+            std::slice::from_ref(code)
         } else {
-            for &a in &coder.groups[(code - coder.artists) as usize] {
-                agg.triplets.push((u, a, count));
-            }
+            &coder.groups[(*code - coder.artists) as usize]
         }
-    })?;
+    }
+    let spilled = match sums.into_memory() {
+        Ok(counts) => {
+            // Unspilled, the table is read in parallel into a vector of the
+            // exact size (one thread pushing took 0.45 s on the medium set).
+            agg.triplets = counts.expand(
+                |key| artists_of(&coder, &(key as u32)).len(),
+                |key, count, out| {
+                    let u = (key >> 32) as u32;
+                    for (t, &a) in out.iter_mut().zip(artists_of(&coder, &(key as u32))) {
+                        *t = (u, a, count as f32);
+                    }
+                },
+            );
+            Spilled::default()
+        }
+        Err(sums) => sums.finish(|key, count| {
+            let u = (key >> 32) as u32;
+            agg.triplets.extend(artists_of(&coder, &(key as u32)).iter().map(|&a| (u, a, count as f32)));
+        })?,
+    };
     agg.users = std::mem::take(&mut *coder.users.lock().expect("a parse panicked")).into_keys();
     Ok((agg, plan, spilled))
 }

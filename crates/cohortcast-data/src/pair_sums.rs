@@ -108,6 +108,17 @@ impl PairSums {
         Ok(())
     }
 
+    /// The table itself when nothing was spilled (every sum is in it, to
+    /// be read with [`KeyCounts::expand`]); else `self` back, for
+    /// [`finish`](Self::finish) to sum the spilled files.
+    pub fn into_memory(self) -> std::result::Result<KeyCounts, Self> {
+        if self.buckets.is_empty() {
+            Ok(self.counts)
+        } else {
+            Err(self)
+        }
+    }
+
     /// Hands every key and its total count to `each`, in no particular
     /// order, and says what was spilled. Spilled files are summed as many
     /// at a time as the machine has cores, then handed out in file order.

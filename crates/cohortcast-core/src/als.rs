@@ -581,26 +581,16 @@ struct UserBlocks {
 impl UserBlocks {
     fn new(cu: &Csr, block: usize) -> Self {
         assert!((1..=1 << 16).contains(&block), "a block's users are numbered in 16 bits");
-        let users = cu.rows();
-        let mut out = UserBlocks {
-            users,
-            items: cu.cols(),
-            block,
-            block_runs: vec![0],
-            run_artist: Vec::new(),
-            run_bounds: vec![0],
-            user: Vec::new(),
-            conf: Vec::new(),
-        };
+        let (users, items) = (cu.rows(), cu.cols());
         // Each block's nonzeros go to their place in `user` and `conf` (the
         // block's span of the CSR), in parallel, by a counting sort on the
         // artist: users stay in order within each run.
         let nb = users.div_ceil(block);
         let indptr: Vec<usize> = (0..=nb).map(|b| cu.row_start((b * block).min(users))).collect();
-        out.user = vec![0u16; cu.nnz()];
-        out.conf = vec![0f32; cu.nnz()];
+        let mut user = vec![0u16; cu.nnz()];
+        let mut conf = vec![0f32; cu.nnz()];
         let mut spans: Vec<(&mut [u16], &mut [f32])> = Vec::with_capacity(nb);
-        let (mut us, mut cs) = (&mut out.user[..], &mut out.conf[..]);
+        let (mut us, mut cs) = (&mut user[..], &mut conf[..]);
         for b in 0..nb {
             let len = indptr[b + 1] - indptr[b];
             let (u0, u1) = std::mem::take(&mut us).split_at_mut(len);
@@ -608,7 +598,8 @@ impl UserBlocks {
             spans.push((u0, c0));
             (us, cs) = (u1, c1);
         }
-        let items = cu.cols();
+        // Per block: the artists it played, in order, and where each run ends
+        // within the block.
         let runs: Vec<(Vec<u32>, Vec<u32>)> = spans
             .into_par_iter()
             .enumerate()
@@ -632,8 +623,8 @@ impl UserBlocks {
                         at[i + 1] += at[i];
                     }
                     for u in lo..hi {
-                        let (idx, conf) = cu.row(u);
-                        for (&i, &c) in idx.iter().zip(conf) {
+                        let (idx, vals) = cu.row(u);
+                        for (&i, &c) in idx.iter().zip(vals) {
                             let k = at[i as usize] as usize;
                             us[k] = (u - lo) as u16;
                             cs[k] = c;
@@ -644,12 +635,13 @@ impl UserBlocks {
                 },
             )
             .collect();
+        let (mut block_runs, mut run_artist, mut run_bounds) = (vec![0], Vec::new(), vec![0]);
         for (b, (artists, ends)) in runs.into_iter().enumerate() {
-            out.run_artist.extend_from_slice(&artists);
-            out.run_bounds.extend(ends.iter().map(|&e| indptr[b] + e as usize));
-            out.block_runs.push(out.run_artist.len());
+            run_artist.extend_from_slice(&artists);
+            run_bounds.extend(ends.iter().map(|&e| indptr[b] + e as usize));
+            block_runs.push(run_artist.len());
         }
-        out
+        UserBlocks { users, items, block, block_runs, run_artist, run_bounds, user, conf }
     }
 
     fn blocks(&self) -> usize {

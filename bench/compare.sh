@@ -14,12 +14,16 @@
 #   skip: "spark", "python" or "both" to leave them out (say so when you quote it)
 #   other-runs: runs of the Python and Spark pipelines (default: runs); the
 #     speed-ups pair run i with run i
+# COMPARE_MODEL="F I" runs cohortcast and the Python pipeline at F factors
+# and I iterations instead of the defaults (64 15); Spark keeps its course
+# model (rank 10, 10 iterations) either way.
 # Peak RSS is the summed RSS of each process tree (bench/peak_rss.sh), so the
 # JVM under pyspark is counted.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 users=${1:-50000} runs=${2:-3} ppu=${3:-60} skip=${4:-none} oruns=${5:-${2:-3}}
 venv=${BENCH_VENV:-/var/tmp/cc-bench-venv}
+read -r factors iterations <<< "${COMPARE_MODEL:-64 15}"
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q implicit scikit-learn threadpoolctl pandas pyspark==3.5.3
@@ -36,12 +40,13 @@ else
 fi
 echo "data: $(du -sh "$work/data/clickstream" | cut -f1) of clickstream CSV"
 for i in $(seq "$runs"); do
-  bench/peak_rss.sh "$work/ours.$i.rss" "$bin" run --data "$work/data" --out "$work/out" > /dev/null
+  bench/peak_rss.sh "$work/ours.$i.rss" "$bin" run --data "$work/data" --out "$work/out" \
+    --factors "$factors" --iterations "$iterations" > /dev/null
   cp "$work/out/summary.json" "$work/ours.$i.json"
   [ "$i" -le "$oruns" ] || continue
   if [ "$skip" != python ] && [ "$skip" != both ]; then
     OPENBLAS_NUM_THREADS=1 bench/peak_rss.sh "$work/python.$i.rss" "$venv/bin/python" bench/pipeline_python.py \
-      "$work/data" > "$work/python.$i.json"
+      "$work/data" "$factors" "$iterations" > "$work/python.$i.json"
   fi
   if [ "$skip" != spark ] && [ "$skip" != both ]; then
     TMPDIR="$work" bench/peak_rss.sh "$work/spark.$i.rss" "$venv/bin/python" bench/pipeline_spark.py "$work/data" \

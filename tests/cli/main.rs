@@ -5,6 +5,7 @@ mod cluster;
 mod s3;
 mod serve;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -158,6 +159,48 @@ fn run_writes_every_output_and_the_default_policy_beats_the_baselines() {
     assert!(exp(matched) >= exp(top) - 0.005, "matched {} vs top-artist {}", exp(matched), exp(top));
     // And it gets a real share of the per-user oracle.
     assert!(exp(ours) > 0.5 * exp(policy(&sum, "oracle")), "{sum}");
+
+    // The expected CTRs, recomputed here from the truth's own files: the
+    // mean true click probability over pushes.csv, and over each modeled
+    // user's most likely notification for the oracle.
+    let (probs, cols) = npy_f32(&data.join("truth/click_probability.npy"));
+    let lines = |f: &str| std::fs::read_to_string(data.join("truth").join(f)).unwrap();
+    let (tusers, tnotes) = (lines("users.csv"), lines("notifications.csv"));
+    let row_of: HashMap<&str, usize> = tusers.lines().enumerate().map(|(i, u)| (u, i)).collect();
+    let col_of: HashMap<&str, usize> = tnotes.lines().enumerate().map(|(i, n)| (n, i)).collect();
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let pushed: Vec<f64> = pushes
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let (n, u) = l.split_once(',').unwrap();
+            probs[row_of[u] * cols + col_of[n]] as f64
+        })
+        .collect();
+    assert!((mean(&pushed) - exp(ours)).abs() < 1e-9, "{} vs {}", mean(&pushed), exp(ours));
+    let best: Vec<f64> = cohorts
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let r = row_of[l.split_once(',').unwrap().0];
+            probs[r * cols..(r + 1) * cols].iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64
+        })
+        .collect();
+    let oracle = exp(policy(&sum, "oracle"));
+    assert!((mean(&best) - oracle).abs() < 1e-9, "{} vs {oracle}", mean(&best));
+}
+
+/// A 2-D little-endian `<f4` `.npy`, read here without the crate's reader:
+/// the values and the number of columns.
+fn npy_f32(path: &Path) -> (Vec<f32>, usize) {
+    let b = std::fs::read(path).unwrap();
+    let header_len = u16::from_le_bytes([b[8], b[9]]) as usize;
+    let header = std::str::from_utf8(&b[10..10 + header_len]).unwrap();
+    assert!(header.contains("'<f4'"), "{header}");
+    let shape = &header[header.find("'shape': (").unwrap() + 10..];
+    let cols: usize = shape[..shape.find(')').unwrap()].split(',').nth(1).unwrap().trim().parse().unwrap();
+    let values = b[10 + header_len..].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    (values, cols)
 }
 
 #[test]

@@ -88,16 +88,59 @@ pub struct CtrReport {
     pub users_not_pushed: usize,
 }
 
+/// A plan's true click probabilities summed per notification over the
+/// users it pushed (NaN, unknown, left out): what its expected CTR is
+/// computed from. Built one user at a time, so the truth can be streamed
+/// row by row instead of held as a users × notifications matrix.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Expected {
+    sum: Vec<f64>,
+    known: Vec<usize>,
+}
+
+impl Expected {
+    /// Nothing yet, for `notifications` notifications.
+    pub fn new(notifications: usize) -> Self {
+        Expected { sum: vec![0.0; notifications], known: vec![0; notifications] }
+    }
+
+    /// Adds a user pushed notification `n`, whose true click
+    /// probabilities (one per notification) are `row`.
+    pub fn add(&mut self, row: &[f32], n: usize) {
+        let v = row.get(n).copied().unwrap_or(f32::NAN);
+        if !v.is_nan() {
+            self.sum[n] += v as f64;
+            self.known[n] += 1;
+        }
+    }
+
+    /// From a whole row-major users × notifications matrix of true click
+    /// probabilities.
+    pub fn of_matrix(plan: &PushPlan, truth: &[f32], notifications: usize) -> Self {
+        let mut e = Expected::new(notifications);
+        for (u, p) in plan.user_push.iter().enumerate() {
+            if let Some(n) = *p {
+                e.add(&truth[u * notifications..(u + 1) * notifications], n as usize);
+            }
+        }
+        e
+    }
+}
+
 /// Measures `plan` on `clicks`. `labels` gives each user's cohort (for the
 /// cohort counts); `truth`, when given, is a row-major users × notifications
 /// matrix of true click probabilities (NaN where unknown).
 pub fn evaluate(plan: &PushPlan, labels: &[u32], clicks: &Clicks, truth: Option<&[f32]>) -> CtrReport {
+    let expected = truth.map(|t| Expected::of_matrix(plan, t, clicks.notifications()));
+    evaluate_expected(plan, labels, clicks, expected.as_ref())
+}
+
+/// As [`evaluate`], with the truth already summed over the plan's pushes.
+pub fn evaluate_expected(plan: &PushPlan, labels: &[u32], clicks: &Clicks, expected: Option<&Expected>) -> CtrReport {
     let nn = clicks.notifications();
     let mut pushed = vec![0usize; nn];
     let mut clicked = vec![0usize; nn];
     let mut cohorts: Vec<Vec<u32>> = vec![Vec::new(); nn];
-    let mut exp_sum = vec![0f64; nn];
-    let mut exp_n = vec![0usize; nn];
     for (u, p) in plan.user_push.iter().enumerate() {
         let Some(n) = *p else { continue };
         let n = n as usize;
@@ -108,14 +151,9 @@ pub fn evaluate(plan: &PushPlan, labels: &[u32], clicks: &Clicks, truth: Option<
         if let Some(&l) = labels.get(u) {
             cohorts[n].push(l);
         }
-        if let Some(t) = truth {
-            let v = t[u * nn + n];
-            if !v.is_nan() {
-                exp_sum[n] += v as f64;
-                exp_n[n] += 1;
-            }
-        }
     }
+    let unknown = Expected::new(nn);
+    let e = expected.unwrap_or(&unknown);
     let per_notification: Vec<NotificationCtr> = (0..nn)
         .filter(|&n| pushed[n] > 0)
         .map(|n| {
@@ -128,14 +166,13 @@ pub fn evaluate(plan: &PushPlan, labels: &[u32], clicks: &Clicks, truth: Option<
                 users_pushed: pushed[n],
                 users_clicked: clicked[n],
                 ctr: clicked[n] as f64 / pushed[n] as f64,
-                expected_ctr: (exp_n[n] > 0).then(|| exp_sum[n] / exp_n[n] as f64),
+                expected_ctr: (e.known[n] > 0).then(|| e.sum[n] / e.known[n] as f64),
             }
         })
         .collect();
     let pushes: usize = pushed.iter().sum();
     let clicks_total: usize = clicked.iter().sum();
     let ratio = |a: f64, b: usize| if b > 0 { a / b as f64 } else { 0.0 };
-    let exp_total_n: usize = exp_n.iter().sum();
     CtrReport {
         policy: plan.policy.to_string(),
         mean_ctr: ratio(per_notification.iter().map(|r| r.ctr).sum(), per_notification.len()),
@@ -143,7 +180,7 @@ pub fn evaluate(plan: &PushPlan, labels: &[u32], clicks: &Clicks, truth: Option<
         pushes,
         clicks: clicks_total,
         overall_ctr: ratio(clicks_total as f64, pushes),
-        expected_ctr: truth.map(|_| ratio(exp_sum.iter().sum(), exp_total_n)),
+        expected_ctr: expected.map(|e| ratio(e.sum.iter().sum(), e.known.iter().sum())),
         users_not_pushed: plan.users_not_pushed(),
     }
 }
@@ -180,6 +217,28 @@ mod tests {
         // users 0,1,4,5 pushed n1 (0.5, 0.1, 0.2, 0.6); users 2,3 pushed n0 (0.2, 0.4).
         let want = (0.5 + 0.1 + 0.2 + 0.4 + 0.2 + 0.6) / 6.0;
         assert!((r.expected_ctr.unwrap() - want).abs() < 1e-6, "{:?}", r.expected_ctr);
+    }
+
+    #[test]
+    fn expected_sums_streamed_in_any_user_order_match_the_matrix() {
+        // 4 users × 3 notifications; user 2's probability of n0 is unknown.
+        let truth = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, f32::NAN, 0.8, 0.9, 0.25, 0.35, 0.45];
+        let plan = PushPlan { policy: "x", user_push: vec![Some(2), Some(0), Some(0), None], cohort_push: None };
+        let whole = Expected::of_matrix(&plan, &truth, 3);
+        let mut streamed = Expected::new(3);
+        for u in [3, 1, 2, 0] {
+            if let Some(n) = plan.user_push[u] {
+                streamed.add(&truth[u * 3..(u + 1) * 3], n as usize);
+            }
+        }
+        assert_eq!(streamed, whole);
+        let clicks = Clicks::new(3, []);
+        let r = evaluate_expected(&plan, &[0, 0, 1, 1], &clicks, Some(&streamed));
+        // n0: user 1 (0.4) and user 2 (unknown); n2: user 0 (0.3).
+        assert_eq!(r.per_notification[0].expected_ctr, Some(0.4f32 as f64));
+        assert_eq!(r.per_notification[1].expected_ctr, Some(0.3f32 as f64));
+        assert_eq!(r.expected_ctr, Some((0.4f32 as f64 + 0.3f32 as f64) / 2.0));
+        assert_eq!(r, evaluate(&plan, &[0, 0, 1, 1], &clicks, Some(&truth)));
     }
 
     #[test]

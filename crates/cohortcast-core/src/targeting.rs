@@ -226,16 +226,18 @@ pub fn best_single(clicks: &crate::ctr::Clicks) -> Option<u32> {
 /// Each user their own most likely notification under `truth`, a row-major
 /// `users × notifications` matrix of click probabilities (NaN where unknown).
 pub fn oracle_plan(truth: &[f32], notifications: usize) -> PushPlan {
-    let user_push = truth
-        .chunks(notifications.max(1))
-        .map(|row| {
-            (0..row.len())
-                .filter(|&n| !row[n].is_nan())
-                .max_by(|&a, &b| row[a].total_cmp(&row[b]).then(b.cmp(&a)))
-                .map(|n| n as u32)
-        })
-        .collect();
+    let user_push = truth.chunks(notifications.max(1)).map(oracle_choice).collect();
     PushPlan { policy: "oracle", user_push, cohort_push: None }
+}
+
+/// The oracle's choice for one user: the notification of highest true
+/// click probability in `row` (the first on ties; NaN, unknown, never),
+/// or none when every one is unknown.
+pub fn oracle_choice(row: &[f32]) -> Option<u32> {
+    (0..row.len())
+        .filter(|&n| !row[n].is_nan())
+        .max_by(|&a, &b| row[a].total_cmp(&row[b]).then(b.cmp(&a)))
+        .map(|n| n as u32)
 }
 
 #[cfg(test)]

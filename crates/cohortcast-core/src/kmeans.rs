@@ -242,7 +242,8 @@ fn distances_to_with(x: &[f32], norms: &[f32], dim: usize, cands: &[f32], allow_
     #[cfg(target_arch = "x86_64")]
     if allow_simd && c <= crate::simd::avx512_nearest::CANDIDATES && crate::simd::has_avx512() {
         use crate::simd::avx512_nearest::{distances16, CANDIDATES};
-        let mut ct = vec![0f32; dim * CANDIDATES];
+        // On cache lines, as the panel of `nearest`.
+        let mut ct = Floats::zeroed(dim * CANDIDATES);
         let mut cn16 = [0f32; CANDIDATES];
         for (j, row) in cands.chunks(dim).enumerate() {
             for (d, v) in row.iter().enumerate() {

@@ -558,8 +558,8 @@ pub mod avx512_nearest {
     pub struct Panel {
         dim: usize,
         kp: usize,
-        ct: Vec<f32>,
-        cn: Vec<f32>,
+        ct: crate::linalg::Floats,
+        cn: crate::linalg::Floats,
     }
 
     impl Panel {
@@ -567,13 +567,16 @@ pub mod avx512_nearest {
         pub fn new(centroids: &[f32], norms: &[f32], dim: usize) -> Panel {
             let k = norms.len();
             let kp = k.div_ceil(NB) * NB;
-            let mut ct = vec![0f32; dim * kp];
+            // On cache lines, so that each centroid load below is one
+            // line, not a split load across two.
+            let mut ct = crate::linalg::Floats::zeroed(dim * kp);
             for (j, c) in centroids.chunks(dim).enumerate() {
                 for (d, v) in c.iter().enumerate() {
                     ct[d * kp + j] = *v;
                 }
             }
-            let mut cn = vec![f32::INFINITY; kp];
+            let mut cn = crate::linalg::Floats::zeroed(kp);
+            cn.fill(f32::INFINITY);
             cn[..k].copy_from_slice(norms);
             Panel { dim, kp, ct, cn }
         }

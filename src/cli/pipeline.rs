@@ -172,7 +172,8 @@ fn truth_pass(
     let nn = notes.len();
     // The truth's own columns in our order need no copy of a row.
     let in_order = ncol.iter().enumerate().all(|(n, c)| *c == Some(n));
-    let mut row = vec![f32::NAN; nn];
+    // A row in our column order, when the truth's columns are not.
+    let mut reordered = vec![f32::NAN; nn];
     let mut expected = vec![Expected::new(nn); plans.len()];
     let mut oracle = PushPlan { policy: "oracle", user_push: vec![None; model.users.len()], cohort_push: None };
     let mut oracle_expected = Expected::new(nn);
@@ -182,10 +183,10 @@ fn truth_pass(
         let row: &[f32] = if in_order && probs.len() >= nn {
             &probs[..nn]
         } else {
-            for (v, c) in row.iter_mut().zip(&ncol) {
+            for (v, c) in reordered.iter_mut().zip(&ncol) {
                 *v = c.and_then(|c| probs.get(c).copied()).unwrap_or(f32::NAN);
             }
-            &row
+            &reordered
         };
         for (plan, e) in plans.iter().zip(&mut expected) {
             if let Some(n) = plan.user_push[u] {

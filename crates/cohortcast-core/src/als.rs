@@ -57,7 +57,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::confidence::{confidence, Weighting};
 use crate::error::{check_range, DataError, FitError, ParamError};
-use crate::linalg::{axpy, cholesky_solve, dot, gemm_acc, gram, Floats};
+use crate::linalg::{axpy, cholesky_solve, dot, gemm_acc, gram, split_lengths, Floats};
 use crate::rng::Rng;
 use crate::sparse::Csr;
 
@@ -589,15 +589,9 @@ impl UserBlocks {
         let indptr: Vec<usize> = (0..=nb).map(|b| cu.row_start((b * block).min(users))).collect();
         let mut user = vec![0u16; cu.nnz()];
         let mut conf = vec![0f32; cu.nnz()];
-        let mut spans: Vec<(&mut [u16], &mut [f32])> = Vec::with_capacity(nb);
-        let (mut us, mut cs) = (&mut user[..], &mut conf[..]);
-        for b in 0..nb {
-            let len = indptr[b + 1] - indptr[b];
-            let (u0, u1) = std::mem::take(&mut us).split_at_mut(len);
-            let (c0, c1) = std::mem::take(&mut cs).split_at_mut(len);
-            spans.push((u0, c0));
-            (us, cs) = (u1, c1);
-        }
+        let lens = || indptr.windows(2).map(|w| w[1] - w[0]);
+        let spans: Vec<(&mut [u16], &mut [f32])> =
+            split_lengths(&mut user, lens()).into_iter().zip(split_lengths(&mut conf, lens())).collect();
         // Per block: the artists it played, in order, and where each run ends
         // within the block.
         let runs: Vec<(Vec<u32>, Vec<u32>)> = spans

@@ -224,13 +224,7 @@ impl KeyCounts {
             .map(|part| part.iter().filter(|s| s.count != 0).map(|s| len(s.key)).sum())
             .collect();
         let mut out = vec![T::default(); sizes.iter().sum()];
-        let mut places: Vec<&mut [T]> = Vec::with_capacity(sizes.len());
-        let mut rest = &mut out[..];
-        for &n in &sizes {
-            let (place, tail) = std::mem::take(&mut rest).split_at_mut(n);
-            places.push(place);
-            rest = tail;
-        }
+        let places = crate::linalg::split_lengths(&mut out, sizes);
         self.slots.par_chunks(per).zip(places).for_each(|(part, place)| {
             let mut at = 0;
             for s in part.iter().filter(|s| s.count != 0) {

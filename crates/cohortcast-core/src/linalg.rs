@@ -160,6 +160,19 @@ pub fn part_rows(rows: usize, max_parts: usize, align: usize) -> usize {
 /// Parts used by the deterministic parallel reductions.
 pub const MAX_PARTS: usize = 64;
 
+/// `v` cut into consecutive places of the given lengths, in order: the
+/// disjoint spans that parallel parts fill. Whatever follows the last
+/// place is left out.
+pub fn split_lengths<T>(mut v: &mut [T], lens: impl IntoIterator<Item = usize>) -> Vec<&mut [T]> {
+    let mut places = Vec::new();
+    for n in lens {
+        let (place, rest) = std::mem::take(&mut v).split_at_mut(n);
+        places.push(place);
+        v = rest;
+    }
+    places
+}
+
 /// The Gram matrix `Yᵀ Y` (`f × f`) of a row-major `rows × f` matrix, summed
 /// over fixed parts in parallel, then in order (repeatable).
 pub fn gram(y: &[f32], rows: usize, f: usize) -> Vec<f32> {

@@ -119,14 +119,10 @@ impl Csr {
         use rayon::prelude::*;
         let per = crate::linalg::part_rows(rows, crate::linalg::MAX_PARTS, 1);
         // Each part's cells, split off in order.
-        let mut parts: Vec<(usize, &mut [(u32, f32)])> = Vec::new();
-        let mut rest: &mut [(u32, f32)] = &mut cells;
-        for start in (0..rows).step_by(per) {
-            let end = (start + per).min(rows);
-            let (mine, tail) = rest.split_at_mut(bounds[end] - bounds[start]);
-            parts.push((start, mine));
-            rest = tail;
-        }
+        let starts: Vec<usize> = (0..rows).step_by(per).collect();
+        let lens = starts.iter().map(|&start| bounds[(start + per).min(rows)] - bounds[start]);
+        let mut parts: Vec<(usize, &mut [(u32, f32)])> =
+            starts.iter().copied().zip(crate::linalg::split_lengths(&mut cells, lens)).collect();
         // Per part: the compacted length of each of its rows.
         let lens: Vec<Vec<usize>> = parts
             .par_iter_mut()
@@ -167,15 +163,11 @@ impl Csr {
         let mut indices = vec![0u32; nnz];
         let mut data = vec![0f32; nnz];
         // Disjoint output ranges, one a part, filled in parallel.
-        let mut outs: Vec<(&mut [u32], &mut [f32])> = Vec::with_capacity(parts.len());
-        let (mut ri, mut rd): (&mut [u32], &mut [f32]) = (&mut indices, &mut data);
-        for l in &lens {
-            let n: usize = l.iter().sum();
-            let (oi, ti) = ri.split_at_mut(n);
-            let (od, td) = rd.split_at_mut(n);
-            outs.push((oi, od));
-            (ri, rd) = (ti, td);
-        }
+        let part_lens = || lens.iter().map(|l| l.iter().sum::<usize>());
+        let outs: Vec<(&mut [u32], &mut [f32])> = crate::linalg::split_lengths(&mut indices, part_lens())
+            .into_iter()
+            .zip(crate::linalg::split_lengths(&mut data, part_lens()))
+            .collect();
         outs.into_par_iter().zip(parts.par_iter()).for_each(|((oi, od), (_, part))| {
             for (k, &(c, v)) in part[..oi.len()].iter().enumerate() {
                 oi[k] = c;

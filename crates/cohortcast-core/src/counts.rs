@@ -49,8 +49,10 @@ const EMPTY: Slot = Slot { key: 0, count: 0 };
 /// Slots a new table starts with.
 const FIRST_SLOTS: usize = 1 << 10;
 
-/// Keys ahead whose home slot is prefetched while one is added.
-const AHEAD: usize = 8;
+/// Keys ahead whose home slot is prefetched while one is added (on the
+/// medium set's keys, into a table of the final size: 16 took 0.77 s, 8
+/// took 0.89 s, 32 no less than 16).
+const AHEAD: usize = 16;
 
 /// Counts of 64-bit keys (see the [module docs](self)).
 pub struct KeyCounts {
@@ -107,6 +109,20 @@ impl KeyCounts {
     /// the module docs).
     fn home(key: u64, mask: usize) -> usize {
         (mix64(key >> 32) as usize).wrapping_add(key as u32 as usize) & mask
+    }
+
+    /// Grows the table at once to hold `keys` distinct keys in all, so
+    /// that adding up to that many needs no further growth; nothing when
+    /// it already holds them. Each growth moves every key into new slots,
+    /// and growing by doubling moves each key about twice over: for a
+    /// caller that can foresee the count (on the medium set's 29.8 M plays
+    /// and 13.6 M keys, adding to a table of the final size took 0.77 s
+    /// against 1.63 s grown by doubling from the first slots).
+    pub fn reserve(&mut self, keys: usize) {
+        let want = Self::slots_for(self.slots.len(), keys);
+        if want != self.slots.len() {
+            self.grow(want);
+        }
     }
 
     /// How many times `key` was added (0: never).
@@ -373,6 +389,22 @@ mod tests {
             assert!(got == want, "{threads} threads: another order or other items");
         }
         assert!(KeyCounts::new().expand(len, write).is_empty());
+    }
+
+    #[test]
+    fn a_reserved_table_holds_that_many_keys_without_growing_and_keeps_its_keys() {
+        let mut counts = KeyCounts::new();
+        counts.add_all(&[1, 2, 2, u64::MAX]);
+        counts.reserve(10_000);
+        let slots = counts.slots.len();
+        assert!(slots * 7 >= 10_000 * 10 && slots / 2 * 7 < 10_000 * 10, "the least doubling that holds them");
+        assert_eq!((counts.get(1), counts.get(2), counts.get(u64::MAX), counts.len()), (1, 2, 1, 3));
+        let more: Vec<u64> = (100..100 + 10_000 - 3).collect();
+        assert_eq!(counts.bytes_for(more.len()), counts.bytes(), "room for them");
+        counts.add_all(&more);
+        assert_eq!((counts.slots.len(), counts.len(), counts.get(5000)), (slots, 10_000, 1));
+        counts.reserve(100);
+        assert_eq!(counts.slots.len(), slots, "a table never shrinks");
     }
 
     #[test]

@@ -752,6 +752,8 @@ struct PairCoder {
     users: std::sync::Mutex<UserTable>,
     /// Minutes east of UTC of the hours.
     offset_minutes: i32,
+    /// Bytes of the lines parsed so far (each line's newline counted).
+    bytes_parsed: std::sync::atomic::AtomicU64,
 }
 
 /// The user number of a rejected row; its artist key is the reject number.
@@ -784,7 +786,14 @@ impl PairCoder {
             };
             map.insert(key, code);
         }
-        Arc::new(PairCoder { songs: SongTable::new(&map), groups, artists, users: Default::default(), offset_minutes })
+        Arc::new(PairCoder {
+            songs: SongTable::new(&map),
+            groups,
+            artists,
+            users: Default::default(),
+            offset_minutes,
+            bytes_parsed: Default::default(),
+        })
     }
 }
 
@@ -800,6 +809,9 @@ fn parse_pairs(coder: &PairCoder, lines: &ArrayRef) -> datafusion::error::Result
     let lines = cast(lines, &DataType::Utf8)?;
     let lines = lines.as_string::<i32>();
     let n = lines.len();
+    let offsets = lines.value_offsets();
+    let bytes = (offsets[n] - offsets[0]) as u64 + n as u64;
+    coder.bytes_parsed.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
     // (user, song key), or the reject number.
     let mut parsed: Vec<std::result::Result<(u128, u64), u32>> = Vec::with_capacity(n);
     let mut hour = UInt32Builder::with_capacity(n);
@@ -909,11 +921,15 @@ async fn stream_sql(
 
 /// The embedded plan: DataFusion scans and parses (`cc_pair`), and the
 /// client sums the plays per pair key in a [`PairSums`] within
-/// `memory_limit` bytes; also what it spilled.
+/// `memory_limit` bytes; also what it spilled. With the clickstream's
+/// `text_bytes` (CSV files), the sums are told the share of them parsed,
+/// so their table grows once to the size the whole input needs instead
+/// of doubling step by step.
 async fn aggregate_embedded(
     ctx: &SessionContext,
     coder: Arc<PairCoder>,
     memory_limit: usize,
+    text_bytes: Option<u64>,
     context: &str,
 ) -> Result<(Aggregate, Plan, Spilled)> {
     ctx.register_udf(pair_udf(coder.clone()));
@@ -929,6 +945,11 @@ async fn aggregate_embedded(
         let hour = hour.as_primitive::<UInt32Type>();
         keys.clear();
         agg.rows_read += batch.num_rows() as u64;
+        if let Some(total) = text_bytes.filter(|&t| t > 0) {
+            // The partitions parse a batch or two ahead of this one.
+            let parsed = coder.bytes_parsed.load(std::sync::atomic::Ordering::Relaxed);
+            sums.set_read(parsed as f64 / total as f64);
+        }
         for i in 0..batch.num_rows() {
             let key = pair.value(i);
             let (u, code) = ((key >> 32) as u32, key as u32);
@@ -1181,7 +1202,9 @@ async fn ingest_async(paths: &InputPaths, opts: &IngestOptions, joined: bool) ->
     let (agg, plan, spilled) = match opts.cluster {
         None if !joined => {
             let coder = PairCoder::new(&song_ranks, all_artists.len(), opts.utc_offset_minutes);
-            aggregate_embedded(&ctx, coder, opts.memory_limit, context).await?
+            let plays = all.iter().find(|f| f.input == Input::Clickstream).expect("the clickstream is required");
+            let text_bytes = (plays.encoding == Encoding::Csv).then(|| plays.sizes.iter().sum());
+            aggregate_embedded(&ctx, coder, opts.memory_limit, text_bytes, context).await?
         }
         _ => {
             let (agg, plan) = aggregate_joined(&ctx, opts.utc_offset_minutes, context).await?;

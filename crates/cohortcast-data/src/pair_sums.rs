@@ -12,6 +12,15 @@
 //! Tanaka & Moto-oka 1983). No sort and no merge is needed, since a key's
 //! counts all land in the same bucket (bucketed by user, so a user's
 //! counts also come out together).
+//!
+//! A table grown by doubling moves each key into new slots about twice
+//! over. When the caller tells how much of the input it has read
+//! ([`PairSums::set_read`]), a table that must grow is sized at once for
+//! the keys so far scaled to the whole input: an upper bound on the
+//! input's distinct keys whenever they come no faster later than they did
+//! so far (new pairs thin out as the same users replay the same artists).
+//! The medium set's ingest took 4.6–5.2 s grown by doubling; see
+//! BENCHMARKS.md for the A/B.
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Seek, SeekFrom, Write};
@@ -31,6 +40,11 @@ const RECORD: usize = 12;
 /// Records read from a bucket file at a time.
 const CHUNK: usize = 1 << 14;
 
+/// The least share of the input read before the keys so far are scaled to
+/// the whole input: below it the projection is too unsure (the first
+/// plays are nearly all new pairs), and the table doubles as usual.
+const MIN_SHARE_READ: f64 = 0.125;
+
 /// Counts of 64-bit keys that spill to temporary files beyond a memory
 /// limit (see the [module docs](self)).
 pub struct PairSums {
@@ -40,6 +54,8 @@ pub struct PairSums {
     buckets: Vec<BufWriter<File>>,
     spills: usize,
     spilled_bytes: u64,
+    /// The share of the input read so far, when the caller knows it.
+    read: Option<f64>,
 }
 
 /// What a [`PairSums`] wrote to disk.
@@ -67,18 +83,43 @@ fn bucket(key: u64) -> usize {
 impl PairSums {
     /// Sums held within about `limit` bytes of table.
     pub fn new(limit: usize) -> PairSums {
-        PairSums { counts: KeyCounts::new(), limit, buckets: Vec::new(), spills: 0, spilled_bytes: 0 }
+        PairSums { counts: KeyCounts::new(), limit, buckets: Vec::new(), spills: 0, spilled_bytes: 0, read: None }
     }
 
-    /// Counts each of `keys` once more, spilling first if the table would
-    /// otherwise grow past the limit.
+    /// Tells the share of the input (0 to 1) that the keys added so far
+    /// came from, from which a table that must grow is sized for the
+    /// whole input (see the [module docs](self)).
+    pub fn set_read(&mut self, share: f64) {
+        self.read = Some(share);
+    }
+
+    /// Counts each of `keys` once more. When the table must grow, it grows
+    /// to the keys projected for the whole input if that fits within the
+    /// limit beside its current slots; otherwise it doubles, spilling
+    /// first if even that would pass the limit.
     pub fn add_all(&mut self, keys: &[u64]) -> Result<()> {
         let (now, then) = (self.counts.bytes(), self.counts.bytes_for(keys.len()));
-        if then != now && now + then > self.limit && !self.counts.is_empty() {
-            self.spill()?;
+        if then != now {
+            let held = self.counts.len();
+            let projected = match self.read {
+                Some(share) if share >= MIN_SHARE_READ => (held as f64 / share.min(1.0)) as usize,
+                _ => 0,
+            }
+            .max(held + keys.len());
+            let sized = self.counts.bytes_for(projected - self.counts.len());
+            if sized > then && now + sized <= self.limit {
+                self.counts.reserve(projected);
+            } else if now + then > self.limit && !self.counts.is_empty() {
+                self.spill()?;
+            }
         }
         self.counts.add_all(keys);
         Ok(())
+    }
+
+    /// The bytes the table's slots take now.
+    pub fn bytes(&self) -> usize {
+        self.counts.bytes()
     }
 
     fn spill(&mut self) -> Result<()> {
@@ -219,6 +260,50 @@ mod tests {
         assert_eq!(stats.files, BUCKETS);
         assert!(stats.bytes >= (want.len() * RECORD) as u64, "{stats:?}");
         assert_eq!(spilled, want);
+    }
+
+    #[test]
+    fn a_table_told_the_share_read_grows_once_to_the_whole_inputs_keys_within_the_limit() {
+        // 40 000 distinct keys, each played 5 times in a row: new keys
+        // come as fast in every part of the input.
+        let distinct: Vec<u64> = (0..40_000u64).map(|i| ((i / 7) << 32) | (i % 7)).collect();
+        let input: Vec<u64> = distinct.iter().flat_map(|&k| [k; 5]).collect();
+        let whole = KeyCounts::new().bytes_for(distinct.len());
+        // The table's sizes as it grows, and what it spilled.
+        let grow = |limit: usize, told: bool| {
+            let mut s = PairSums::new(limit);
+            let mut sizes = vec![s.bytes()];
+            for (b, batch) in input.chunks(1000).enumerate() {
+                if told {
+                    s.set_read((b * 1000) as f64 / input.len() as f64);
+                }
+                s.add_all(batch).unwrap();
+                if sizes.last() != Some(&s.bytes()) {
+                    sizes.push(s.bytes());
+                }
+            }
+            let mut total = 0u64;
+            let spilled = s.finish(|_, n| total += n as u64).unwrap();
+            assert_eq!(total, input.len() as u64, "every play counted");
+            (sizes, spilled)
+        };
+        let (doubled, none) = grow(1 << 30, false);
+        assert_eq!(none, Spilled::default());
+        assert_eq!(doubled.last(), Some(&whole), "doubling ends at the size the keys need");
+        // Told, it doubles until an eighth of the input is read, then
+        // takes one step to the whole input's size (here from a quarter of
+        // it, skipping one doubling).
+        let (told, none) = grow(1 << 30, true);
+        assert_eq!(none, Spilled::default());
+        let (last, early) = told.split_last().unwrap();
+        assert_eq!(*last, whole, "{told:?}");
+        assert_eq!(early, &doubled[..early.len()], "{told:?} against {doubled:?}");
+        assert!(early.last().unwrap() * 2 < whole, "it skipped a doubling: {told:?}");
+        // Within a limit the projected table would pass, it doubles, and
+        // spills where even that would pass it.
+        let (capped, spilled) = grow(whole, true);
+        assert!(capped.iter().all(|&b| b < whole), "{capped:?}");
+        assert!(spilled.spills >= 2, "{spilled:?}");
     }
 
     #[test]

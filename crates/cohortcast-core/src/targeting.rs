@@ -234,10 +234,25 @@ pub fn oracle_plan(truth: &[f32], notifications: usize) -> PushPlan {
 /// click probability in `row` (the first on ties; NaN, unknown, never),
 /// or none when every one is unknown.
 pub fn oracle_choice(row: &[f32]) -> Option<u32> {
-    (0..row.len())
-        .filter(|&n| !row[n].is_nan())
-        .max_by(|&a, &b| row[a].total_cmp(&row[b]).then(b.cmp(&a)))
-        .map(|n| n as u32)
+    // Two passes over integer keys in `f32::total_cmp`'s order (the bits,
+    // the others flipped for a negative value; NaN below all): the
+    // largest key (a reduction the compiler vectorises), then the first
+    // value with it. (`max_by` with `total_cmp` and an index tie-break
+    // carried each comparison into the next: 0.68 µs a row of 200 against
+    // 0.1, most of the evaluation's pass over the medium set's truth.)
+    fn key(v: f32) -> i32 {
+        let bits = v.to_bits() as i32;
+        if v.is_nan() {
+            i32::MIN
+        } else {
+            bits ^ (((bits >> 31) as u32) >> 1) as i32
+        }
+    }
+    let best = row.iter().map(|&v| key(v)).max()?;
+    if best == i32::MIN {
+        return None;
+    }
+    row.iter().position(|&v| key(v) == best).map(|n| n as u32)
 }
 
 #[cfg(test)]
@@ -321,5 +336,28 @@ mod tests {
         assert_eq!(r, random_plan(1000, 4, 1));
         let truth = [0.1, 0.3, 0.2, f32::NAN, 0.5, 0.4];
         assert_eq!(oracle_plan(&truth, 3).user_push, vec![Some(1), Some(1)]);
+    }
+
+    #[test]
+    fn the_oracle_takes_the_largest_in_total_order_the_first_on_ties_never_nan() {
+        // The reference: the largest by `total_cmp`, the lowest index on
+        // ties, NaN skipped.
+        let reference = |row: &[f32]| {
+            (0..row.len())
+                .filter(|&n| !row[n].is_nan())
+                .max_by(|&a, &b| row[a].total_cmp(&row[b]).then(b.cmp(&a)))
+                .map(|n| n as u32)
+        };
+        let values = [0.0, -0.0, 0.25, 0.5, 1.0, -1.0, f32::INFINITY, f32::NEG_INFINITY, f32::NAN, -f32::NAN, 1e-40];
+        let mut rng = crate::rng::Rng::new(3);
+        for len in [0, 1, 2, 3, 7, 40] {
+            for _ in 0..2000 {
+                let row: Vec<f32> = (0..len).map(|_| values[rng.below(values.len())]).collect();
+                assert_eq!(oracle_choice(&row), reference(&row), "{row:?}");
+            }
+        }
+        assert_eq!(oracle_choice(&[f32::NAN, f32::NAN]), None);
+        assert_eq!(oracle_choice(&[-0.0, 0.0, 0.0]), Some(1), "+0 above -0, the first of equals");
+        assert_eq!(oracle_choice(&[f32::NEG_INFINITY, f32::NAN]), Some(0));
     }
 }

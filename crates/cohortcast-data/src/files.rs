@@ -199,9 +199,11 @@ fn read_npy(path: &Path) -> Result<Npy> {
 }
 
 /// Streams a 2-D `<f4` `.npy` one row at a time (`each(row, values)`),
-/// holding one block of rows (about 4 MiB) in memory; returns (rows,
+/// holding two blocks of rows (about 4 MiB each) in memory; returns (rows,
 /// cols). For matrices too big to hold twice (the generator's truth at
-/// millions of users).
+/// millions of users). A second thread reads and converts the next block
+/// while `each` runs on this one (on the medium set's 400 MB truth the
+/// reading took 0.42 s of a 0.9 s pass, one after the other).
 pub fn read_npy_f32_rows(path: &Path, mut each: impl FnMut(usize, &[f32])) -> Result<(usize, usize)> {
     let mut f = std::io::BufReader::with_capacity(1 << 20, File::open(path).map_err(|e| IoError::io(path, e))?);
     let (descr, shape) = read_npy_header(path, &mut f)?;
@@ -216,33 +218,61 @@ pub fn read_npy_f32_rows(path: &Path, mut each: impl FnMut(usize, &[f32])) -> Re
     // Blocks of whole rows, about 4 MiB each: one read and one conversion
     // per block, not per row (a 500 k × 200 matrix took 1.2 s row by row).
     let per = ((4 << 20) / (cols * 4).max(1)).clamp(1, rows.max(1));
-    let mut raw = vec![0u8; per * cols * 4];
-    let mut block = vec![0f32; per * cols];
-    let mut r = 0;
-    while r < rows {
-        let n = per.min(rows - r);
-        let bytes = &mut raw[..n * cols * 4];
-        let got = read_full(&mut f, bytes).map_err(|e| IoError::io(path, e))?;
-        if got < bytes.len() {
-            return Err(IoError::Malformed {
-                path: path.into(),
-                line: 0,
-                detail: format!("ends inside row {} of shape ({rows}, {cols})", r + got / (cols * 4)),
-            });
-        }
-        for (v, b) in block.iter_mut().zip(bytes.chunks_exact(4)) {
-            *v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-        }
-        if cols > 0 {
-            for (q, row) in block[..n * cols].chunks_exact(cols).enumerate() {
-                each(r + q, row);
-            }
-        } else {
-            (0..n).for_each(|q| each(r + q, &[]));
-        }
-        r += n;
+    // Filled blocks go to this thread, emptied ones back to the reader.
+    let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Result<(usize, Vec<f32>)>>(1);
+    let (empty_tx, empty_rx) = std::sync::mpsc::channel::<Vec<f32>>();
+    for _ in 0..2 {
+        empty_tx.send(vec![0f32; per * cols]).expect("the receiver is here");
     }
-    Ok((rows, cols))
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            let mut raw = vec![0u8; per * cols * 4];
+            let mut r = 0;
+            while r < rows {
+                // None: the consumer stopped (its error is returned).
+                let Ok(mut block) = empty_rx.recv() else { return };
+                let n = per.min(rows - r);
+                let bytes = &mut raw[..n * cols * 4];
+                let read = match read_full(&mut f, bytes) {
+                    Err(e) => Err(IoError::io(path, e)),
+                    Ok(got) if got < bytes.len() => Err(IoError::Malformed {
+                        path: path.into(),
+                        line: 0,
+                        detail: format!("ends inside row {} of shape ({rows}, {cols})", r + got / (cols * 4)),
+                    }),
+                    Ok(_) => {
+                        for (v, b) in block.iter_mut().zip(bytes.chunks_exact(4)) {
+                            *v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                        }
+                        Ok((n, block))
+                    }
+                };
+                let failed = read.is_err();
+                if full_tx.send(read).is_err() || failed {
+                    return;
+                }
+                r += n;
+            }
+        });
+        // The channels' ends here are dropped when this returns, so a
+        // reader still waiting on them stops and the scope can end.
+        let (full_rx, empty_tx) = (full_rx, empty_tx);
+        let mut r = 0;
+        while r < rows {
+            let (n, block) = full_rx.recv().expect("the reader sends every block or its error")?;
+            if cols > 0 {
+                for (q, row) in block[..n * cols].chunks_exact(cols).enumerate() {
+                    each(r + q, row);
+                }
+            } else {
+                (0..n).for_each(|q| each(r + q, &[]));
+            }
+            r += n;
+            // The reader may have stopped after its last block.
+            let _ = empty_tx.send(block);
+        }
+        Ok((rows, cols))
+    })
 }
 
 /// Fills `buf` from `r` until it is full or the input ends; the bytes read.

@@ -229,7 +229,7 @@ pub fn read_npy_f32_rows(path: &Path, mut each: impl FnMut(usize, &[f32])) -> Re
             let mut raw = vec![0u8; per * cols * 4];
             let mut r = 0;
             while r < rows {
-                // None: the consumer stopped (its error is returned).
+                // No block back: the consumer stopped (and returns its error).
                 let Ok(mut block) = empty_rx.recv() else { return };
                 let n = per.min(rows - r);
                 let bytes = &mut raw[..n * cols * 4];

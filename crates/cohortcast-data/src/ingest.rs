@@ -1255,7 +1255,8 @@ async fn ingest_async(paths: &InputPaths, opts: &IngestOptions, joined: bool) ->
     // The notifications and clicks are read by the runtime's workers while
     // this thread maps the pairs, mostly one thread's work (on the medium
     // set 0.45 s of reading beside 0.65 s of mapping, one after the other
-    // before).
+    // before). They are then held at the mapping's peak: at full scale
+    // (4.86 M clicks) the peak RSS rose by 0.66 GB, to 8.0 GiB.
     let side = tokio::spawn(read_side_inputs(
         ctx.clone(),
         paths.notification_actor.clone().unwrap_or_default(),

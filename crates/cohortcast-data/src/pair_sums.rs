@@ -19,8 +19,8 @@
 //! the keys so far scaled to the whole input: an upper bound on the
 //! input's distinct keys whenever they come no faster later than they did
 //! so far (new pairs thin out as the same users replay the same artists).
-//! The medium set's ingest took 4.6–5.2 s grown by doubling; see
-//! BENCHMARKS.md for the A/B.
+//! On the medium set `cohortcast ingest` took 5.9–6.6 s against 6.6–7.7 s
+//! with the table doubling (alternating, BENCHMARKS.md).
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Seek, SeekFrom, Write};

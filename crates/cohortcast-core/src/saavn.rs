@@ -167,40 +167,20 @@ pub struct Play<'a> {
 /// 16 bytes, hashed and compared as two integers. [`user_id`] writes it back
 /// in lowercase.
 pub fn user_key(id: &str) -> Option<u128> {
-    let b = id.as_bytes();
+    hex32(id.as_bytes())
+}
+
+/// 32 hex digits (either case) as the number they spell, eight at a time
+/// ([`hex8`]); `None` for any other bytes.
+fn hex32(b: &[u8]) -> Option<u128> {
     if b.len() != 32 {
         return None;
     }
-    Some(((hex16(&b[..16])? as u128) << 64) | hex16(&b[16..])? as u128)
-}
-
-/// Hex digit values; 0xFF for bytes that are not one.
-const HEX: [u8; 256] = {
-    let mut t = [0xFFu8; 256];
-    let mut i = 0;
-    while i < 10 {
-        t[b'0' as usize + i] = i as u8;
-        i += 1;
+    let mut v = 0u128;
+    for at in [0, 8, 16, 24] {
+        v = (v << 32) | hex8(word(b, at))? as u128;
     }
-    let mut i = 0;
-    while i < 6 {
-        t[b'a' as usize + i] = 10 + i as u8;
-        t[b'A' as usize + i] = 10 + i as u8;
-        i += 1;
-    }
-    t
-};
-
-/// 16 hex digits as a number (one table lookup a digit, invalid digits
-/// collected in one OR).
-fn hex16(b: &[u8]) -> Option<u64> {
-    let (mut v, mut bad) = (0u64, 0u8);
-    for &c in b {
-        let d = HEX[c as usize];
-        bad |= d;
-        v = (v << 4) | (d & 0x0F) as u64;
-    }
-    (bad & 0xF0 == 0).then_some(v)
+    Some(v)
 }
 
 /// A `timestamp` field: an optional `-` and 1 to 18 digits.
@@ -392,10 +372,7 @@ fn parse_usual(b: &[u8]) -> Option<(u128, i64, std::ops::Range<usize>)> {
     if n < 45 || b[32] != b',' || b[n - 9] != b',' || !all_digits(word(b, n - 8)) {
         return None;
     }
-    let mut user = 0u128;
-    for at in [0, 8, 16, 24] {
-        user = (user << 32) | hex8(word(b, at))? as u128;
-    }
+    let user = hex32(&b[..32])?;
     // At most 18 digits, which cannot overflow; a 19th is not a comma.
     let (mut timestamp, mut at) = (0i64, 33);
     while at < 33 + 18 && b[at].is_ascii_digit() {

@@ -14,7 +14,7 @@ use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use cohortcast_core::als::{AlsParams, Solver};
 use cohortcast_core::confidence::Weighting;
-use cohortcast_core::kmeans::KMeansParams;
+use cohortcast_core::kmeans::{KMeansInit, KMeansParams};
 use cohortcast_core::targeting::TargetingParams;
 use cohortcast_data::ingest::IngestOptions;
 use cohortcast_data::inputs::InputPaths;
@@ -212,6 +212,11 @@ pub struct ModelArgs {
     /// k-means seedings; the lowest inertia wins.
     #[arg(long, default_value_t = KMeansParams::default().n_init)]
     n_init: usize,
+    /// k-means seeding: parallel (k-means||, a few passes over the users,
+    /// as Spark) or plus-plus (greedy k-means++, one pass per cohort, as
+    /// scikit-learn).
+    #[arg(long, default_value = "parallel")]
+    kmeans_init: InitArg,
     /// Seed of every random choice (factor init, k-means seeding, random baseline).
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -222,6 +227,12 @@ enum WeightingArg {
     Linear,
     Log,
     Bm25,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum InitArg {
+    Parallel,
+    PlusPlus,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -259,6 +270,10 @@ impl ModelArgs {
             max_iterations: self.max_iterations,
             n_init: self.n_init,
             seed: self.seed,
+            init: match self.kmeans_init {
+                InitArg::Parallel => KMeansInit::Parallel,
+                InitArg::PlusPlus => KMeansInit::PlusPlus,
+            },
             ..KMeansParams::default()
         };
         p.check()?;

@@ -7,11 +7,11 @@
 //! "k-means++: the advantages of careful seeding", SODA 2007, drawing
 //! `2 + ln k` candidates for each new centre and keeping the one that lowers
 //! the potential most, as scikit-learn does) is [`KMeansInit::PlusPlus`]; it
-//! makes one pass over the rows per centre. Iterations are Lloyd's (1982), accelerated with
-//! Hamerly's bounds (SDM 2010), which skip the rows that cannot change
-//! cluster and leave the result unchanged. Squared distances are
-//! computed as `‖x‖² − 2 x·c + ‖c‖²`, the cross term as one SGEMM per block of
-//! rows, blocks in parallel. A cluster that empties is moved to the point
+//! makes one pass over the rows per centre. Iterations are Lloyd's (1982),
+//! accelerated with Hamerly's bounds (SDM 2010), which skip the rows that
+//! cannot change cluster and leave the result unchanged. Squared distances
+//! are computed as `‖x‖² − 2 x·c + ‖c‖²`, the cross term as one SGEMM per
+//! block of rows, blocks in parallel. A cluster that empties is moved to the point
 //! farthest from its centre. Iteration stops when the squared centre shift
 //! falls below `tolerance` times the mean per-feature variance of the data
 //! (scikit-learn's rule) or no label changes.

@@ -1,9 +1,10 @@
 //! `cargo bench -p cohortcast-core`: one ALS iteration and one k-means
-//! iteration over a few sizes and factor counts. The side-by-side figures
+//! iteration over a few sizes and factor counts, and the two k-means
+//! seedings. The side-by-side figures
 //! against implicit and scikit-learn come from `bench/kernels.sh`.
 
 use cohortcast_core::als::{AlsModel, AlsParams};
-use cohortcast_core::kmeans::{Cohorts, KMeansParams};
+use cohortcast_core::kmeans::{normalize_rows, Cohorts, KMeansInit, KMeansParams};
 use cohortcast_core::rng::Rng;
 use cohortcast_core::sparse::benchmark_plays;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
@@ -39,5 +40,25 @@ fn kmeans(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, als, kmeans);
+/// Each sample: a seeding, then one Lloyd iteration (and the row norms and
+/// the data variance), on unit rows as `run` clusters them.
+fn kmeans_seeding(c: &mut Criterion) {
+    let mut g = c.benchmark_group("kmeans_seeding");
+    g.sample_size(10);
+    let mut rng = Rng::new(3);
+    let (rows, dim) = (100_000, 64);
+    let x: Vec<f32> = (0..rows * dim).map(|_| rng.normal() as f32).collect();
+    let unit = normalize_rows(&x, dim);
+    for k in [100, 300] {
+        for (name, init) in [("k-means||", KMeansInit::Parallel), ("k-means++", KMeansInit::PlusPlus)] {
+            let p = KMeansParams { n_clusters: k, max_iterations: 1, init, ..KMeansParams::default() };
+            g.bench_with_input(BenchmarkId::new(format!("{rows}x{dim} {name}"), k), &p, |b, p| {
+                b.iter(|| Cohorts::fit(&unit, dim, p).unwrap())
+            });
+        }
+    }
+    g.finish();
+}
+
+criterion_group!(benches, als, kmeans, kmeans_seeding);
 criterion_main!(benches);

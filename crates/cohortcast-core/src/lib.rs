@@ -7,7 +7,7 @@
 //! * [`counts`]: the hash table the ingest sums (user, artist) plays in.
 //! * [`als`]: implicit ALS (Hu, Koren & Volinsky 2008) with the
 //!   conjugate-gradient solver (Takács et al. 2011) and an exact reference.
-//! * [`kmeans`]: cohorts by k-means++ and Lloyd iterations.
+//! * [`kmeans`]: cohorts by k-means|| (or k-means++) seeding and Lloyd iterations.
 //! * [`targeting`]: one notification per cohort, and the baselines.
 //! * [`ctr`]: click-through rate of a push plan on a click log.
 //! * [`hours`]: the hours of the day users and cohorts listen at.

@@ -305,7 +305,7 @@ fn check_user(user: &str) -> Result<u128, Reject> {
 
 /// Parses one clickstream line (a trailing `\r` is ignored). This runs
 /// once per play: the usual line (a 32-character user id, a timestamp of
-/// digits, a date of 8) is read by [`parse_usual`] at the fields' places,
+/// digits, a date of 8) is read by `parse_usual` at the fields' places,
 /// eight bytes at a time; any other line, and every rejected one, by one
 /// pass over the bytes that finds the commas (avoiding the general
 /// `split`). Both give the same result for every line (a test compares

@@ -86,7 +86,7 @@ fn plan(
     }
 }
 
-/// Writes cohorts.csv, pushes.csv and notifications/<id>.csv.
+/// Writes cohorts.csv, pushes.csv and `notifications/<id>.csv`.
 fn write_pushes(out: &Path, model: &StoredModel, notes: &[Notification], plan: &PushPlan) -> Result<()> {
     write_lines(
         &out.join("cohorts.csv"),

@@ -25,7 +25,7 @@ pub struct ArtistShare {
     pub share: f64,
 }
 
-/// Hours of the day shown per cohort ([`CohortHours::peak`] of them).
+/// How many hours a cohort's [`HoursView::peak_hours`] lists.
 pub const PEAK_HOURS: usize = 3;
 
 /// When each cohort listens: per cohort and hour of the day, the members

@@ -106,7 +106,7 @@ impl PairSums {
                 _ => 0,
             }
             .max(held + keys.len());
-            let sized = self.counts.bytes_for(projected - self.counts.len());
+            let sized = self.counts.bytes_for(projected - held);
             if sized > then && now + sized <= self.limit {
                 self.counts.reserve(projected);
             } else if now + then > self.limit && !self.counts.is_empty() {
@@ -115,11 +115,6 @@ impl PairSums {
         }
         self.counts.add_all(keys);
         Ok(())
-    }
-
-    /// The bytes the table's slots take now.
-    pub fn bytes(&self) -> usize {
-        self.counts.bytes()
     }
 
     fn spill(&mut self) -> Result<()> {
@@ -272,14 +267,14 @@ mod tests {
         // The table's sizes as it grows, and what it spilled.
         let grow = |limit: usize, told: bool| {
             let mut s = PairSums::new(limit);
-            let mut sizes = vec![s.bytes()];
+            let mut sizes = vec![s.counts.bytes()];
             for (b, batch) in input.chunks(1000).enumerate() {
                 if told {
                     s.set_read((b * 1000) as f64 / input.len() as f64);
                 }
                 s.add_all(batch).unwrap();
-                if sizes.last() != Some(&s.bytes()) {
-                    sizes.push(s.bytes());
+                if sizes.last() != Some(&s.counts.bytes()) {
+                    sizes.push(s.counts.bytes());
                 }
             }
             let mut total = 0u64;

@@ -3,7 +3,14 @@
 //! `main` is only the error boundary: parse, run, print the error chain
 //! once, map to an exit code (a closed pipe is success).
 
+#[cfg(target_os = "linux")]
+mod alloc;
 mod cli;
+
+/// Large blocks on transparent huge pages (see `alloc`).
+#[cfg(target_os = "linux")]
+#[global_allocator]
+static ALLOC: alloc::HugePages = alloc::HugePages;
 
 use std::process::ExitCode;
 

@@ -1,0 +1,300 @@
+//! The process's allocator: the system's for every block under 4 MiB;
+//! larger blocks are mapped on their own, on 2 MiB boundaries, and marked
+//! for transparent huge pages (`madvise(MADV_HUGEPAGE)`), so that they are
+//! faulted in 2 MiB at a time instead of 4 KiB.
+//!
+//! Why: every large buffer of a run (the pair tables, the factor matrices,
+//! the k-means rows and bounds) is fresh memory, and each first touch of a
+//! 4 KiB page is a page fault. `cohortcast run` on the medium benchmark set
+//! took about 570 000 of them, and in profiles of this 2-core VM their
+//! kernel time (`clear_page_erms`, the fault path) was 4–5% of all samples,
+//! with stretches where one core did nothing else. The system's own
+//! huge-page switch for `malloc` (glibc's `glibc.malloc.hugetlb=1` tunable)
+//! took effect on only some runs (see BENCHMARKS.md); mapping the blocks
+//! here makes it the same on every run.
+//!
+//! The kernel decides: where transparent huge pages are off
+//! (`/sys/kernel/mm/transparent_hugepage/enabled` is `never`) the advice is
+//! refused and the blocks are ordinary pages. A block's mapping is its
+//! size rounded up to 2 MiB, so a block of 4 MiB + 1 byte holds 6 MiB of
+//! address space; the pages it never touches cost nothing unless a huge
+//! page covers them.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::ptr;
+
+/// The allocator `main` installs (see the module docs).
+pub struct HugePages;
+
+/// Blocks from this size up are mapped on their own.
+const LARGE: usize = 4 << 20;
+
+/// The size and alignment of a transparent huge page on x86-64.
+const HUGE_PAGE: usize = 2 << 20;
+
+/// Whether the block of this layout is one of ours: large enough, and
+/// aligned to no more than a huge page (a stricter alignment, which nothing
+/// here asks for, stays with the system's allocator).
+fn is_large(size: usize, align: usize) -> bool {
+    size >= LARGE && align <= HUGE_PAGE
+}
+
+/// The length of the mapping that holds a large block of `size` bytes.
+fn mapped_len(size: usize) -> Option<usize> {
+    size.checked_next_multiple_of(HUGE_PAGE)
+}
+
+/// Maps `len` bytes (a multiple of [`HUGE_PAGE`]) of zeroed memory that
+/// start on a huge-page boundary, with the huge-page advice; null when the
+/// kernel refuses the mapping.
+unsafe fn map(len: usize) -> *mut u8 {
+    let Some(span) = len.checked_add(HUGE_PAGE) else { return ptr::null_mut() };
+    // SAFETY: an anonymous private mapping at an address the kernel picks.
+    let p = unsafe {
+        libc::mmap(
+            ptr::null_mut(),
+            span,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return ptr::null_mut();
+    }
+    // One huge page more than needed, then the ends cut off so that what
+    // stays starts on a boundary (mmap only promises 4 KiB).
+    let start = p as usize;
+    let aligned = start.next_multiple_of(HUGE_PAGE);
+    let (head, tail) = (aligned - start, span - (aligned - start) - len);
+    // SAFETY: both pieces lie inside the mapping just made and are page
+    // multiples (the start and both lengths are).
+    unsafe {
+        if head > 0 {
+            libc::munmap(p, head);
+        }
+        if tail > 0 {
+            libc::munmap((aligned + len) as *mut libc::c_void, tail);
+        }
+        // Advice only: where huge pages are off the kernel says EINVAL and
+        // the mapping keeps 4 KiB pages.
+        libc::madvise(aligned as *mut libc::c_void, len, libc::MADV_HUGEPAGE);
+    }
+    aligned as *mut u8
+}
+
+// SAFETY: large blocks are whole private mappings, at least as aligned as
+// their layouts ask (2 MiB ≥ any alignment `is_large` accepts) and never
+// shared between blocks; everything else is the system allocator's. A
+// block is ours exactly when `is_large` holds for its current layout,
+// which every method keeps true when it moves a block across the line.
+unsafe impl GlobalAlloc for HugePages {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if !is_large(layout.size(), layout.align()) {
+            // SAFETY: the caller's promises about `layout` pass through.
+            return unsafe { System.alloc(layout) };
+        }
+        match mapped_len(layout.size()) {
+            // SAFETY: `len` is a multiple of a huge page.
+            Some(len) => unsafe { map(len) },
+            None => ptr::null_mut(),
+        }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        if !is_large(layout.size(), layout.align()) {
+            // SAFETY: as for `alloc`.
+            return unsafe { System.alloc_zeroed(layout) };
+        }
+        // A fresh anonymous mapping reads as zeros.
+        // SAFETY: as for `alloc`.
+        unsafe { self.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, block: *mut u8, layout: Layout) {
+        if !is_large(layout.size(), layout.align()) {
+            // SAFETY: a block under the line came from the system allocator.
+            return unsafe { System.dealloc(block, layout) };
+        }
+        let len = mapped_len(layout.size()).expect("a large block's mapping length fitted when it was made");
+        // SAFETY: the block is the start of a mapping of `len` bytes.
+        unsafe { libc::munmap(block as *mut libc::c_void, len) };
+    }
+
+    unsafe fn realloc(&self, block: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let align = layout.align();
+        let (was, will) = (is_large(layout.size(), align), is_large(new_size, align));
+        if !was && !will {
+            // SAFETY: as for `dealloc`, and the caller's promises about
+            // `new_size` pass through.
+            return unsafe { System.realloc(block, layout, new_size) };
+        }
+        if was && will {
+            let (Some(old_len), Some(new_len)) = (mapped_len(layout.size()), mapped_len(new_size)) else {
+                return ptr::null_mut();
+            };
+            if new_len == old_len {
+                return block;
+            }
+            // SAFETY: the block is a whole mapping of `old_len` bytes.
+            unsafe {
+                if new_len < old_len {
+                    // Shrinking in place keeps the start, so the alignment.
+                    libc::munmap(block.add(new_len) as *mut libc::c_void, old_len - new_len);
+                    return block;
+                }
+                // Growing: the pages move into a fresh aligned mapping (the
+                // page tables move; nothing is copied or faulted in again),
+                // which the move replaces.
+                let target = map(new_len);
+                if target.is_null() {
+                    return ptr::null_mut();
+                }
+                let moved = libc::mremap(
+                    block as *mut libc::c_void,
+                    old_len,
+                    new_len,
+                    libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+                    target as *mut libc::c_void,
+                );
+                if moved != libc::MAP_FAILED {
+                    return target;
+                }
+                ptr::copy_nonoverlapping(block, target, layout.size());
+                libc::munmap(block as *mut libc::c_void, old_len);
+                return target;
+            }
+        }
+        // Across the line: a new block on the other side, then a copy.
+        // SAFETY: `new_size` is a valid size for this alignment (the
+        // caller's promise), and both blocks hold at least the bytes copied.
+        unsafe {
+            let new_layout = Layout::from_size_align_unchecked(new_size, align);
+            let fresh = self.alloc(new_layout);
+            if !fresh.is_null() {
+                ptr::copy_nonoverlapping(block, fresh, layout.size().min(new_size));
+                self.dealloc(block, layout);
+            }
+            fresh
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether the kernel would give huge pages to an advised mapping.
+    fn huge_pages_on() -> bool {
+        std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+            .is_ok_and(|s| s.contains("[always]") || s.contains("[madvise]"))
+    }
+
+    /// The `THPeligible` line of the mapping that holds `addr`, from
+    /// `/proc/self/smaps`.
+    fn thp_eligible(addr: usize) -> Option<bool> {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
+        let mut inside = false;
+        for line in smaps.lines() {
+            if let Some((range, _)) = line.split_once(' ') {
+                if let Some((lo, hi)) = range.split_once('-') {
+                    if let (Ok(lo), Ok(hi)) = (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16)) {
+                        inside = (lo..hi).contains(&addr);
+                        continue;
+                    }
+                }
+            }
+            if inside {
+                if let Some(v) = line.strip_prefix("THPeligible:") {
+                    return Some(v.trim() == "1");
+                }
+            }
+        }
+        None
+    }
+
+    fn filled(a: &HugePages, size: usize, align: usize) -> (*mut u8, Layout) {
+        let layout = Layout::from_size_align(size, align).unwrap();
+        // SAFETY: a non-zero size.
+        let p = unsafe { a.alloc(layout) };
+        assert!(!p.is_null());
+        for i in 0..size {
+            // SAFETY: inside the block.
+            unsafe { *p.add(i) = (i % 251) as u8 };
+        }
+        (p, layout)
+    }
+
+    fn holds_pattern(p: *const u8, len: usize) -> bool {
+        // SAFETY: the caller passes a live block of at least `len` bytes.
+        (0..len).all(|i| unsafe { *p.add(i) } == (i % 251) as u8)
+    }
+
+    #[test]
+    fn large_blocks_are_zeroed_aligned_and_advised_for_huge_pages() {
+        let a = HugePages;
+        let layout = Layout::from_size_align(LARGE + 12_345, 64).unwrap();
+        // SAFETY: a non-zero size; freed with the same layout.
+        unsafe {
+            let p = a.alloc_zeroed(layout);
+            assert!(!p.is_null());
+            assert_eq!(p as usize % HUGE_PAGE, 0, "a large block starts on a huge page");
+            assert!((0..layout.size()).step_by(4093).all(|i| *p.add(i) == 0));
+            *p.add(layout.size() - 1) = 7;
+            if huge_pages_on() {
+                assert_eq!(thp_eligible(p as usize), Some(true), "the mapping is advised for huge pages");
+            }
+            a.dealloc(p, layout);
+        }
+    }
+
+    #[test]
+    fn realloc_keeps_the_contents_across_every_kind_of_move() {
+        let a = HugePages;
+        // Small to large, large to larger, larger to large (shrink in place),
+        // and back under the line.
+        let (mut p, mut layout) = filled(&a, 1 << 20, 64);
+        for new_size in [LARGE + 3, 3 * LARGE + 5, LARGE + 9, 1 << 19] {
+            let keep = layout.size().min(new_size);
+            // SAFETY: a live block and its layout; a valid new size.
+            p = unsafe { a.realloc(p, layout, new_size) };
+            assert!(!p.is_null());
+            assert!(holds_pattern(p, keep), "contents kept growing or shrinking to {new_size}");
+            if is_large(new_size, 64) {
+                assert_eq!(p as usize % HUGE_PAGE, 0, "a moved large block starts on a huge page");
+            }
+            layout = Layout::from_size_align(new_size, 64).unwrap();
+            // Refill so the next step checks every byte it keeps.
+            for i in 0..new_size {
+                // SAFETY: inside the block.
+                unsafe { *p.add(i) = (i % 251) as u8 };
+            }
+        }
+        // SAFETY: the last layout is the block's.
+        unsafe { a.dealloc(p, layout) };
+    }
+
+    #[test]
+    fn alignment_beyond_a_huge_page_is_left_to_the_system() {
+        let a = HugePages;
+        let (p, layout) = filled(&a, LARGE, 4 * HUGE_PAGE);
+        assert_eq!(p as usize % (4 * HUGE_PAGE), 0);
+        assert!(holds_pattern(p, layout.size()));
+        // SAFETY: allocated with this layout.
+        unsafe { a.dealloc(p, layout) };
+    }
+
+    #[test]
+    fn vectors_through_the_installed_allocator_grow_and_keep_their_values() {
+        // The binary's tests run under `main`'s allocator too: a vector
+        // pushed past the line grows by `realloc`, from the system's
+        // blocks into mapped ones and through mapped moves.
+        let mut v = Vec::new();
+        for i in 0..2_000_000u64 {
+            v.push(i);
+        }
+        assert_eq!(v.iter().sum::<u64>(), 1_999_999 * 2_000_000 / 2);
+        assert_eq!(v.as_ptr() as usize % HUGE_PAGE, 0, "the installed allocator mapped the vector");
+    }
+}

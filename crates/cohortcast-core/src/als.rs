@@ -348,7 +348,7 @@ pub fn padded_factors(f: usize) -> usize {
 /// with zeros.
 fn restride(v: &[f32], from: usize, to: usize) -> Vec<f32> {
     if from == to {
-        return v.to_vec();
+        return crate::linalg::par_copy(v);
     }
     let mut out = vec![0f32; v.len() / from * to];
     out.par_chunks_mut(to).zip(v.par_chunks(from)).for_each(|(o, r)| {

@@ -194,7 +194,11 @@ impl KeyCounts {
     /// Moves every key into `slots` new slots, each new slot prefetched
     /// [`AHEAD`] old slots before.
     fn grow(&mut self, slots: usize) {
-        let old = std::mem::replace(&mut self.slots, vec![EMPTY; slots]);
+        // The new slots are written on every thread first (see
+        // `linalg::par_filled`): the medium set's table grew to 400 MB here,
+        // and faulting it in on the adding thread alone stalled the scan
+        // for a second.
+        let old = std::mem::replace(&mut self.slots, crate::linalg::par_filled(slots, EMPTY));
         self.len = 0;
         let mask = slots - 1;
         for (j, s) in old.iter().enumerate() {

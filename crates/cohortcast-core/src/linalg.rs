@@ -20,15 +20,75 @@ struct Line([f32; 16]);
 impl Floats {
     /// `len` zeros.
     pub fn zeroed(len: usize) -> Self {
-        Floats { lines: vec![Line([0.0; 16]); len.div_ceil(16)], len }
+        Floats { lines: par_filled(len.div_ceil(16), Line([0.0; 16])), len }
     }
 
     /// A copy of `v`.
     pub fn from_slice(v: &[f32]) -> Self {
-        let mut out = Floats::zeroed(v.len());
-        out.copy_from_slice(v);
-        out
+        let n = v.len().div_ceil(16);
+        let mut lines = Vec::with_capacity(n);
+        par_fill_with(&mut lines.spare_capacity_mut()[..n], |at, out| {
+            for (i, line) in out.iter_mut().enumerate() {
+                let from = ((at + i) * 16).min(v.len());
+                let src = &v[from..(from + 16).min(v.len())];
+                let mut l = Line([0.0; 16]);
+                l.0[..src.len()].copy_from_slice(src);
+                line.write(l);
+            }
+        });
+        // SAFETY: `par_fill_with` wrote the first `n` lines.
+        unsafe { lines.set_len(n) };
+        Floats { lines, len: v.len() }
     }
+}
+
+/// Elements a part of [`par_fill_with`] writes: 1 MiB of floats.
+const FILL_PART: usize = 1 << 18;
+
+/// Calls `write(start, part)` on parts of `out` in parallel when it is
+/// large, in one call otherwise; `start` is the part's first index.
+///
+/// Why in parallel: a large buffer is fresh memory, and its first write
+/// is a page fault that the kernel answers by zeroing the page. On the
+/// 2-core benchmark VM that zeroing was the slowest part of filling a
+/// buffer, and done on one thread it left the other core idle (0.3 s
+/// copying the medium set's 128 MB of user factors, 1 s growing its pair
+/// table); split over the threads, each faults in its own part.
+pub(crate) fn par_fill_with<T: Send>(out: &mut [T], write: impl Fn(usize, &mut [T]) + Sync) {
+    use rayon::prelude::*;
+    let per = (FILL_PART * 4 / std::mem::size_of::<T>().max(1)).max(1);
+    if out.len() <= per {
+        return write(0, out);
+    }
+    out.par_chunks_mut(per).enumerate().for_each(|(c, part)| write(c * per, part));
+}
+
+/// `n` copies of `value`, written in parallel parts when `n` is large
+/// (see [`par_fill_with`]).
+pub(crate) fn par_filled<T: Copy + Send + Sync>(n: usize, value: T) -> Vec<T> {
+    let mut v = Vec::with_capacity(n);
+    par_fill_with(&mut v.spare_capacity_mut()[..n], |_, part| {
+        for x in part {
+            x.write(value);
+        }
+    });
+    // SAFETY: the first `n` elements were written.
+    unsafe { v.set_len(n) };
+    v
+}
+
+/// A copy of `v`, written in parallel parts when it is large (see
+/// [`par_fill_with`]).
+pub(crate) fn par_copy<T: Copy + Send + Sync>(v: &[T]) -> Vec<T> {
+    let mut out = Vec::with_capacity(v.len());
+    par_fill_with(&mut out.spare_capacity_mut()[..v.len()], |at, part| {
+        for (x, &y) in part.iter_mut().zip(&v[at..]) {
+            x.write(y);
+        }
+    });
+    // SAFETY: the first `v.len()` elements were written.
+    unsafe { out.set_len(v.len()) };
+    out
 }
 
 impl PartialEq for Floats {
@@ -342,6 +402,32 @@ pub fn sym_eigen(a: &[f64], n: usize) -> (Vec<f64>, Vec<f64>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parallel_fills_and_copies_write_every_element_once() {
+        // Lengths around a part's size and the 16-float line, so that the
+        // one-call path, the parallel path and a short last part all run.
+        let per_f32 = FILL_PART;
+        for n in [0, 1, 15, 16, 17, per_f32 - 1, per_f32, per_f32 + 1, 3 * per_f32 + 17] {
+            let v: Vec<f32> = (0..n).map(|i| i as f32 * 0.5 - 3.0).collect();
+            assert_eq!(par_copy(&v), v, "par_copy of {n}");
+            let f = Floats::from_slice(&v);
+            assert_eq!(&f[..], &v[..], "Floats::from_slice of {n}");
+            assert_eq!(f.as_ptr() as usize % 64, 0, "rows start on a cache line");
+            let z = Floats::zeroed(n);
+            assert!(z.len() == n && z.iter().all(|&x| x == 0.0), "Floats::zeroed({n})");
+            let filled = par_filled(n, (7u16, 9u8));
+            assert!(filled.len() == n && filled.iter().all(|&x| x == (7, 9)), "par_filled({n})");
+        }
+        // Each part is told its first index.
+        let mut seen = vec![usize::MAX; 2 * FILL_PART + 5];
+        par_fill_with(&mut seen, |at, part| {
+            for (i, x) in part.iter_mut().enumerate() {
+                *x = at + i;
+            }
+        });
+        assert!(seen.iter().enumerate().all(|(i, &x)| x == i));
+    }
 
     #[test]
     fn matmul_variants_agree_with_naive() {

@@ -11,10 +11,10 @@
 //! accelerated with Hamerly's bounds (SDM 2010), which skip the rows that
 //! cannot change cluster and leave the result unchanged. Squared distances
 //! are computed as `‖x‖² − 2 x·c + ‖c‖²`, the cross term as one SGEMM per
-//! block of rows, blocks in parallel. A cluster that empties is moved to the point
-//! farthest from its centre. Iteration stops when the squared centre shift
-//! falls below `tolerance` times the mean per-feature variance of the data
-//! (scikit-learn's rule) or no label changes.
+//! block of rows, blocks in parallel. A cluster that empties is moved to
+//! the point farthest from its centre. Iteration stops when the squared
+//! centre shift falls below `tolerance` times the mean per-feature variance
+//! of the data (scikit-learn's rule) or no label changes.
 //!
 //! ```
 //! use cohortcast_core::kmeans::{KMeansParams, Cohorts};

@@ -1,6 +1,8 @@
 //! Small dense linear algebra: Gram matrices through a real GEMM, and the
 //! dense Cholesky solve used by the reference ALS solver and the fold-in.
 
+use std::mem::MaybeUninit;
+
 /// A float vector that starts on a 64-byte cache line, so that a factor
 /// row of a multiple of 16 floats fills whole lines and its vector loads
 /// never straddle two. (A large `Vec<f32>` starts 16 bytes past a page:
@@ -25,9 +27,7 @@ impl Floats {
 
     /// A copy of `v`.
     pub fn from_slice(v: &[f32]) -> Self {
-        let n = v.len().div_ceil(16);
-        let mut lines = Vec::with_capacity(n);
-        par_fill_with(&mut lines.spare_capacity_mut()[..n], |at, out| {
+        let lines = par_vec(v.len().div_ceil(16), |at, out| {
             for (i, line) in out.iter_mut().enumerate() {
                 let from = ((at + i) * 16).min(v.len());
                 let src = &v[from..(from + 16).min(v.len())];
@@ -36,8 +36,6 @@ impl Floats {
                 line.write(l);
             }
         });
-        // SAFETY: `par_fill_with` wrote the first `n` lines.
-        unsafe { lines.set_len(n) };
         Floats { lines, len: v.len() }
     }
 }
@@ -63,32 +61,35 @@ pub(crate) fn par_fill_with<T: Send>(out: &mut [T], write: impl Fn(usize, &mut [
     out.par_chunks_mut(per).enumerate().for_each(|(c, part)| write(c * per, part));
 }
 
+/// A vector of `n` elements, each written once by `write(start, part)`
+/// through [`par_fill_with`] (so in parallel parts when `n` is large);
+/// `write` must initialise every element of each part it is given.
+fn par_vec<T: Send>(n: usize, write: impl Fn(usize, &mut [MaybeUninit<T>]) + Sync) -> Vec<T> {
+    let mut v = Vec::with_capacity(n);
+    par_fill_with(&mut v.spare_capacity_mut()[..n], write);
+    // SAFETY: the parts cover the first `n` elements, and `write` set each.
+    unsafe { v.set_len(n) };
+    v
+}
+
 /// `n` copies of `value`, written in parallel parts when `n` is large
 /// (see [`par_fill_with`]).
 pub(crate) fn par_filled<T: Copy + Send + Sync>(n: usize, value: T) -> Vec<T> {
-    let mut v = Vec::with_capacity(n);
-    par_fill_with(&mut v.spare_capacity_mut()[..n], |_, part| {
+    par_vec(n, |_, part| {
         for x in part {
             x.write(value);
         }
-    });
-    // SAFETY: the first `n` elements were written.
-    unsafe { v.set_len(n) };
-    v
+    })
 }
 
 /// A copy of `v`, written in parallel parts when it is large (see
 /// [`par_fill_with`]).
 pub(crate) fn par_copy<T: Copy + Send + Sync>(v: &[T]) -> Vec<T> {
-    let mut out = Vec::with_capacity(v.len());
-    par_fill_with(&mut out.spare_capacity_mut()[..v.len()], |at, part| {
+    par_vec(v.len(), |at, part| {
         for (x, &y) in part.iter_mut().zip(&v[at..]) {
             x.write(y);
         }
-    });
-    // SAFETY: the first `v.len()` elements were written.
-    unsafe { out.set_len(v.len()) };
-    out
+    })
 }
 
 impl PartialEq for Floats {

@@ -15,7 +15,7 @@
 #   other-runs: runs of the Python and Spark pipelines (default: runs); the
 #     speed-ups pair run i with run i
 # COMPARE_MODEL="F I" runs cohortcast and the Python pipeline at F factors
-# and I iterations instead of the defaults (64 15); Spark keeps its course
+# and I iterations instead of the defaults (64 10); Spark keeps its course
 # model (rank 10, 10 iterations) either way.
 # Peak RSS is the summed RSS of each process tree (bench/peak_rss.sh), so the
 # JVM under pyspark is counted.
@@ -23,7 +23,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 users=${1:-50000} runs=${2:-3} ppu=${3:-60} skip=${4:-none} oruns=${5:-${2:-3}}
 venv=${BENCH_VENV:-/var/tmp/cc-bench-venv}
-read -r factors iterations <<< "${COMPARE_MODEL:-64 15}"
+read -r factors iterations <<< "${COMPARE_MODEL:-64 10}"
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q implicit scikit-learn threadpoolctl pandas pyspark==3.5.3

@@ -18,7 +18,7 @@ from threadpoolctl import threadpool_limits
 
 data = sys.argv[1]
 factors, iterations, reg, alpha, k, hw = (int(sys.argv[2]) if len(sys.argv) > 2 else 64,
-                                          int(sys.argv[3]) if len(sys.argv) > 3 else 15,
+                                          int(sys.argv[3]) if len(sys.argv) > 3 else 10,
                                           float(sys.argv[4]) if len(sys.argv) > 4 else 5.0,
                                           float(sys.argv[5]) if len(sys.argv) > 5 else 10.0,
                                           int(sys.argv[6]) if len(sys.argv) > 6 else 100,

@@ -8,10 +8,10 @@
 //! `2 + ln k` candidates for each new centre and keeping the one that lowers
 //! the potential most, as scikit-learn does) is [`KMeansInit::PlusPlus`]; it
 //! makes one pass over the rows per centre. Iterations are Lloyd's (1982),
-//! accelerated with Hamerly's bounds (SDM 2010), which skip the rows that
-//! cannot change cluster and leave the result unchanged. Squared distances
-//! are computed as `‖x‖² − 2 x·c + ‖c‖²`, the cross term as one SGEMM per
-//! block of rows, blocks in parallel. A cluster that empties is moved to
+//! accelerated with Yinyang's group bounds (Ding et al., ICML 2015) and
+//! Hamerly's half-gap test (SDM 2010), which skip the rows, and the groups
+//! of centroids, that cannot hold a nearer centre, and leave the result
+//! unchanged. Squared distances are computed as `‖x‖² − 2 x·c + ‖c‖²`. A cluster that empties is moved to
 //! the point farthest from its centre. Iteration stops when the squared
 //! centre shift falls below `tolerance` times the mean per-feature variance
 //! of the data (scikit-learn's rule) or no label changes.
@@ -136,7 +136,7 @@ impl Cohorts {
                 KMeansInit::PlusPlus => seed_plus_plus(x, &norms, dim, params.n_clusters, &mut rng),
                 KMeansInit::Parallel => seed_parallel(x, &norms, dim, params.n_clusters, &mut rng),
             };
-            let c = hamerly(x, &norms, dim, centroids, params.max_iterations, tol, true);
+            let c = yinyang(x, &norms, dim, centroids, params.max_iterations, tol, true);
             if best.as_ref().is_none_or(|b| c.inertia < b.inertia) {
                 best = Some(c);
             }
@@ -159,7 +159,7 @@ impl Cohorts {
         }
         let norms: Vec<f32> = x.par_chunks(dim).map(|r| dot(r, r)).collect();
         let tol = params.tolerance * mean_variance(x, dim);
-        Ok(hamerly(x, &norms, dim, centroids, params.max_iterations, tol, true))
+        Ok(yinyang(x, &norms, dim, centroids, params.max_iterations, tol, true))
     }
 
     /// Rebuilds a clustering from stored centroids (no labels).
@@ -581,33 +581,6 @@ impl<'a> Nearest<'a> {
             Nearest::Avx512(panel) => unsafe { crate::simd::avx512_nearest::nearest(xb, panel, out) },
         }
     }
-
-    /// As [`Nearest::block`], with the second least `‖c‖² − 2 x·c` (+∞
-    /// with one centroid).
-    fn block2(&self, xb: &[f32], out: &mut [(f32, u32, f32)]) {
-        match self {
-            Nearest::Portable { centroids, norms, dim } => {
-                let (rows, k) = (xb.len() / dim, norms.len());
-                let cross = matmul_t(xb, centroids, rows, *dim, k);
-                for (o, row) in out.iter_mut().zip(cross.chunks(k)) {
-                    let (mut best, mut second) = ((f32::INFINITY, 0u32), f32::INFINITY);
-                    for (j, (&cr, &n)) in row.iter().zip(norms.iter()).enumerate() {
-                        let d = n - 2.0 * cr;
-                        if d < best.0 {
-                            second = best.0;
-                            best = (d, j as u32);
-                        } else if d < second {
-                            second = d;
-                        }
-                    }
-                    *o = (best.0, best.1, second);
-                }
-            }
-            // SAFETY: as in `block`.
-            #[cfg(target_arch = "x86_64")]
-            Nearest::Avx512(panel) => unsafe { crate::simd::avx512_nearest::nearest2(xb, panel, out) },
-        }
-    }
 }
 
 #[cfg(test)]
@@ -677,7 +650,7 @@ fn assign_with(
 }
 
 /// Plain Lloyd iterations: every row against every centroid each time. The
-/// reference [`hamerly`] is tested against.
+/// reference [`yinyang`] is tested against.
 #[cfg(test)]
 fn lloyd(x: &[f32], norms: &[f32], dim: usize, mut centroids: Vec<f32>, max_iter: usize, tol: f64) -> Cohorts {
     let n = norms.len();
@@ -723,73 +696,190 @@ fn update_centroids(x: &[f32], dim: usize, sums: &[f64], counts: &[usize], dists
     new
 }
 
-/// One part's share of a Hamerly iteration.
-struct HamerlyPart {
-    /// Changes to the sums and counts from rows that changed cluster
-    /// (empty when none did).
+/// One part's share of an iteration: the changes to the sums and counts
+/// from its rows that changed cluster (empty when none did).
+struct Part {
     sums: Vec<f64>,
     counts: Vec<i64>,
     changed: usize,
-    /// Rows searched against every centroid.
-    searched: usize,
 }
 
-/// Records a row's search result `(d1, j, d2)` (`‖c‖² − 2x·c` of the
-/// nearest centroid `j` and of the second nearest): its bounds, and its
-/// move in the part's sums when `j` is a new cluster.
-#[allow(clippy::too_many_arguments)]
-#[inline]
-fn settle(
-    part: &mut HamerlyPart,
-    i: usize,
-    r: usize,
-    (d1, j, d2): (f32, u32, f32),
-    lab: &mut [u32],
-    up: &mut [f32],
-    low: &mut [f32],
-    x: &[f32],
-    norms: &[f32],
-    dim: usize,
-    k: usize,
-) {
-    up[i] = (d1 + norms[r]).max(0.0).sqrt();
-    low[i] = (d2 + norms[r]).max(0.0).sqrt();
-    if lab[i] == j {
-        return;
-    }
-    if part.sums.is_empty() {
-        part.sums = vec![0f64; k * dim];
-        part.counts = vec![0i64; k];
-    }
-    let xr = &x[r * dim..(r + 1) * dim];
-    if lab[i] != u32::MAX {
-        let old = lab[i] as usize;
-        part.counts[old] -= 1;
-        for (s, v) in part.sums[old * dim..(old + 1) * dim].iter_mut().zip(xr) {
-            *s -= *v as f64;
+impl Part {
+    /// Moves row `xr` from cluster `from` (none when `u32::MAX`) to `to`.
+    fn move_row(&mut self, xr: &[f32], from: u32, to: u32, k: usize) {
+        let dim = xr.len();
+        if self.sums.is_empty() {
+            self.sums = vec![0f64; k * dim];
+            self.counts = vec![0i64; k];
         }
+        if from != u32::MAX {
+            let from = from as usize;
+            self.counts[from] -= 1;
+            for (s, v) in self.sums[from * dim..(from + 1) * dim].iter_mut().zip(xr) {
+                *s -= *v as f64;
+            }
+        }
+        let to = to as usize;
+        self.counts[to] += 1;
+        for (s, v) in self.sums[to * dim..(to + 1) * dim].iter_mut().zip(xr) {
+            *s += *v as f64;
+        }
+        self.changed += 1;
     }
-    part.counts[j as usize] += 1;
-    for (s, v) in part.sums[j as usize * dim..(j as usize + 1) * dim].iter_mut().zip(xr) {
-        *s += *v as f64;
-    }
-    part.changed += 1;
-    lab[i] = j;
 }
 
-/// Lloyd's iterations with Hamerly's bounds (G. Hamerly, "Making k-means
-/// even faster", SDM 2010): the same assignments and centroids, with most
-/// rows skipped once the centroids settle. Each row keeps an upper bound
-/// `u` on the distance to its centroid and a lower bound `l` on the
-/// distance to every other; after the centroids move by `δ`, `u += δ_own`
-/// and `l −= max δ_other`. A row can only change cluster when
-/// `u > max(l, s_own)`, `s_j` being half the distance from centroid `j` to
-/// its nearest other centroid; only then is `u` recomputed, and if the
-/// test still fails the row is searched against every centroid (in blocks,
-/// by the same kernels as Lloyd's, which also give the second nearest).
-/// Sums move with the rows that change cluster. Distances in f32 round, so
-/// a row at a near tie may go either way, as between Lloyd's two kernels.
-fn hamerly(
+/// Rows tested for their bounds before the ones that fail are looked at,
+/// so that their factor rows can be fetched meanwhile.
+const STRETCH: usize = 64;
+
+/// Centroids in one panel of a group search: one 16-lane register.
+const PANEL: usize = 16;
+
+/// At most this many groups, so that the lower bounds (one float per row
+/// and group) stay within twice the size of the rows at 16 factors; more
+/// centroids make larger groups, of several panels.
+const MAX_GROUPS: usize = 32;
+
+/// The centroids in groups for Yinyang's bounds, each group's centroids
+/// held transposed in panels of [`PANEL`] for [`Groups::search`].
+struct Groups {
+    dim: usize,
+    /// The group of each centroid.
+    of: Vec<u32>,
+    /// Members of each group, ascending; a group's panels take them in turn.
+    members: Vec<Vec<u32>>,
+    /// Per group and panel: `dim × 16` transposed centroids, zeros past the
+    /// members, then 16 squared norms, +∞ past the members.
+    panels: Vec<Vec<Floats>>,
+    simd: bool,
+}
+
+impl Groups {
+    /// Groups of nearby centroids, fixed for the whole run as in Yinyang
+    /// k-means: the lowest-numbered centroid not yet grouped, with its
+    /// nearest ungrouped others (a deterministic stand-in for the paper's
+    /// k-means over the centroids, with groups of equal size).
+    fn new(centroids: &[f32], dim: usize, simd: bool) -> Groups {
+        let k = centroids.len() / dim;
+        let size = k.div_ceil(MAX_GROUPS).div_ceil(PANEL).max(1) * PANEL;
+        let row = |j: usize| &centroids[j * dim..(j + 1) * dim];
+        let d2 = |a: usize, b: usize| -> f32 { row(a).iter().zip(row(b)).map(|(p, q)| (p - q) * (p - q)).sum() };
+        let mut of = vec![u32::MAX; k];
+        let mut members: Vec<Vec<u32>> = Vec::new();
+        for c in 0..k {
+            if of[c] != u32::MAX {
+                continue;
+            }
+            let mut rest: Vec<(f32, usize)> =
+                (c + 1..k).filter(|&o| of[o] == u32::MAX).map(|o| (d2(c, o), o)).collect();
+            rest.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+            let mut m: Vec<u32> =
+                std::iter::once(c).chain(rest.iter().take(size - 1).map(|r| r.1)).map(|o| o as u32).collect();
+            m.sort_unstable();
+            for &o in &m {
+                of[o as usize] = members.len() as u32;
+            }
+            members.push(m);
+        }
+        let mut groups = Groups { dim, of, members, panels: Vec::new(), simd };
+        groups.load(centroids);
+        groups
+    }
+
+    /// Refills the panels from moved centroids (the groups stay).
+    fn load(&mut self, centroids: &[f32]) {
+        let dim = self.dim;
+        self.panels = self
+            .members
+            .iter()
+            .map(|m| {
+                m.chunks(PANEL)
+                    .map(|part| {
+                        let mut p = Floats::zeroed(dim * PANEL + PANEL);
+                        p[dim * PANEL..].fill(f32::INFINITY);
+                        for (lane, &j) in part.iter().enumerate() {
+                            let c = &centroids[j as usize * dim..(j as usize + 1) * dim];
+                            for (d, v) in c.iter().enumerate() {
+                                p[d * PANEL + lane] = *v;
+                            }
+                            p[dim * PANEL + lane] = dot(c, c);
+                        }
+                        p
+                    })
+                    .collect()
+            })
+            .collect();
+    }
+
+    fn count(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Row `x` against group `g`: the least `‖c‖² − 2 x·c` over its
+    /// members, that member, and the second least (+∞ with one member).
+    fn search(&self, g: usize, x: &[f32]) -> (f32, u32, f32) {
+        let dim = self.dim;
+        let (mut v1, mut j1, mut v2) = (f32::INFINITY, u32::MAX, f32::INFINITY);
+        for (p, part) in self.panels[g].iter().zip(self.members[g].chunks(PANEL)) {
+            let (ct, cn) = p.split_at(dim * PANEL);
+            let cn: &[f32; PANEL] = cn.try_into().expect("a panel ends with 16 norms");
+            let (a, lane, b) = self.panel(x, ct, cn, part.len());
+            let j = part[lane];
+            // Panels in ascending member order: an equal value keeps the lower.
+            if a < v1 {
+                v2 = v1.min(b);
+                (v1, j1) = (a, j);
+            } else {
+                v2 = v2.min(a);
+            }
+        }
+        (v1, j1, v2)
+    }
+
+    /// One panel of [`Groups::search`]: the least value, its lane, the second.
+    fn panel(&self, x: &[f32], ct: &[f32], cn: &[f32; PANEL], used: usize) -> (f32, usize, f32) {
+        #[cfg(target_arch = "x86_64")]
+        if self.simd {
+            // SAFETY: `simd` is set only when the CPU has AVX-512F, `x` is
+            // `dim` floats and `ct` is `dim × 16`.
+            return unsafe { crate::simd::avx512_nearest::panel_min2(x, ct, cn) };
+        }
+        let (mut v1, mut lane, mut v2) = (f32::INFINITY, 0, f32::INFINITY);
+        for l in 0..used {
+            let cross: f32 = x.iter().enumerate().map(|(d, v)| v * ct[d * PANEL + l]).sum();
+            let v = cn[l] - 2.0 * cross;
+            if v < v1 {
+                v2 = v1;
+                (v1, lane) = (v, l);
+            } else if v < v2 {
+                v2 = v;
+            }
+        }
+        (v1, lane, v2)
+    }
+}
+
+/// Lloyd's iterations with Yinyang's bounds (Y. Ding, Y. Zhao, X. Shen, M.
+/// Musuvathi, T. Mytkowicz, "Yinyang K-Means: A Drop-In Replacement of the
+/// Classic K-Means with Consistent Speedup", ICML 2015): the same
+/// assignments and centroids, with most distances never computed.
+///
+/// The centroids are split once into groups of nearby ones ([`Groups`]).
+/// Each row keeps an upper bound `u` on the distance to its centroid and,
+/// per group, a lower bound on the distance to every other centroid of the
+/// group. After the centroids move, `u` grows by its centroid's drift and
+/// each group's bound shrinks by the largest drift in that group (not in
+/// all centroids, as with Hamerly's single bound, SDM 2010: in the later
+/// iterations a few centroids still move while most have settled). A row
+/// is skipped while `u` is at most the least group bound (or `s`, half the
+/// gap from its centroid to the nearest other, Hamerly's test); otherwise
+/// `u` is tightened with one distance, and if the test still fails, only
+/// the groups whose bound is below the best distance so far are searched,
+/// each in one pass of 16-lane panels that also gives the group's new
+/// bound. Sums move with the rows that change cluster. Distances in f32
+/// round, so a row at a near tie may go either way, as between Lloyd's two
+/// kernels.
+fn yinyang(
     x: &[f32],
     norms: &[f32],
     dim: usize,
@@ -801,88 +891,117 @@ fn hamerly(
     let n = norms.len();
     let k = centroids.len() / dim;
     let per = part_rows(n, MAX_PARTS, BLOCK);
+    #[cfg(target_arch = "x86_64")]
+    let simd = allow_simd && crate::simd::has_avx512();
+    #[cfg(not(target_arch = "x86_64"))]
+    let simd = {
+        let _ = allow_simd;
+        false
+    };
+    let mut groups = Groups::new(&centroids, dim, simd);
+    let gn = groups.count();
     let mut labels = vec![u32::MAX; n];
     let mut upper = vec![0f32; n];
-    let mut lower = vec![0f32; n];
+    let mut lower = vec![0f32; n * gn];
     let mut sums = vec![0f64; k * dim];
     let mut counts = vec![0usize; k];
     let mut iterations = 0;
-    let (mut first, mut full_next) = (true, true);
+    let mut first = true;
     let (fdot, _) = crate::simd::fast_kernels();
-    let mut moves = Moves::none(k);
+    let mut moves = Moves::none(k, gn);
     loop {
         let cn: Vec<f32> = centroids.chunks(dim).map(|r| dot(r, r)).collect();
-        let nearest = Nearest::new(&centroids, &cn, dim, allow_simd);
-        let full = first || full_next;
-        let parts: Vec<HamerlyPart> = labels
+        let parts: Vec<Part> = labels
             .par_chunks_mut(per)
             .zip(upper.par_chunks_mut(per))
-            .zip(lower.par_chunks_mut(per))
+            .zip(lower.par_chunks_mut(per * gn))
             .enumerate()
             .map(|(p, ((lab, up), low))| {
                 let base = p * per;
-                let mut part = HamerlyPart { sums: Vec::new(), counts: Vec::new(), changed: 0, searched: 0 };
-                let mut near = vec![(0f32, 0u32, 0f32); BLOCK];
-                if full {
-                    // Most rows would be searched: search them all in place,
-                    // without the copies. The bound test (untightened) still
-                    // counts the rows it would have let through, to tell
-                    // when to go back to the bounds.
-                    part.searched = if first {
-                        lab.len()
-                    } else {
-                        (0..lab.len())
-                            .filter(|&i| {
-                                let (u, _, m) = moves.loosen(lab[i] as usize, up[i], low[i]);
-                                u > m
-                            })
-                            .count()
-                    };
-                    let xp = &x[base * dim..(base + lab.len()) * dim];
-                    for (b, xb) in xp.chunks(BLOCK * dim).enumerate() {
-                        let rows = xb.len() / dim;
-                        nearest.block2(xb, &mut near[..rows]);
-                        for (q, &res) in near[..rows].iter().enumerate() {
-                            let i = b * BLOCK + q;
-                            settle(&mut part, i, base + i, res, lab, up, low, x, norms, dim, k);
+                let mut part = Part { sums: Vec::new(), counts: Vec::new(), changed: 0 };
+                // The groups searched for the current row: (group, least
+                // distance, its centroid, second least).
+                let mut searched: Vec<(usize, f32, u32, f32)> = Vec::with_capacity(gn);
+                // Rows of a stretch that fail the bound test, with their
+                // loosened upper bound and threshold: their factor rows are
+                // fetched while the rest of the stretch is tested.
+                let mut pending: Vec<(usize, f32, f32)> = Vec::with_capacity(STRETCH);
+                for start in (0..lab.len()).step_by(STRETCH) {
+                    pending.clear();
+                    for i in start..(start + STRETCH).min(lab.len()) {
+                        if first {
+                            pending.push((i, f32::INFINITY, f32::INFINITY));
+                            continue;
+                        }
+                        let a = lab[i] as usize;
+                        let u = up[i] + moves.drift[a];
+                        let mut least = f32::INFINITY;
+                        for (l, gd) in low[i * gn..(i + 1) * gn].iter_mut().zip(&moves.group_drift) {
+                            *l -= gd;
+                            least = least.min(*l);
+                        }
+                        // Bounds are loosened by SLACK first, so that f32
+                        // rounding cannot keep a row from a nearer centroid.
+                        let skip = least.max(moves.half_gap[a]) / SLACK;
+                        up[i] = u;
+                        if u > skip {
+                            crate::simd::prefetch_floats(x[(base + i) * dim..].as_ptr(), dim);
+                            pending.push((i, u, skip));
                         }
                     }
-                    return part;
-                }
-                let mut todo: Vec<usize> = Vec::new();
-                for i in 0..lab.len() {
-                    let a = lab[i] as usize;
-                    let m;
-                    (up[i], low[i], m) = moves.loosen(a, up[i], low[i]);
-                    if up[i] <= m {
-                        continue;
-                    }
-                    let r = base + i;
-                    let c = &centroids[a * dim..(a + 1) * dim];
-                    up[i] = (norms[r] - 2.0 * fdot(&x[r * dim..(r + 1) * dim], c) + cn[a]).max(0.0).sqrt();
-                    if up[i] > m {
-                        todo.push(i);
-                    }
-                }
-                part.searched = todo.len();
-                let mut buf = vec![0f32; BLOCK * dim];
-                for chunk in todo.chunks(BLOCK) {
-                    for (b, &i) in chunk.iter().enumerate() {
+                    for &(i, u, skip) in &pending {
                         let r = base + i;
-                        buf[b * dim..(b + 1) * dim].copy_from_slice(&x[r * dim..(r + 1) * dim]);
-                    }
-                    nearest.block2(&buf[..chunk.len() * dim], &mut near[..chunk.len()]);
-                    for (&i, &res) in chunk.iter().zip(&near) {
-                        settle(&mut part, i, base + i, res, lab, up, low, x, norms, dim, k);
+                        let xr = &x[r * dim..(r + 1) * dim];
+                        let lo = &mut low[i * gn..(i + 1) * gn];
+                        let dist = |v: f32| (v + norms[r]).max(0.0).sqrt();
+                        let a = lab[i];
+                        // The best centroid so far and its distance.
+                        let (mut bj, mut bd) = (a, u);
+                        if !first {
+                            let ai = a as usize;
+                            bd = dist(cn[ai] - 2.0 * fdot(xr, &centroids[ai * dim..(ai + 1) * dim]));
+                            up[i] = bd;
+                            if bd <= skip {
+                                continue;
+                            }
+                        }
+                        searched.clear();
+                        for (g, &l) in lo.iter().enumerate() {
+                            if bd <= l / SLACK {
+                                continue;
+                            }
+                            let (v1, j1, v2) = groups.search(g, xr);
+                            let (d1, d2) = (dist(v1), dist(v2));
+                            searched.push((g, d1, j1, d2));
+                            if d1 < bd || (d1 == bd && j1 < bj) {
+                                (bd, bj) = (d1, j1);
+                            }
+                        }
+                        // A searched group's new bound leaves out the row's
+                        // new centroid; the old centroid joins its group's
+                        // bound.
+                        for &(g, d1, j1, d2) in &searched {
+                            lo[g] = if j1 == bj { d2 } else { d1 };
+                        }
+                        if bj != a {
+                            if a != u32::MAX {
+                                let ga = groups.of[a as usize] as usize;
+                                if !searched.iter().any(|s| s.0 == ga) {
+                                    lo[ga] = lo[ga].min(up[i]);
+                                }
+                            }
+                            part.move_row(xr, a, bj, k);
+                            lab[i] = bj;
+                        }
+                        up[i] = bd;
                     }
                 }
                 part
             })
             .collect();
-        let (mut changed, mut searched) = (0, 0);
+        let mut changed = 0;
         for part in parts {
             changed += part.changed;
-            searched += part.searched;
             if !part.sums.is_empty() {
                 sums.iter_mut().zip(&part.sums).for_each(|(a, b)| *a += b);
                 counts.iter_mut().zip(&part.counts).for_each(|(a, b)| *a = (*a as i64 + b) as usize);
@@ -895,17 +1014,15 @@ fn hamerly(
             break;
         }
         first = false;
-        // While the bounds rule out fewer than half the rows, testing them
-        // costs more than it saves.
-        full_next = 2 * searched > n;
         iterations += 1;
         // Lloyd's update (an empty cluster moves to the farthest row, by
         // exact distances), and how far each centroid moved.
         let dists: Vec<f32> =
             if counts.contains(&0) { exact_dists(x, norms, dim, &centroids, &labels) } else { Vec::new() };
         let new = update_centroids(x, dim, &sums, &counts, &dists);
-        moves = Moves::between(&centroids, &new, dim);
+        moves = Moves::between(&centroids, &new, dim, &groups.of, gn);
         centroids = new;
+        groups.load(&centroids);
     }
     let dists = exact_dists(x, norms, dim, &centroids, &labels);
     let inertia = dists.iter().map(|&d| d as f64).sum();
@@ -917,26 +1034,25 @@ fn hamerly(
 const SLACK: f32 = 1.0 + 1e-5;
 
 /// How far each centroid moved in the last update, and what that does to
-/// a row's Hamerly bounds.
+/// the rows' bounds.
 struct Moves {
     /// Distance each centroid moved.
     drift: Vec<f32>,
+    /// The largest drift in each group.
+    group_drift: Vec<f32>,
     /// Half the distance from each centroid to its nearest other centroid.
     half_gap: Vec<f32>,
-    /// The largest drift, the second largest and the centroid of the largest.
-    max1: f32,
-    max2: f32,
-    arg1: usize,
 }
 
 impl Moves {
     /// No move yet (before the first update).
-    fn none(k: usize) -> Self {
-        Moves { drift: vec![0.0; k], half_gap: vec![0.0; k], max1: 0.0, max2: 0.0, arg1: usize::MAX }
+    fn none(k: usize, groups: usize) -> Self {
+        Moves { drift: vec![0.0; k], group_drift: vec![0.0; groups], half_gap: vec![0.0; k] }
     }
 
-    /// The moves from `old` to `new` centroids (row-major `k × dim`).
-    fn between(old: &[f32], new: &[f32], dim: usize) -> Self {
+    /// The moves from `old` to `new` centroids (row-major `k × dim`), the
+    /// centroids in the groups `of`.
+    fn between(old: &[f32], new: &[f32], dim: usize, of: &[u32], groups: usize) -> Self {
         let k = new.len() / dim;
         let drift: Vec<f32> = (0..k)
             .map(|j| {
@@ -944,6 +1060,11 @@ impl Moves {
                 a.iter().zip(b).map(|(p, q)| ((p - q) as f64).powi(2)).sum::<f64>().sqrt() as f32
             })
             .collect();
+        let mut group_drift = vec![0f32; groups];
+        for (j, &d) in drift.iter().enumerate() {
+            let g = of[j] as usize;
+            group_drift[g] = group_drift[g].max(d);
+        }
         let half_gap: Vec<f32> = (0..k)
             .into_par_iter()
             .map(|j| {
@@ -956,24 +1077,7 @@ impl Moves {
                     / 2.0
             })
             .collect();
-        let (mut max1, mut max2, mut arg1) = (0f32, 0f32, usize::MAX);
-        for (j, &d) in drift.iter().enumerate() {
-            if d > max1 {
-                (max2, max1, arg1) = (max1, d, j);
-            } else if d > max2 {
-                max2 = d;
-            }
-        }
-        Moves { drift, half_gap, max1, max2, arg1 }
-    }
-
-    /// A row of centroid `a` with bounds `up` and `low` before the move:
-    /// its bounds after it, and the threshold its upper bound must pass for
-    /// the row to possibly change cluster.
-    fn loosen(&self, a: usize, up: f32, low: f32) -> (f32, f32, f32) {
-        let u = up + self.drift[a];
-        let l = low - if a == self.arg1 { self.max2 } else { self.max1 };
-        (u, l, l.max(self.half_gap[a]) / SLACK)
+        Moves { drift, group_drift, half_gap }
     }
 
     /// Sum of the squared drifts: Lloyd's centre shift.
@@ -1108,7 +1212,7 @@ mod tests {
     }
 
     #[test]
-    fn hamerly_iterates_like_lloyd() {
+    fn yinyang_iterates_like_lloyd() {
         // Same start, same tolerance: the same iterations, labels and
         // centroids as plain Lloyd, with both kernels; rows at a near tie
         // may go either way, so a handful may differ on random data.
@@ -1116,16 +1220,24 @@ mod tests {
         let (bx, _) = blobs(10, 300, 16, 3.0, 8);
         let rx: Vec<f32> = (0..4000 * 64).map(|_| rng.normal() as f32).collect();
         let ux = normalize_rows(&rx, 64);
-        for (x, dim, k, max_iter) in
-            [(&bx[..], 16, 10, 100), (&rx[..], 64, 50, 30), (&ux[..], 64, 100, 100), (&bx[..], 16, 1, 5)]
-        {
+        let ox: Vec<f32> = (0..3000 * 7).map(|_| rng.normal() as f32).collect();
+        // k = 600 makes groups of two panels; 7 columns leave a remainder
+        // after the kernel's four chains.
+        for (x, dim, k, max_iter) in [
+            (&bx[..], 16, 10, 100),
+            (&rx[..], 64, 50, 30),
+            (&ux[..], 64, 100, 100),
+            (&bx[..], 16, 1, 5),
+            (&rx[..], 64, 600, 8),
+            (&ox[..], 7, 40, 50),
+        ] {
             let n = x.len() / dim;
             let norms: Vec<f32> = x.chunks(dim).map(|r| dot(r, r)).collect();
             let start: Vec<f32> = x[..k * dim].to_vec();
             let tol = 1e-4 * mean_variance(x, dim);
             let want = lloyd(x, &norms, dim, start.clone(), max_iter, tol);
             for simd in [false, true] {
-                let got = hamerly(x, &norms, dim, start.clone(), max_iter, tol, simd);
+                let got = yinyang(x, &norms, dim, start.clone(), max_iter, tol, simd);
                 let differ = want.labels.iter().zip(&got.labels).filter(|(a, b)| a != b).count();
                 assert!(differ <= n / 500, "k {k} simd {simd}: {differ} of {n} labels differ");
                 if differ == 0 {
@@ -1136,6 +1248,38 @@ mod tests {
                 }
                 assert!((got.inertia - want.inertia).abs() <= 1e-3 * want.inertia.max(1e-9), "k {k} simd {simd}");
                 assert_eq!(got.sizes().iter().sum::<usize>(), n);
+            }
+        }
+    }
+
+    #[test]
+    fn group_search_finds_the_two_least_of_each_group() {
+        let mut rng = Rng::new(31);
+        for (dim, k) in [(7, 5), (16, 16), (64, 100), (65, 600), (3, 1)] {
+            let c: Vec<f32> = (0..k * dim).map(|_| rng.normal() as f32).collect();
+            let x: Vec<f32> = (0..dim).map(|_| rng.normal() as f32).collect();
+            let value = |j: usize| -> f64 {
+                let cj = &c[j * dim..(j + 1) * dim];
+                cj.iter().map(|&v| (v as f64).powi(2)).sum::<f64>()
+                    - 2.0 * cj.iter().zip(&x).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>()
+            };
+            for simd in [false, true] {
+                let groups = Groups::new(&c, dim, simd && crate::simd::has_avx512());
+                // Every centroid in exactly one group, no group too large.
+                let mut all: Vec<u32> = groups.members.iter().flatten().copied().collect();
+                all.sort_unstable();
+                assert_eq!(all, (0..k as u32).collect::<Vec<_>>(), "dim {dim} k {k}");
+                assert!(groups.count() <= MAX_GROUPS);
+                for (g, m) in groups.members.iter().enumerate() {
+                    let mut want: Vec<(f64, u32)> = m.iter().map(|&j| (value(j as usize), j)).collect();
+                    want.sort_by(|a, b| a.0.total_cmp(&b.0));
+                    let (v1, j1, v2) = groups.search(g, &x);
+                    let tol = 1e-4 * (1.0 + want[0].0.abs());
+                    assert!((v1 as f64 - want[0].0).abs() < tol, "dim {dim} k {k} group {g}: {v1} vs {want:?}");
+                    assert!(j1 == want[0].1 || (value(j1 as usize) - want[0].0).abs() < tol, "dim {dim} k {k}");
+                    let second = want.get(1).map_or(f64::INFINITY, |w| w.0);
+                    assert!(v2 as f64 == second || (v2 as f64 - second).abs() < 1e-4 * (1.0 + second.abs()));
+                }
             }
         }
     }

@@ -592,53 +592,24 @@ pub mod avx512_nearest {
         let dim = panel.dim;
         let rows = x.len() / dim;
         debug_assert!(out.len() >= rows);
-        let mut o = [(0f32, 0u32, 0f32); MR];
         let full = rows / MR * MR;
         for t in (0..full).step_by(MR) {
-            tile::<MR, false>(&x[t * dim..(t + MR) * dim], panel, &mut o);
-            for (d, s) in out[t..t + MR].iter_mut().zip(&o) {
-                *d = (s.0, s.1);
-            }
+            tile::<MR>(&x[t * dim..(t + MR) * dim], panel, &mut out[t..t + MR]);
         }
         for t in full..rows {
-            tile::<1, false>(&x[t * dim..(t + 1) * dim], panel, &mut o[..1]);
-            out[t] = (o[0].0, o[0].1);
-        }
-    }
-
-    /// As [`nearest`], with the second least `‖c‖² − 2 x·c` too (over the
-    /// other centroids; +∞ when there is only one): the lower bound of
-    /// Hamerly's k-means.
-    ///
-    /// # Safety
-    /// The CPU must support AVX-512F; `out` holds one entry per row of `x`.
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn nearest2(x: &[f32], panel: &Panel, out: &mut [(f32, u32, f32)]) {
-        // Three rows a tile: best, its index and the second best per lane
-        // take 6 registers a row besides the 2 accumulators, 26 in all.
-        const R2: usize = 3;
-        let dim = panel.dim;
-        let rows = x.len() / dim;
-        debug_assert!(out.len() >= rows);
-        let full = rows / R2 * R2;
-        for t in (0..full).step_by(R2) {
-            tile::<R2, true>(&x[t * dim..(t + R2) * dim], panel, &mut out[t..t + R2]);
-        }
-        for t in full..rows {
-            tile::<1, true>(&x[t * dim..(t + 1) * dim], panel, &mut out[t..t + 1]);
+            tile::<1>(&x[t * dim..(t + 1) * dim], panel, &mut out[t..t + 1]);
         }
     }
 
     #[inline]
     #[target_feature(enable = "avx512f")]
-    unsafe fn tile<const R: usize, const TOP2: bool>(x: &[f32], panel: &Panel, out: &mut [(f32, u32, f32)]) {
+    unsafe fn tile<const R: usize>(x: &[f32], panel: &Panel, out: &mut [(f32, u32)]) {
         let (dim, kp) = (panel.dim, panel.kp);
         let (xp, ct, cn) = (x.as_ptr(), panel.ct.as_ptr(), panel.cn.as_ptr());
         let lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
         let minus2 = _mm512_set1_ps(-2.0);
         let inf = _mm512_set1_ps(f32::INFINITY);
         let mut best = [[inf; 2]; R];
-        let mut second = [[inf; 2]; R];
         let mut besti = [[_mm512_setzero_si512(); 2]; R];
         for b in (0..kp).step_by(NB) {
             let mut acc = [[_mm512_setzero_ps(); 2]; R];
@@ -660,10 +631,6 @@ pub mod avx512_nearest {
                 for h in 0..2 {
                     let dist = _mm512_fmadd_ps(minus2, acc[r][h], n[h]);
                     let lt = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(dist, best[r][h]);
-                    if TOP2 {
-                        // A new best pushes the old one to second place.
-                        second[r][h] = _mm512_mask_blend_ps(lt, _mm512_min_ps(second[r][h], dist), best[r][h]);
-                    }
                     best[r][h] = _mm512_mask_blend_ps(lt, best[r][h], dist);
                     besti[r][h] = _mm512_mask_blend_epi32(lt, besti[r][h], idx[h]);
                 }
@@ -677,22 +644,48 @@ pub mod avx512_nearest {
             let i1 = _mm512_mask_reduce_min_epu32(_mm512_cmp_ps_mask::<_CMP_EQ_OQ>(bv[1], mv), bi[1]);
             // No lane compares equal only when every distance is NaN.
             let i = i0.min(i1);
-            let mut s2 = f32::INFINITY;
-            if TOP2 {
-                // The second best: every lane's second, and every lane's
-                // best but the winner's.
-                let iv = _mm512_set1_epi32(i as i32);
-                let o0 = _mm512_mask_blend_ps(_mm512_cmpeq_epi32_mask(bi[0], iv), bv[0], inf);
-                let o1 = _mm512_mask_blend_ps(_mm512_cmpeq_epi32_mask(bi[1], iv), bv[1], inf);
-                let all = _mm512_min_ps(_mm512_min_ps(o0, o1), _mm512_min_ps(second[r][0], second[r][1]));
-                s2 = _mm512_reduce_min_ps(all);
-            }
-            out[r] = (m, if i == u32::MAX { 0 } else { i }, s2);
+            out[r] = (m, if i == u32::MAX { 0 } else { i });
         }
     }
 
     /// Candidate centres at most in [`distances16`].
     pub const CANDIDATES: usize = 16;
+
+    /// For one row `x` (`dim` floats) and one panel of up to 16 centroids
+    /// held transposed (`ct`: `dim × 16`, zeros past the centroids; `cn`
+    /// their squared norms, +∞ past them): the least `‖c‖² − 2 x·c`, its
+    /// lane, and the second least (+∞ with one centroid). The group search
+    /// of Yinyang k-means (see `kmeans`): one row against one group.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F; `ct` holds `x.len() × 16` floats.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn panel_min2(x: &[f32], ct: &[f32], cn: &[f32; 16]) -> (f32, usize, f32) {
+        let dim = x.len();
+        debug_assert!(ct.len() >= dim * 16);
+        let (xp, cp) = (x.as_ptr(), ct.as_ptr());
+        // Four chains over the coordinates, so the adds overlap.
+        let mut acc = [_mm512_setzero_ps(); 4];
+        let mut d = 0;
+        while d + 4 <= dim {
+            for (k, a) in acc.iter_mut().enumerate() {
+                *a = _mm512_fmadd_ps(_mm512_set1_ps(*xp.add(d + k)), _mm512_loadu_ps(cp.add((d + k) * 16)), *a);
+            }
+            d += 4;
+        }
+        while d < dim {
+            acc[0] = _mm512_fmadd_ps(_mm512_set1_ps(*xp.add(d)), _mm512_loadu_ps(cp.add(d * 16)), acc[0]);
+            d += 1;
+        }
+        let cross = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
+        let v = _mm512_fmadd_ps(_mm512_set1_ps(-2.0), cross, _mm512_loadu_ps(cn.as_ptr()));
+        let v1 = _mm512_reduce_min_ps(v);
+        // The first lane holding the least (the lowest centroid on a tie).
+        let at = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(v, _mm512_set1_ps(v1));
+        let lane = (at.trailing_zeros() as usize).min(15);
+        let rest = _mm512_mask_mov_ps(v, 1 << lane, _mm512_set1_ps(f32::INFINITY));
+        (v1, lane, _mm512_reduce_min_ps(rest))
+    }
 
     /// Squared distances `max(0, ‖x‖² − 2 x·c + ‖c‖²)` of each row of `x`
     /// to each of `t ≤ 16` centres, written row by row to `out` (`rows × t`).

@@ -434,12 +434,22 @@ fn target_and_evaluate(
     }
     let chosen = plan(policy, model, ing, &notes, tp);
     t.targeting = start.elapsed().as_secs_f64();
-    write_pushes(out, model, &notes, &chosen)?;
-    let hours = CohortHours::of(ing, &model.labels, model.cohorts.k());
-    write_cohort_hours(out, hours.as_ref(), model)?;
-    let start = Instant::now();
-    let ev = evaluate_all(model, ing, &notes, &chosen, truth_dir, tp, seed)?;
-    t.evaluation = start.elapsed().as_secs_f64();
+    // The push lists are written on a second thread while the evaluation
+    // runs: formatting them is one thread's work, and so is most of the
+    // evaluation's pass over the truth file.
+    let (hours, ev) = std::thread::scope(|s| {
+        let writing = s.spawn(|| {
+            write_pushes(out, model, &notes, &chosen)?;
+            let hours = CohortHours::of(ing, &model.labels, model.cohorts.k());
+            write_cohort_hours(out, hours.as_ref(), model)?;
+            Ok::<_, anyhow::Error>(hours)
+        });
+        let start = Instant::now();
+        let ev = evaluate_all(model, ing, &notes, &chosen, truth_dir, tp, seed);
+        t.evaluation = start.elapsed().as_secs_f64();
+        let hours = writing.join().expect("the push lists' writer does not panic");
+        Ok::<_, anyhow::Error>((hours?, ev?))
+    })?;
     Ok((notes, chosen, hours, ev))
 }
 

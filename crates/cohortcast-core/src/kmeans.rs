@@ -11,10 +11,11 @@
 //! accelerated with Yinyang's group bounds (Ding et al., ICML 2015) and
 //! Hamerly's half-gap test (SDM 2010), which skip the rows, and the groups
 //! of centroids, that cannot hold a nearer centre, and leave the result
-//! unchanged. Squared distances are computed as `‖x‖² − 2 x·c + ‖c‖²`. A cluster that empties is moved to
-//! the point farthest from its centre. Iteration stops when the squared
-//! centre shift falls below `tolerance` times the mean per-feature variance
-//! of the data (scikit-learn's rule) or no label changes.
+//! unchanged. Squared distances are computed as `‖x‖² − 2 x·c + ‖c‖²`. A
+//! cluster that empties is moved to the point farthest from its centre.
+//! Iteration stops when the squared centre shift falls below `tolerance`
+//! times the mean per-feature variance of the data (scikit-learn's rule) or
+//! no label changes.
 //!
 //! ```
 //! use cohortcast_core::kmeans::{KMeansParams, Cohorts};
@@ -781,13 +782,12 @@ impl Groups {
             }
             members.push(m);
         }
-        let mut groups = Groups { dim, of, members, panels: Vec::new(), simd };
-        groups.load(centroids);
-        groups
+        Groups { dim, of, members, panels: Vec::new(), simd }
     }
 
-    /// Refills the panels from moved centroids (the groups stay).
-    fn load(&mut self, centroids: &[f32]) {
+    /// Fills the panels from the centroids and their squared norms `cn`
+    /// (the groups stay as made).
+    fn load(&mut self, centroids: &[f32], cn: &[f32]) {
         let dim = self.dim;
         self.panels = self
             .members
@@ -802,7 +802,7 @@ impl Groups {
                             for (d, v) in c.iter().enumerate() {
                                 p[d * PANEL + lane] = *v;
                             }
-                            p[dim * PANEL + lane] = dot(c, c);
+                            p[dim * PANEL + lane] = cn[j as usize];
                         }
                         p
                     })
@@ -911,6 +911,7 @@ fn yinyang(
     let mut moves = Moves::none(k, gn);
     loop {
         let cn: Vec<f32> = centroids.chunks(dim).map(|r| dot(r, r)).collect();
+        groups.load(&centroids, &cn);
         let parts: Vec<Part> = labels
             .par_chunks_mut(per)
             .zip(upper.par_chunks_mut(per))
@@ -1022,7 +1023,6 @@ fn yinyang(
         let new = update_centroids(x, dim, &sums, &counts, &dists);
         moves = Moves::between(&centroids, &new, dim, &groups.of, gn);
         centroids = new;
-        groups.load(&centroids);
     }
     let dists = exact_dists(x, norms, dim, &centroids, &labels);
     let inertia = dists.iter().map(|&d| d as f64).sum();
@@ -1264,7 +1264,9 @@ mod tests {
                     - 2.0 * cj.iter().zip(&x).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>()
             };
             for simd in [false, true] {
-                let groups = Groups::new(&c, dim, simd && crate::simd::has_avx512());
+                let mut groups = Groups::new(&c, dim, simd && crate::simd::has_avx512());
+                let cn: Vec<f32> = c.chunks(dim).map(|r| dot(r, r)).collect();
+                groups.load(&c, &cn);
                 // Every centroid in exactly one group, no group too large.
                 let mut all: Vec<u32> = groups.members.iter().flatten().copied().collect();
                 all.sort_unstable();

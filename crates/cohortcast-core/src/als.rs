@@ -184,7 +184,7 @@ impl AlsModel {
         // artists' accumulators stay small; else by rows of the transpose.
         let scatter = scatter_fits(plays.cols(), fp) && params.solver == Solver::ConjugateGradient;
         let artists = if scatter {
-            ArtistSide::Blocks(UserBlocks::new(&cu, SCATTER_BLOCK))
+            ArtistSide::Blocks(UserBlocks::new(&cu, scatter_block(fp)))
         } else {
             ArtistSide::Rows(cu.transpose())
         };
@@ -196,10 +196,16 @@ impl AlsModel {
         let mut y = init_factors_padded(plays.cols(), f, fp, params.seed, 1);
         let mut loss_history = Vec::with_capacity(params.iterations);
         let rotate = rotates(&work);
+        // Buffers every iteration reuses (see `ScatterWork`).
+        let mut turned = if rotate { Floats::zeroed(y.len()) } else { Floats::zeroed(0) };
+        let mut scatter_work = match &artists {
+            ArtistSide::Blocks(ub) => Some(ScatterWork::new(ub, fp)),
+            ArtistSide::Rows(_) => None,
+        };
         for it in 1..=params.iterations {
             // Each user's row is checked as it is solved, while in cache.
             let finite = if rotate {
-                let eigen = rotate_to_eigenbasis(&mut y, fp);
+                let eigen = rotate_to_eigenbasis(&mut y, &mut turned, fp);
                 half_step(&mut x, &y, &cu, &work, Some(&eigen))
             } else {
                 half_step(&mut x, &y, &cu, &work, None)
@@ -211,7 +217,10 @@ impl AlsModel {
                 ArtistSide::Rows(ci) => {
                     half_step(&mut y, &x, ci, &work, None);
                 }
-                ArtistSide::Blocks(ub) => half_step_scatter(&mut y, &x, ub, &work),
+                ArtistSide::Blocks(ub) => {
+                    let buffers = scatter_work.as_mut().expect("made with the blocks");
+                    half_step_scatter(&mut y, &x, ub, &work, buffers);
+                }
             }
             ensure_finite(&y, "artist", it)?;
             if loss_every_iteration || it == params.iterations {
@@ -461,14 +470,16 @@ fn rotates(work: &AlsParams) -> bool {
 /// took), so both sides end in the new basis. `Q` is orthogonal: every
 /// prediction `x_uᵀ y_i`, every norm in the penalty, and so the loss, are
 /// unchanged, and conjugate gradient, which commutes with an orthogonal
-/// change of basis, takes the same steps in the new coordinates.
-fn rotate_to_eigenbasis(y: &mut Floats, f: usize) -> Vec<f32> {
+/// change of basis, takes the same steps in the new coordinates. `spare`
+/// is a buffer of `y`'s size that the product is written to; it is swapped
+/// with `y`, so the next call reuses the old rows' memory.
+fn rotate_to_eigenbasis(y: &mut Floats, spare: &mut Floats, f: usize) -> Vec<f32> {
     let g: Vec<f64> = gram(y, y.len() / f, f).iter().map(|&v| v as f64).collect();
     let (w, q) = crate::linalg::sym_eigen(&g, f);
     let q: Vec<f32> = q.iter().map(|&v| v as f32).collect();
-    let mut turned = Floats::zeroed(y.len());
-    crate::linalg::gemm_into(y, &q, &mut turned, y.len() / f, f, f);
-    *y = turned;
+    assert_eq!(spare.len(), y.len(), "the spare holds the turned rows");
+    crate::linalg::gemm_into(y, &q, spare, y.len() / f, f, f);
+    std::mem::swap(y, spare);
     w.iter().map(|&v| v as f32).chain(q).collect()
 }
 
@@ -499,7 +510,7 @@ fn scatter_fits(items: usize, f: usize) -> bool {
 /// 256-byte accumulator row per nonzero, out of 1 MiB of accumulators and
 /// 1 MiB of `p`, more than a core's L2.) Same arithmetic, summed in
 /// another order.
-fn half_step_scatter(y: &mut [f32], x: &[f32], ub: &UserBlocks, params: &AlsParams) {
+fn half_step_scatter(y: &mut [f32], x: &[f32], ub: &UserBlocks, params: &AlsParams, work: &mut ScatterWork) {
     let f = params.factors;
     let mut xtx = gram(x, ub.users, f);
     for d in 0..f {
@@ -509,17 +520,18 @@ fn half_step_scatter(y: &mut [f32], x: &[f32], ub: &UserBlocks, params: &AlsPara
     // r = b − A y: the pass gives Σ_u (c − (c − 1) x_uᵀ y_i) x_u.
     // (XᵀX + λI is symmetric, so the rows' products are one GEMM.)
     let items = ub.items;
-    let mut r = scatter_pass::<true>(x, ub, y, f, kernel);
-    gemm_acc(-1.0, y, &xtx, &mut r, items, f, f);
-    let mut p = r.clone();
+    let ScatterWork { parts, r, p, ap } = work;
+    scatter_pass::<true>(x, ub, y, f, kernel, parts, r);
+    gemm_acc(-1.0, y, &xtx, r, items, f, f);
+    p.copy_from_slice(r);
     let mut rsold: Vec<f32> = r.par_chunks(f).map(|ri| dot(ri, ri)).collect();
     let mut active: Vec<bool> = rsold.iter().map(|&v| v >= 1e-20).collect();
     for _ in 0..params.cg_steps {
         if !active.contains(&true) {
             break;
         }
-        let mut ap = scatter_pass::<false>(x, ub, &p, f, kernel);
-        gemm_acc(1.0, &p, &xtx, &mut ap, items, f, f);
+        scatter_pass::<false>(x, ub, p, f, kernel, parts, ap);
+        gemm_acc(1.0, p, &xtx, ap, items, f, f);
         y.par_chunks_mut(f)
             .zip(r.par_chunks_mut(f))
             .zip(p.par_chunks_mut(f))
@@ -559,10 +571,21 @@ enum ArtistSide {
     Blocks(UserBlocks),
 }
 
-/// Users per block of a scatter pass: a block's user rows (256 KiB at 64
-/// factors) stay in the core's cache while each artist's run of nonzeros
-/// in the block is summed in registers.
-const SCATTER_BLOCK: usize = 1024;
+/// Users per block of a scatter pass at `f` factors: as many as have
+/// 1 MiB of rows (4 096 at 64 factors), at least 1 024 and at most the
+/// 65 536 a 16-bit index numbers. The block's rows stay in the core's
+/// 2 MiB L2 while each artist's run of nonzeros in the block is summed
+/// in registers, and the larger the block, the longer the runs: every run
+/// also reads the artist's `p_i` and adds to its accumulator, which with
+/// many artists come from beyond the L2. On the kernel benchmark (100 000
+/// users × 20 000 artists, 3.8 M nonzeros, runs of about two nonzeros in
+/// blocks of 1 024) blocks of 4 096 took an iteration from 0.25–0.28 s to
+/// 0.18–0.22 s; 8 192 gave 0.19–0.21 s and 16 384 0.22–0.24 s. On the
+/// medium shape (500 000 × 4 000) the block size moved nothing beyond the
+/// noise (0.74–0.76 s).
+fn scatter_block(f: usize) -> usize {
+    ((1 << 20) / (4 * f.max(1))).clamp(1024, 1 << 16)
+}
 
 /// The nonzeros of the users × artists matrix in fixed blocks of users,
 /// artist-major within each block: for each block, one run of
@@ -647,55 +670,108 @@ impl UserBlocks {
     }
 }
 
-/// One pass over every nonzero, block by block of users: for artist `i`,
-/// `Σ_u t_ui x_u` with `t = c − (c − 1) x_uᵀ v_i` when `RESIDUAL`, else
-/// `t = (c − 1) x_uᵀ v_i`. Fixed parts of the blocks in parallel, each with
-/// its own accumulators, summed in order.
-fn scatter_pass<const RESIDUAL: bool>(x: &[f32], ub: &UserBlocks, v: &[f32], f: usize, kernel: CgKernel) -> Floats {
+/// The artist half-step's buffers, made once per fit and reused by every
+/// iteration: the scatter passes' part accumulators, which each pass's sum
+/// leaves zeroed for the next, and the CG vectors `r`, `p` and `Ap`
+/// (`items × f` each). Made fresh for each pass instead, they were 160 MiB
+/// of new pages an iteration on the kernel benchmark's 20 000 artists
+/// (eight parts of 5 MiB, four passes), all zeroed by page faults: a fifth
+/// to a third of that benchmark's time went to the kernel.
+struct ScatterWork {
+    parts: Vec<Floats>,
+    r: Floats,
+    p: Floats,
+    ap: Floats,
+}
+
+impl ScatterWork {
+    fn new(ub: &UserBlocks, f: usize) -> Self {
+        let n = ub.items * f;
+        ScatterWork {
+            parts: (0..scatter_starts(ub.blocks()).len()).map(|_| Floats::zeroed(n)).collect(),
+            r: Floats::zeroed(n),
+            p: Floats::zeroed(n),
+            ap: Floats::zeroed(n),
+        }
+    }
+}
+
+/// The first block of each part of a scatter pass over `blocks` blocks.
+fn scatter_starts(blocks: usize) -> Vec<usize> {
+    let per = crate::linalg::part_rows(blocks, SCATTER_PARTS, 1);
+    (0..blocks).step_by(per.max(1)).collect()
+}
+
+/// Floats a task of a scatter pass's sum adds up.
+const SUM_CHUNK: usize = 4096;
+
+/// One pass over every nonzero, block by block of users, into `out`
+/// (`items × f`): for artist `i`, `Σ_u t_ui x_u` with
+/// `t = c − (c − 1) x_uᵀ v_i` when `RESIDUAL`, else `t = (c − 1) x_uᵀ v_i`.
+/// Fixed parts of the blocks in parallel, each into its own accumulators
+/// in `parts` (zeros on entry, at least one per part), summed in order;
+/// the sum leaves them zeroed again.
+fn scatter_pass<const RESIDUAL: bool>(
+    x: &[f32],
+    ub: &UserBlocks,
+    v: &[f32],
+    f: usize,
+    kernel: CgKernel,
+    parts: &mut [Floats],
+    out: &mut [f32],
+) {
     let (nb, items, bs) = (ub.blocks(), ub.items, ub.block);
     let per = crate::linalg::part_rows(nb, SCATTER_PARTS, 1);
-    let starts: Vec<usize> = (0..nb).step_by(per.max(1)).collect();
-    let mut parts: Vec<Floats> = starts
-        .par_iter()
-        .map(|&start| {
-            let mut acc = Floats::zeroed(items * f);
-            let mut sum = vec![0f32; f];
-            for b in start..(start + per).min(nb) {
-                let xb = &x[b * bs * f..((b + 1) * bs).min(ub.users) * f];
-                // Fetch the next block's rows while this one is summed.
-                if b + 1 < nb {
-                    let next = &x[(b + 1) * bs * f..((b + 2) * bs).min(ub.users) * f];
-                    for row in next.chunks(f) {
-                        crate::simd::prefetch_floats(row.as_ptr(), row.len());
-                    }
-                }
-                let (first, last) = (ub.block_runs[b], ub.block_runs[b + 1]);
-                let block_end = ub.run_bounds[last];
-                for r in first..last {
-                    if r + 2 < last {
-                        let next = ub.run_artist[r + 2] as usize * f;
-                        crate::simd::prefetch_floats(v[next..].as_ptr(), f);
-                        crate::simd::prefetch_floats(acc[next..].as_ptr(), f);
-                    }
-                    let (i, from, to) = (ub.run_artist[r] as usize * f, ub.run_bounds[r], ub.run_bounds[r + 1]);
-                    // The kernel reads `to − from` users and fetches ahead
-                    // into the block's next runs.
-                    let (users, conf) = (&ub.user[from..block_end], &ub.conf[from..to]);
-                    scatter_run::<RESIDUAL>(xb, users, conf, &v[i..i + f], &mut acc[i..i + f], &mut sum, kernel);
+    let starts = scatter_starts(nb);
+    assert!(parts.len() >= starts.len(), "one accumulator per part");
+    assert_eq!(out.len(), items * f, "the pass writes items × f floats");
+    let parts = &mut parts[..starts.len()];
+    parts.par_iter_mut().zip(&starts).for_each(|(acc, &start)| {
+        debug_assert_eq!(acc.len(), items * f);
+        let mut sum = vec![0f32; f];
+        for b in start..(start + per).min(nb) {
+            let xb = &x[b * bs * f..((b + 1) * bs).min(ub.users) * f];
+            // Fetch the next block's rows while this one is summed.
+            if b + 1 < nb {
+                let next = &x[(b + 1) * bs * f..((b + 2) * bs).min(ub.users) * f];
+                for row in next.chunks(f) {
+                    crate::simd::prefetch_floats(row.as_ptr(), row.len());
                 }
             }
-            acc
-        })
-        .collect();
-    let mut total = parts.remove(0);
-    total.par_chunks_mut(4096).enumerate().for_each(|(c, out)| {
-        for part in &parts {
-            for (o, a) in out.iter_mut().zip(&part[c * 4096..]) {
-                *o += a;
+            let (first, last) = (ub.block_runs[b], ub.block_runs[b + 1]);
+            let block_end = ub.run_bounds[last];
+            for r in first..last {
+                if r + 2 < last {
+                    let next = ub.run_artist[r + 2] as usize * f;
+                    crate::simd::prefetch_floats(v[next..].as_ptr(), f);
+                    crate::simd::prefetch_floats(acc[next..].as_ptr(), f);
+                }
+                let (i, from, to) = (ub.run_artist[r] as usize * f, ub.run_bounds[r], ub.run_bounds[r + 1]);
+                // The kernel reads `to − from` users and fetches ahead
+                // into the block's next runs.
+                let (users, conf) = (&ub.user[from..block_end], &ub.conf[from..to]);
+                scatter_run::<RESIDUAL>(xb, users, conf, &v[i..i + f], &mut acc[i..i + f], &mut sum, kernel);
             }
         }
     });
-    total
+    // Chunk `c` of every part, in part order, for the chunk's task.
+    let mut chunks: Vec<Vec<&mut [f32]>> = (0..out.len().div_ceil(SUM_CHUNK)).map(|_| Vec::new()).collect();
+    for part in parts.iter_mut() {
+        for (c, chunk) in part.chunks_mut(SUM_CHUNK).enumerate() {
+            chunks[c].push(chunk);
+        }
+    }
+    out.par_chunks_mut(SUM_CHUNK).zip(chunks.par_iter_mut()).for_each(|(o, from)| {
+        let (first, rest) = from.split_first_mut().expect("a pass has a part");
+        o.copy_from_slice(first);
+        first.fill(0.0);
+        for part in rest {
+            for (o, a) in o.iter_mut().zip(part.iter_mut()) {
+                *o += *a;
+                *a = 0.0;
+            }
+        }
+    });
 }
 
 /// One artist's run in a block of a scatter pass, on the kernel
@@ -1093,7 +1169,8 @@ mod tests {
             // the same steps give the portable solution turned by Q.
             if CgKernel::best(f) == CgKernel::Avx512Rows {
                 let mut yq = Floats::from_slice(&y);
-                let mut eigen = rotate_to_eigenbasis(&mut yq, f);
+                let mut spare = Floats::zeroed(yq.len());
+                let mut eigen = rotate_to_eigenbasis(&mut yq, &mut spare, f);
                 for w in &mut eigen[..f] {
                     *w += 0.5;
                 }
@@ -1158,7 +1235,10 @@ mod tests {
             let y0 = init_factors(m.cols(), f, 9, 1);
             let (mut rows, mut scattered) = (y0.clone(), y0.clone());
             half_step(&mut rows, &x, &ci, &params, None);
-            half_step_scatter(&mut scattered, &x, &ub, &params);
+            // One set of buffers for the half-step and every pass below: each
+            // pass must leave its accumulators zeroed for the next.
+            let mut work = ScatterWork::new(&ub, f);
+            half_step_scatter(&mut scattered, &x, &ub, &params, &mut work);
             assert_ne!(rows, y0, "f {f}: the half-step moved the factors");
             for (k, (a, b)) in rows.iter().zip(&scattered).enumerate() {
                 assert!((a - b).abs() < 1e-3 * a.abs().max(0.1), "f {f} value {k}: {a} vs {b}");
@@ -1166,9 +1246,18 @@ mod tests {
             // The pass itself on the portable loops and on the chosen kernel,
             // against the sums written out nonzero by nonzero.
             let v: Vec<f32> = init_factors(m.cols(), f, 5, 2);
-            let portable = scatter_pass::<false>(&x, &ub, &v, f, CgKernel::Portable);
-            let fast = scatter_pass::<false>(&x, &ub, &v, f, CgKernel::best(f));
-            let res = scatter_pass::<true>(&x, &ub, &v, f, CgKernel::best(f));
+            let mut pass = |residual: bool, kernel: CgKernel| {
+                let mut out = vec![f32::NAN; m.cols() * f];
+                if residual {
+                    scatter_pass::<true>(&x, &ub, &v, f, kernel, &mut work.parts, &mut out);
+                } else {
+                    scatter_pass::<false>(&x, &ub, &v, f, kernel, &mut work.parts, &mut out);
+                }
+                out
+            };
+            let portable = pass(false, CgKernel::Portable);
+            let fast = pass(false, CgKernel::best(f));
+            let res = pass(true, CgKernel::best(f));
             let (mut want, mut want_res) = (vec![0f64; m.cols() * f], vec![0f64; m.cols() * f]);
             for u in 0..cu.rows() {
                 let (idx, conf) = cu.row(u);

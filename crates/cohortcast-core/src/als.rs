@@ -675,8 +675,8 @@ impl UserBlocks {
 /// leaves zeroed for the next, and the CG vectors `r`, `p` and `Ap`
 /// (`items × f` each). Made fresh for each pass instead, they were 160 MiB
 /// of new pages an iteration on the kernel benchmark's 20 000 artists
-/// (eight parts of 5 MiB, four passes), all zeroed by page faults: a fifth
-/// to a third of that benchmark's time went to the kernel.
+/// (eight parts of 5 MiB, four passes), all zeroed by page faults: system
+/// time was a sixth to a quarter of a fit's CPU time there.
 struct ScatterWork {
     parts: Vec<Floats>,
     r: Floats,

@@ -688,7 +688,7 @@ impl ScatterWork {
     fn new(ub: &UserBlocks, f: usize) -> Self {
         let n = ub.items * f;
         ScatterWork {
-            parts: (0..scatter_starts(ub.blocks()).len()).map(|_| Floats::zeroed(n)).collect(),
+            parts: (0..scatter_parts(ub.blocks()).1.len()).map(|_| Floats::zeroed(n)).collect(),
             r: Floats::zeroed(n),
             p: Floats::zeroed(n),
             ap: Floats::zeroed(n),
@@ -696,10 +696,11 @@ impl ScatterWork {
     }
 }
 
-/// The first block of each part of a scatter pass over `blocks` blocks.
-fn scatter_starts(blocks: usize) -> Vec<usize> {
+/// The blocks a part of a scatter pass over `blocks` blocks takes, and the
+/// first block of each part.
+fn scatter_parts(blocks: usize) -> (usize, Vec<usize>) {
     let per = crate::linalg::part_rows(blocks, SCATTER_PARTS, 1);
-    (0..blocks).step_by(per.max(1)).collect()
+    (per, (0..blocks).step_by(per.max(1)).collect())
 }
 
 /// Floats a task of a scatter pass's sum adds up.
@@ -721,8 +722,7 @@ fn scatter_pass<const RESIDUAL: bool>(
     out: &mut [f32],
 ) {
     let (nb, items, bs) = (ub.blocks(), ub.items, ub.block);
-    let per = crate::linalg::part_rows(nb, SCATTER_PARTS, 1);
-    let starts = scatter_starts(nb);
+    let (per, starts) = scatter_parts(nb);
     assert!(parts.len() >= starts.len(), "one accumulator per part");
     assert_eq!(out.len(), items * f, "the pass writes items × f floats");
     let parts = &mut parts[..starts.len()];

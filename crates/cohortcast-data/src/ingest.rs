@@ -445,12 +445,29 @@ fn parquet_columns(input: Input) -> &'static [&'static str] {
     }
 }
 
-/// Registers `<input>_lines(line)` for an input's files.
-async fn register_lines(ctx: &SessionContext, files: &InputFiles) -> Result<()> {
+/// Registers `<input>_lines(line)` for an input's files: CSV through
+/// [`crate::lines::LinesFormat`] on the embedded engine, through
+/// DataFusion's CSV reader for a cluster (`embedded` false).
+async fn register_lines(ctx: &SessionContext, files: &InputFiles, embedded: bool) -> Result<()> {
     let name = format!("{}_lines", files.input.name());
     let paths: Vec<String> = files.files.clone();
     let context = || format!("{}: reading {}", files.input.name(), paths.first().cloned().unwrap_or_default());
     let df = match files.encoding {
+        Encoding::Csv if embedded => {
+            use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
+            let urls = paths
+                .iter()
+                .map(ListingTableUrl::parse)
+                .collect::<datafusion::error::Result<Vec<_>>>()
+                .map_err(|e| IoError::engine(context(), e))?;
+            let options = ListingOptions::new(Arc::new(crate::lines::LinesFormat)).with_file_extension("");
+            let config = ListingTableConfig::new_with_multi_paths(urls)
+                .with_listing_options(options)
+                .with_schema(crate::lines::lines_schema());
+            let table = ListingTable::try_new(config).map_err(|e| IoError::engine(context(), e))?;
+            ctx.register_table(name.as_str(), Arc::new(table)).map_err(|e| IoError::engine(context(), e))?;
+            return Ok(());
+        }
         Encoding::Csv => {
             let schema = Schema::new(vec![Field::new("raw", DataType::Utf8, true)]);
             // 0x1F/0x1E (unit/record separators) never occur in this data, so
@@ -1144,7 +1161,7 @@ async fn ingest_async(paths: &InputPaths, opts: &IngestOptions, joined: bool) ->
     report.engine.partitions = partitions;
     report.engine.memory_limit = opts.memory_limit;
     for files in &all {
-        register_lines(&ctx, files).await?;
+        register_lines(&ctx, files, opts.cluster.is_none()).await?;
         report.inputs.insert(files.input.name().into(), InputReport { files: files.files.len(), ..Default::default() });
     }
 

@@ -1,7 +1,8 @@
 //! # cohortcast-data
 //!
 //! Reading and writing for cohortcast: the Saavn inputs through DataFusion
-//! ([`ingest`], with the embedded engine's plays summed in [`pair_sums`]),
+//! ([`ingest`], read a line at a time by [`lines`], with the embedded
+//! engine's plays summed in [`pair_sums`]),
 //! and the files a run leaves behind ([`files`], [`stages`]), each written
 //! under a temporary name and renamed when complete.
 
@@ -12,6 +13,7 @@ pub mod error;
 pub mod files;
 pub mod ingest;
 pub mod inputs;
+pub mod lines;
 pub mod pair_sums;
 pub mod samples;
 pub mod stages;

@@ -2,8 +2,9 @@
 //! metadata's artists, and aggregate to play counts per (user, artist), in
 //! one scan of the clickstream.
 //!
-//! Every input is read as one text column per line (the CSV reader with a
-//! delimiter and quote that do not occur in the data), and the row rules of
+//! Every input is read as one text column per line ([`crate::lines`] on the
+//! embedded engine; for a cluster, the CSV reader with a delimiter and
+//! quote that do not occur in the data), and the row rules of
 //! [`cohortcast_core::saavn`] run as scalar UDFs, so a malformed row becomes
 //! a counted reject instead of a failed job. Every key in the big
 //! aggregation is an integer. On the embedded engine (the default) the

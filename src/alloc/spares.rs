@@ -99,14 +99,7 @@ impl Spares {
     pub fn reuse(&mut self, len: usize) -> Option<usize> {
         let i = (0..self.count).filter(|&i| self.extents[i].len >= len).min_by_key(|&i| self.extents[i].len)?;
         let start = self.extents[i].start;
-        if self.extents[i].len == len {
-            self.remove(i);
-        } else {
-            self.extents[i].start += len;
-            self.extents[i].len -= len;
-            self.spare -= len;
-        }
-        self.live += len;
+        self.take_head(i, len);
         Some(start)
     }
 
@@ -116,6 +109,12 @@ impl Spares {
         let Some(i) = (0..self.count).find(|&i| self.extents[i].start == end && self.extents[i].len >= len) else {
             return false;
         };
+        self.take_head(i, len);
+        true
+    }
+
+    /// Counts the first `len` bytes of spare extent `i` as live.
+    fn take_head(&mut self, i: usize, len: usize) {
         if self.extents[i].len == len {
             self.remove(i);
         } else {
@@ -124,7 +123,6 @@ impl Spares {
             self.spare -= len;
         }
         self.live += len;
-        true
     }
 
     /// Takes the largest spare extent out, for its pages to be moved into

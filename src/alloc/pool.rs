@@ -51,7 +51,7 @@ unsafe impl Sync for Pool {}
 /// The pool of the installed allocator.
 pub(super) static POOL: Pool = Pool::new();
 
-/// How a block grows when no spare follows it.
+/// Where a growing block's pages end up.
 enum Growth {
     /// Into the spare extents right after it.
     InPlace,
@@ -129,10 +129,7 @@ impl Pool {
     /// Frees a block of `len` mapped bytes: it becomes spare, or is
     /// unmapped when no slot is left.
     pub(super) fn free(&self, block: *mut u8, len: usize) {
-        if let Some(e) = self.with(|s| {
-            s.retire(len);
-            s.keep(Extent { start: block as usize, len })
-        }) {
+        if let Some(e) = self.with(|s| s.free(Extent { start: block as usize, len })) {
             unmap(e);
         }
     }
@@ -151,13 +148,8 @@ impl Pool {
     pub(super) unsafe fn resize(&self, block: *mut u8, old_len: usize, new_len: usize, keep: usize) -> *mut u8 {
         if new_len <= old_len {
             if new_len < old_len {
-                let tail = Extent { start: block as usize + new_len, len: old_len - new_len };
-                if let Some(e) = self.with(|s| {
-                    s.retire(tail.len);
-                    s.keep(tail)
-                }) {
-                    unmap(e);
-                }
+                // SAFETY: inside the block.
+                self.free(unsafe { block.add(new_len) }, old_len - new_len);
             }
             return block;
         }

@@ -128,8 +128,12 @@ impl Spares {
     /// Takes the largest spare extent out, for its pages to be moved into
     /// a fresh mapping (which [`Spares::mapped`] then counts).
     pub fn largest(&mut self) -> Option<Extent> {
-        let i = (0..self.count).max_by_key(|&i| self.extents[i].len)?;
+        let i = self.largest_index()?;
         Some(self.remove(i))
+    }
+
+    fn largest_index(&self) -> Option<usize> {
+        (0..self.count).max_by_key(|&i| self.extents[i].len)
     }
 
     /// Counts a fresh mapping of `len` bytes as live in place of a live
@@ -141,7 +145,7 @@ impl Spares {
         self.high = self.high.max(self.live);
         while self.spare > self.high - self.live {
             let excess = self.spare - (self.high - self.live);
-            let i = (0..self.count).max_by_key(|&i| self.extents[i].len).expect("spare bytes lie in extents");
+            let i = self.largest_index().expect("spare bytes lie in extents");
             if self.extents[i].len <= excess {
                 cuts.push(self.remove(i));
             } else {
@@ -158,6 +162,13 @@ impl Spares {
     /// unmapped.
     pub fn retire(&mut self, len: usize) {
         self.live -= len;
+    }
+
+    /// A live block's extent (or the tail a shrink cuts off) freed:
+    /// [`Spares::retire`] then [`Spares::keep`].
+    pub fn free(&mut self, e: Extent) -> Option<Extent> {
+        self.retire(e.len);
+        self.keep(e)
     }
 
     /// Keeps a mapped extent that no live block covers as spare, merged
@@ -208,11 +219,6 @@ mod tests {
         assert!(cuts.pieces().is_empty());
     }
 
-    fn free(s: &mut Spares, e: Extent) -> Option<Extent> {
-        s.retire(e.len);
-        s.keep(e)
-    }
-
     fn bounded(s: &Spares) -> bool {
         s.live() + s.spare() <= s.high()
     }
@@ -223,8 +229,8 @@ mod tests {
         for _ in 0..3 {
             map(&mut s, 10);
         }
-        assert_eq!(free(&mut s, ext(0, 4)), None);
-        assert_eq!(free(&mut s, ext(100, 2)), None);
+        assert_eq!(s.free(ext(0, 4)), None);
+        assert_eq!(s.free(ext(100, 2)), None);
         assert_eq!(s.spare(), 6 * P);
         // The 2-page extent is the best fit for one page; the rest of it
         // stays spare and serves the next page.
@@ -242,7 +248,7 @@ mod tests {
             let mut s = Spares::new();
             map(&mut s, 9);
             for i in order {
-                assert_eq!(free(&mut s, ext(3 * i, 3)), None);
+                assert_eq!(s.free(ext(3 * i, 3)), None);
             }
             assert_eq!(s.count, 1, "order {order:?}");
             assert_eq!(s.extents[0], ext(0, 9), "order {order:?}");
@@ -254,7 +260,7 @@ mod tests {
     fn a_live_block_grows_in_place_into_the_spare_after_it() {
         let mut s = Spares::new();
         map(&mut s, 8);
-        free(&mut s, ext(4, 4));
+        s.free(ext(4, 4));
         assert!(!s.extend(3 * P, P), "the spare does not start at the block's end");
         assert!(s.extend(4 * P, 3 * P));
         assert_eq!(s.extents[0], ext(7, 1));
@@ -267,8 +273,8 @@ mod tests {
         let mut s = Spares::new();
         map(&mut s, 6);
         map(&mut s, 4);
-        free(&mut s, ext(0, 6));
-        free(&mut s, ext(50, 4));
+        s.free(ext(0, 6));
+        s.free(ext(50, 4));
         assert_eq!((s.live(), s.spare(), s.high()), (0, 10 * P, 10 * P));
         // Taking the largest spare (6 pages) to grow into a fresh 8-page
         // block: live 8 + spare 4 > 10, so 2 pages are cut off the end of
@@ -284,7 +290,7 @@ mod tests {
         assert_eq!(cuts.pieces(), &[ext(50, 2)]);
         assert_eq!((s.live(), s.spare(), s.high()), (13 * P, 0, 13 * P));
         // A block replaced by a larger fresh one counts only the difference.
-        free(&mut s, ext(200, 3));
+        s.free(ext(200, 3));
         let mut cuts = Cuts::new();
         s.mapped(7 * P, 5 * P, &mut cuts);
         assert_eq!(cuts.pieces(), &[ext(201, 2)]);
@@ -296,11 +302,11 @@ mod tests {
         let mut s = Spares::new();
         map(&mut s, 2 * SLOTS + 2);
         for i in 0..SLOTS {
-            assert_eq!(free(&mut s, ext(2 * i, 1)), None);
+            assert_eq!(s.free(ext(2 * i, 1)), None);
         }
-        assert_eq!(free(&mut s, ext(500, 1)), Some(ext(500, 1)));
+        assert_eq!(s.free(ext(500, 1)), Some(ext(500, 1)));
         // A neighbour still merges with no slot free.
-        assert_eq!(free(&mut s, ext(1, 1)), None);
+        assert_eq!(s.free(ext(1, 1)), None);
         assert_eq!(s.spare(), (SLOTS + 1) * P);
         assert!(bounded(&s));
     }
@@ -337,14 +343,13 @@ mod tests {
                 }
                 2 if !blocks.is_empty() => {
                     let b = blocks.swap_remove((x >> 20) as usize % blocks.len());
-                    free(&mut s, b);
+                    s.free(b);
                 }
                 _ if !blocks.is_empty() => {
                     let i = (x >> 20) as usize % blocks.len();
                     let b = blocks[i];
                     if b.len > P {
-                        s.retire(P);
-                        s.keep(Extent { start: b.end() - P, len: P });
+                        s.free(Extent { start: b.end() - P, len: P });
                         blocks[i].len -= P;
                     } else if s.extend(b.end(), P) {
                         blocks[i].len += P;

@@ -455,17 +455,7 @@ async fn register_lines(ctx: &SessionContext, files: &InputFiles, embedded: bool
     let context = || format!("{}: reading {}", files.input.name(), paths.first().cloned().unwrap_or_default());
     let df = match files.encoding {
         Encoding::Csv if embedded => {
-            use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
-            let urls = paths
-                .iter()
-                .map(ListingTableUrl::parse)
-                .collect::<datafusion::error::Result<Vec<_>>>()
-                .map_err(|e| IoError::engine(context(), e))?;
-            let options = ListingOptions::new(Arc::new(crate::lines::LinesFormat)).with_file_extension("");
-            let config = ListingTableConfig::new_with_multi_paths(urls)
-                .with_listing_options(options)
-                .with_schema(crate::lines::lines_schema());
-            let table = ListingTable::try_new(config).map_err(|e| IoError::engine(context(), e))?;
+            let table = crate::lines::lines_table(&paths).map_err(|e| IoError::engine(context(), e))?;
             ctx.register_table(name.as_str(), Arc::new(table)).map_err(|e| IoError::engine(context(), e))?;
             return Ok(());
         }

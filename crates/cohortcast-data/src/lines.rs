@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use datafusion::arrow::array::{RecordBatch, RecordBatchOptions, StringArray};
+use datafusion::arrow::array::{RecordBatch, StringArray};
 use datafusion::arrow::buffer::{Buffer, OffsetBuffer, ScalarBuffer};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::error::ArrowError;
@@ -30,7 +30,9 @@ use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DataFusionError, Statistics};
 use datafusion::datasource::file_format::file_compression_type::FileCompressionType;
 use datafusion::datasource::file_format::FileFormat;
-use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl, PartitionedFile,
+};
 use datafusion::datasource::physical_plan::{FileOpenFuture, FileOpener, FileScanConfig, FileSource};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::datasource::table_schema::TableSchema;
@@ -49,6 +51,16 @@ const READ_CHUNK: usize = 1 << 20;
 /// The one column every lines table has.
 pub fn lines_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![Field::new("line", DataType::Utf8, false)]))
+}
+
+/// A table of the lines of `paths` (files or `s3://` objects, any
+/// extension) in [`LinesFormat`].
+pub fn lines_table(paths: &[String]) -> datafusion::common::Result<ListingTable> {
+    let urls = paths.iter().map(ListingTableUrl::parse).collect::<datafusion::common::Result<Vec<_>>>()?;
+    let options = ListingOptions::new(Arc::new(LinesFormat)).with_file_extension("");
+    ListingTable::try_new(
+        ListingTableConfig::new_with_multi_paths(urls).with_listing_options(options).with_schema(lines_schema()),
+    )
 }
 
 /// The format: files of lines, any extension, uncompressed.
@@ -124,8 +136,8 @@ impl FileSource for LinesSource {
         _: usize,
     ) -> datafusion::common::Result<Arc<dyn FileOpener>> {
         let batch_size = self.batch_size.unwrap_or(8192).max(1);
-        let keep_line = !self.projection.file_indices.is_empty();
-        let opener = Arc::new(LinesOpener { store, batch_size, keep_line });
+        let columns = self.projection.file_indices.clone();
+        let opener = Arc::new(LinesOpener { store, batch_size, columns });
         ProjectionOpener::try_new(self.projection.clone(), opener, self.table_schema.file_schema())
     }
 
@@ -170,8 +182,8 @@ impl FileSource for LinesSource {
 struct LinesOpener {
     store: Arc<dyn ObjectStore>,
     batch_size: usize,
-    /// False when the plan only counts rows: batches then have no column.
-    keep_line: bool,
+    /// The file columns the plan reads (none when it only counts rows).
+    columns: Vec<usize>,
 }
 
 impl FileOpener for LinesOpener {
@@ -179,54 +191,40 @@ impl FileOpener for LinesOpener {
     /// (the range's first partial line belongs to the partition before;
     /// its last line is read to its end); else the whole file.
     fn open(&self, file: PartitionedFile) -> datafusion::common::Result<FileOpenFuture> {
-        let (store, batch_size, keep_line) = (self.store.clone(), self.batch_size, self.keep_line);
-        let project = move |b: RecordBatch| -> datafusion::common::Result<RecordBatch> {
-            if keep_line {
-                return Ok(b);
-            }
-            let rows = RecordBatchOptions::new().with_row_count(Some(b.num_rows()));
-            Ok(RecordBatch::try_new_with_options(Arc::new(Schema::empty()), Vec::new(), &rows)?)
-        };
+        let (store, batch_size, columns) = (self.store.clone(), self.batch_size, self.columns.clone());
         Ok(Box::pin(async move {
             let (size, location) = (file.object_meta.size, file.object_meta.location.clone());
-            let decoder = DecoderDeserializer::new(LinesDecoder::new(batch_size));
-            if let Some(range) = &file.range {
+            let bytes = if let Some(range) = &file.range {
                 let bad = |v: i64| DataFusionError::Execution(format!("byte range bound {v} is negative"));
                 let start = u64::try_from(range.start).map_err(|_| bad(range.start))?;
                 let end = u64::try_from(range.end).map_err(|_| bad(range.end))?;
-                let bytes = AlignedBoundaryStream::new(store, location, start, end, size, b'\n')
+                AlignedBoundaryStream::new(store, location, start, end, size, b'\n')
                     .await?
                     .map_err(DataFusionError::from)
-                    .fuse();
-                return Ok(deserialize_stream(bytes, decoder)
-                    .map_err(Into::into)
-                    .and_then(move |b| async move { project(b) })
-                    .boxed());
-            }
-            let got = store.get_opts(&location, GetOptions::default()).await?;
-            let bytes = match got.payload {
-                // Large reads straight from the file, instead of the store's
-                // 8 KiB chunks.
-                GetResultPayload::File(mut f, path) => futures::stream::iter(std::iter::from_fn(move || {
-                    let mut chunk = vec![0u8; READ_CHUNK];
-                    match f.read(&mut chunk) {
-                        Ok(0) => None,
-                        Ok(n) => {
-                            chunk.truncate(n);
-                            Some(Ok(Bytes::from(chunk)))
+                    .boxed()
+            } else {
+                match store.get_opts(&location, GetOptions::default()).await?.payload {
+                    // Large reads straight from the file, instead of the
+                    // store's 8 KiB chunks.
+                    GetResultPayload::File(mut f, path) => futures::stream::iter(std::iter::from_fn(move || {
+                        let mut chunk = vec![0u8; READ_CHUNK];
+                        match f.read(&mut chunk) {
+                            Ok(0) => None,
+                            Ok(n) => {
+                                chunk.truncate(n);
+                                Some(Ok(Bytes::from(chunk)))
+                            }
+                            Err(e) => {
+                                Some(Err(DataFusionError::External(format!("reading {}: {e}", path.display()).into())))
+                            }
                         }
-                        Err(e) => {
-                            Some(Err(DataFusionError::External(format!("reading {}: {e}", path.display()).into())))
-                        }
-                    }
-                }))
-                .boxed(),
-                GetResultPayload::Stream(s) => s.map_err(DataFusionError::from).boxed(),
+                    }))
+                    .boxed(),
+                    GetResultPayload::Stream(s) => s.map_err(DataFusionError::from).boxed(),
+                }
             };
-            Ok(deserialize_stream(bytes.fuse(), decoder)
-                .map_err(Into::into)
-                .and_then(move |b| async move { project(b) })
-                .boxed())
+            let decoder = DecoderDeserializer::new(LinesDecoder::new(batch_size));
+            Ok(deserialize_stream(bytes.fuse(), decoder).map(move |b| Ok(b?.project(&columns)?)).boxed())
         }))
     }
 }
@@ -328,7 +326,6 @@ impl Decoder for LinesDecoder {
 mod tests {
     use super::*;
     use datafusion::arrow::array::AsArray;
-    use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
     use datafusion::prelude::{SessionConfig, SessionContext};
 
     /// Every line `decode` and `flush` give for `text` fed in pieces of
@@ -378,11 +375,7 @@ mod tests {
     }
 
     async fn query(ctx: &SessionContext, files: &[String], sql: &str) -> Vec<RecordBatch> {
-        let urls = files.iter().map(|f| ListingTableUrl::parse(f).unwrap()).collect();
-        let options = ListingOptions::new(Arc::new(LinesFormat)).with_file_extension("");
-        let config =
-            ListingTableConfig::new_with_multi_paths(urls).with_listing_options(options).with_schema(lines_schema());
-        ctx.register_table("t", Arc::new(ListingTable::try_new(config).unwrap())).unwrap();
+        ctx.register_table("t", Arc::new(lines_table(files).unwrap())).unwrap();
         let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
         ctx.deregister_table("t").unwrap();
         batches

@@ -224,36 +224,17 @@ impl KeyCounts {
         self.len = 0;
     }
 
-    /// Every key's items in one vector of exactly the size needed, in the
-    /// order [`into_each`](Self::into_each) hands the keys out: `len(key)`
-    /// items for each key, written by `write(key, count, place)` into a
-    /// place of that length. Two passes over the slots, each in parallel
-    /// parts (the order and the result do not depend on the thread count):
-    /// one sums the lengths, the other writes each part's items in place.
-    pub fn expand<T: Copy + Default + Send>(
-        &self,
-        len: impl Fn(u64) -> usize + Sync,
-        write: impl Fn(u64, u32, &mut [T]) + Sync,
-    ) -> Vec<T> {
-        use rayon::prelude::*;
-        const PARTS: usize = 64;
-        let per = self.slots.len().div_ceil(PARTS).max(1);
-        let sizes: Vec<usize> = self
-            .slots
-            .par_chunks(per)
-            .map(|part| part.iter().filter(|s| s.count != 0).map(|s| len(s.key)).sum())
-            .collect();
-        let mut out = vec![T::default(); sizes.iter().sum()];
-        let places = crate::linalg::split_lengths(&mut out, sizes);
-        self.slots.par_chunks(per).zip(places).for_each(|(part, place)| {
-            let mut at = 0;
-            for s in part.iter().filter(|s| s.count != 0) {
-                let n = len(s.key);
-                write(s.key, s.count, &mut place[at..at + n]);
-                at += n;
-            }
-        });
-        out
+    /// Calls `each(key, count)` for every key in part `part` of `parts`
+    /// equal stretches of the slots, in slot order: parts `0..parts`
+    /// together hand out every key once, in the order
+    /// [`into_each`](Self::into_each) does, so callers can read the parts
+    /// in parallel.
+    pub fn each_in_part(&self, part: usize, parts: usize, mut each: impl FnMut(u64, u32)) {
+        let per = self.slots.len().div_ceil(parts.max(1));
+        let stretch = self.slots.chunks(per).nth(part).unwrap_or(&[]);
+        for s in stretch.iter().filter(|s| s.count != 0) {
+            each(s.key, s.count);
+        }
     }
 
     /// Calls `each(key, count)` for every key, in no particular order,
@@ -370,29 +351,25 @@ mod tests {
     }
 
     #[test]
-    fn expanded_items_come_in_table_order_whatever_the_threads() {
-        // Keys expand to 0, 1 or 3 items (key, count, i): as many as
-        // handed out one key at a time, in the same order.
+    fn the_parts_hand_out_every_key_once_in_table_order() {
         let mut rng = Rng::new(8);
         let mut counts = KeyCounts::new();
         let keys: Vec<u64> = (0..50_000).map(|_| rng.next_u64() % 30_000).collect();
         counts.add_all(&keys);
-        let len = |k: u64| [1usize, 0, 3][(k % 3) as usize];
-        let write = |k: u64, n: u32, out: &mut [(u64, u32, usize)]| {
-            for (i, o) in out.iter_mut().enumerate() {
-                *o = (k, n, i);
-            }
-        };
         let mut want = Vec::new();
-        counts.drain_each(|k, n| want.extend((0..len(k)).map(|i| (k, n, i))));
+        counts.drain_each(|k, n| want.push((k, n)));
         counts.add_all(&keys);
-        for threads in [1, 3] {
-            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-            let got = pool.install(|| counts.expand(len, write));
-            assert_eq!(got.len(), want.len(), "{threads} threads");
-            assert!(got == want, "{threads} threads: another order or other items");
+        // More parts than slots too: the last parts are empty.
+        for parts in [1, 2, 3, 7, 64, counts.slots.len() + 5] {
+            let mut got = Vec::new();
+            for part in 0..parts {
+                counts.each_in_part(part, parts, |k, n| got.push((k, n)));
+            }
+            assert!(got == want, "{parts} parts: another order or other keys");
         }
-        assert!(KeyCounts::new().expand(len, write).is_empty());
+        let mut none = 0;
+        KeyCounts::new().each_in_part(0, 2, |_, _| none += 1);
+        assert_eq!(none, 0);
     }
 
     #[test]

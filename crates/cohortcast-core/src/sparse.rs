@@ -5,7 +5,7 @@ use crate::error::DataError;
 /// Each row's start (and the end), and the `(col, value)` cells in row order.
 type Spread = (Vec<usize>, Vec<(u32, f32)>);
 
-/// Most parts of the triplets [`spread`] counts and places in parallel.
+/// Most parts of the cells [`spread`] counts and places in parallel.
 const SPREAD_PARTS: usize = 8;
 
 /// `cells`' buffer, written by several threads at positions that
@@ -24,30 +24,66 @@ impl SharedCells {
     }
 }
 
-/// Checks the triplets and spreads them into rows (a counting sort). The
-/// triplets are cut into parts in order; each part counts its rows, then
-/// places its cells after those of the parts before it, in parallel, so
-/// each row keeps its triplets in their order, as one thread would.
-fn spread(rows: usize, cols: usize, triplets: &[(u32, u32, f32)]) -> Result<Spread, DataError> {
+/// Cells of a matrix to build, handed out in parts that are read in
+/// parallel: [`Csr::from_cells`] reads every part twice (once to count each
+/// row's cells, once to place them), so a source held in some other form
+/// (a hash table of counts, say) needs no list of triplets written first.
+pub trait Cells: Sync {
+    /// Calls `each(row, col, value)` for every cell of part `part` of
+    /// `parts`. Parts `0..parts` together hand out every cell once, and a
+    /// part hands out the same cells in the same order each time.
+    fn part(&self, part: usize, parts: usize, each: impl FnMut(u32, u32, f32));
+}
+
+impl<C: Cells + ?Sized> Cells for &C {
+    fn part(&self, part: usize, parts: usize, each: impl FnMut(u32, u32, f32)) {
+        (**self).part(part, parts, each)
+    }
+}
+
+impl Cells for Vec<(u32, u32, f32)> {
+    fn part(&self, part: usize, parts: usize, each: impl FnMut(u32, u32, f32)) {
+        self[..].part(part, parts, each)
+    }
+}
+
+/// `(row, col, value)` triplets, cut into parts in order.
+impl Cells for [(u32, u32, f32)] {
+    fn part(&self, part: usize, parts: usize, mut each: impl FnMut(u32, u32, f32)) {
+        let per = self.len().div_ceil(parts).max(1);
+        for &(r, c, v) in self.chunks(per).nth(part).unwrap_or(&[]) {
+            each(r, c, v);
+        }
+    }
+}
+
+/// Checks the cells and spreads them into rows (a counting sort). Each part
+/// of the cells counts its rows, then places its cells after those of the
+/// parts before it, in parallel, so each row keeps its cells in their
+/// order, as one thread would.
+fn spread(rows: usize, cols: usize, cells: &impl Cells) -> Result<Spread, DataError> {
     use rayon::prelude::*;
-    let per = triplets.len().div_ceil(rayon::current_num_threads().clamp(1, SPREAD_PARTS)).max(1);
-    let counted: Vec<Result<Vec<usize>, DataError>> = triplets
-        .par_chunks(per)
+    let parts = rayon::current_num_threads().clamp(1, SPREAD_PARTS);
+    let counted: Vec<Result<Vec<usize>, DataError>> = (0..parts)
+        .into_par_iter()
         .map(|part| {
             let mut n = vec![0usize; rows];
-            for &(r, c, v) in part {
-                if r as usize >= rows || c as usize >= cols {
-                    return Err(DataError::OutOfBounds { row: r as usize, col: c as usize, rows, cols });
+            let mut bad = None;
+            cells.part(part, parts, |r, c, v| {
+                if bad.is_none() {
+                    if r as usize >= rows || c as usize >= cols {
+                        bad = Some(DataError::OutOfBounds { row: r as usize, col: c as usize, rows, cols });
+                    } else if !v.is_finite() {
+                        bad = Some(DataError::NonFinite { row: r as usize, col: c as usize });
+                    } else {
+                        n[r as usize] += 1;
+                    }
                 }
-                if !v.is_finite() {
-                    return Err(DataError::NonFinite { row: r as usize, col: c as usize });
-                }
-                n[r as usize] += 1;
-            }
-            Ok(n)
+            });
+            bad.map_or(Ok(n), Err)
         })
         .collect();
-    // The first bad triplet in order is the one reported.
+    // The first bad cell in order is the one reported.
     let mut next: Vec<Vec<usize>> = counted.into_iter().collect::<Result<_, _>>()?;
     // Counts become each part's first position in each row.
     let mut bounds = vec![0usize; rows + 1];
@@ -61,19 +97,20 @@ fn spread(rows: usize, cols: usize, triplets: &[(u32, u32, f32)]) -> Result<Spre
         }
     }
     bounds[rows] = at;
-    let mut cells = vec![(0u32, 0f32); triplets.len()];
-    let out = SharedCells(cells.as_mut_ptr());
-    triplets.par_chunks(per).zip(next.par_iter_mut()).for_each(|(part, next)| {
-        for &(r, c, v) in part {
+    let mut placed = vec![(0u32, 0f32); at];
+    let out = SharedCells(placed.as_mut_ptr());
+    next.par_iter_mut().enumerate().for_each(|(part, next)| {
+        cells.part(part, parts, |r, c, v| {
             let i = &mut next[r as usize];
             // SAFETY: part k owns, in row r, the positions from its start
-            // up to its start plus its count there: inside `cells` and
-            // disjoint from every other part's.
+            // up to its start plus its count there: inside `placed` and
+            // disjoint from every other part's (the part hands out the
+            // same cells as when they were counted).
             unsafe { out.put(*i, (c, v)) };
             *i += 1;
-        }
+        });
     });
-    Ok((bounds, cells))
+    Ok((bounds, placed))
 }
 
 /// A sparse matrix in compressed sparse row form, with `f32` values.
@@ -94,8 +131,18 @@ impl Csr {
     /// Builds a matrix from `(row, col, value)` triplets. Duplicate cells are
     /// summed; explicit zeros are kept out.
     pub fn from_triplets(rows: usize, cols: usize, triplets: &[(u32, u32, f32)]) -> Result<Self, DataError> {
-        let (bounds, cells) = spread(rows, cols, triplets)?;
-        Ok(Self::from_spread(rows, cols, &bounds, cells))
+        Self::from_cells(rows, cols, triplets)
+    }
+
+    /// Builds a matrix from cells handed out in parts (see [`Cells`]), as
+    /// [`Csr::from_triplets`] does from a list: duplicate cells summed,
+    /// zeros kept out. The cells are read twice, then dropped before the
+    /// rows are compacted, so an owned source (a `Vec` of triplets, a
+    /// table) is never held beside the result; pass a reference to keep it.
+    pub fn from_cells(rows: usize, cols: usize, cells: impl Cells) -> Result<Self, DataError> {
+        let (bounds, placed) = spread(rows, cols, &cells)?;
+        drop(cells);
+        Ok(Self::from_spread(rows, cols, &bounds, placed))
     }
 
     /// [`Csr::from_triplets`] for large inputs: the triplets are freed as
@@ -105,9 +152,7 @@ impl Csr {
     /// cells). An in-place counting sort that needed no copy at all was
     /// tried and dropped: its random swaps took 6× as long.
     pub fn from_triplets_owned(rows: usize, cols: usize, t: Vec<(u32, u32, f32)>) -> Result<Self, DataError> {
-        let (bounds, cells) = spread(rows, cols, &t)?;
-        drop(t);
-        Ok(Self::from_spread(rows, cols, &bounds, cells))
+        Self::from_cells(rows, cols, t)
     }
 
     /// Sorts each row's cells (`cells[bounds[r]..bounds[r + 1]]`) by column,
@@ -361,6 +406,45 @@ mod tests {
             }
             let got = Csr::from_triplets_owned(rows, cols, t).unwrap();
             assert_eq!(got, want, "{rows}x{cols}, {n} triplets");
+        }
+    }
+
+    /// Cells kept per row (as a table keyed by row might hold them), cut
+    /// into parts by row, not by position in any list.
+    struct ByRow(Vec<Vec<(u32, f32)>>);
+
+    impl Cells for ByRow {
+        fn part(&self, part: usize, parts: usize, mut each: impl FnMut(u32, u32, f32)) {
+            for r in (part..self.0.len()).step_by(parts) {
+                for &(c, v) in &self.0[r] {
+                    each(r as u32, c, v);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn cells_from_another_source_build_the_matrix_their_triplets_build() {
+        let mut rng = crate::rng::Rng::new(11);
+        let (rows, cols) = (203, 17);
+        let mut by_row = vec![Vec::new(); rows];
+        let mut t = Vec::new();
+        for _ in 0..6_000 {
+            let (r, c, v) = (rng.below(rows) as u32, rng.below(cols) as u32, rng.below(5) as f32 - 1.0);
+            by_row[r as usize].push((c, v));
+            t.push((r, c, v));
+        }
+        let want = Csr::from_triplets(rows, cols, &t).unwrap();
+        let cells = ByRow(by_row);
+        for threads in [1, 3, 8] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            assert_eq!(pool.install(|| Csr::from_cells(rows, cols, &cells)).unwrap(), want, "{threads} threads");
+        }
+        // A bad cell anywhere is an error, whichever part holds it.
+        for (r, bad) in [(0, (cols as u32, 1.0)), (202, (3, f32::NAN)), (101, (0, f32::INFINITY))] {
+            let mut cells = ByRow(cells.0.clone());
+            cells.0[r].push(bad);
+            assert!(Csr::from_cells(rows, cols, &cells).is_err(), "row {r}: {bad:?}");
         }
     }
 }

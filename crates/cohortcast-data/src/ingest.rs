@@ -35,8 +35,9 @@
 //! ```
 //!
 //! Both give the same pairs (the cluster test compares the outputs). The
-//! client turns the sums (never the plays) into 12-byte (user, artist,
-//! count) triplets and renumbers users in id order. A play of a
+//! client renumbers users in id order and builds the play matrix from the
+//! sums (never the plays): straight from the embedded engine's table, or
+//! from a cluster's (user, artist, count) triplets. A play of a
 //! song with several artists counts once for each; a play of a song
 //! missing from the metadata is counted per user and left out. Parquet
 //! inputs with the layout's column names are turned into the same lines,
@@ -45,9 +46,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use cohortcast_core::counts::KeyCounts;
 use cohortcast_core::hours;
 use cohortcast_core::saavn::{self, Input, KeyHash, Reject};
-use cohortcast_core::sparse::Csr;
+use cohortcast_core::sparse::{Cells, Csr};
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, Int64Array, RecordBatch, StringArray, StructArray, UInt32Builder, UInt64Array,
     UInt64Builder, UInt8Array,
@@ -617,14 +619,95 @@ struct Aggregate {
     usable: Vec<bool>,
     /// Hours of the day with such plays ([`hours`] masks).
     masks: Vec<u32>,
-    /// (provisional user, artist rank, plays).
-    triplets: Vec<(u32, u32, f32)>,
+    /// The plays per (provisional user, artist rank).
+    pairs: Pairs,
     /// Rows read, good and bad.
     rows_read: u64,
     /// Rejected rows by [`Reject::ALL`] index.
     rejected: [u64; Reject::ALL.len()],
     /// Well-formed plays of songs missing from the metadata.
     unknown_plays: u64,
+}
+
+/// The summed plays per (provisional user, artist rank), as the
+/// aggregation left them.
+enum Pairs {
+    /// (provisional user, artist rank, plays) triplets: a cluster's groups,
+    /// or sums read back from spill files.
+    Triplets(Vec<(u32, u32, f32)>),
+    /// The embedded engine's table of plays per (user, artist or group of a
+    /// song's artists) key, read in place: writing it out as triplets first
+    /// took 291 MB more on the medium set (24.3 M triplets for 17.4 M
+    /// pairs), all of it touched for the first time.
+    Table {
+        counts: KeyCounts,
+        coder: Arc<PairCoder>,
+        /// Whether each artist rank has a play.
+        played: Vec<bool>,
+    },
+}
+
+impl Default for Pairs {
+    fn default() -> Self {
+        Pairs::Triplets(Vec::new())
+    }
+}
+
+impl Pairs {
+    /// Whether each of `artists` artist ranks has a play.
+    fn artists_played(&self, artists: usize) -> Vec<bool> {
+        match self {
+            Pairs::Triplets(triplets) => {
+                let mut played = vec![false; artists];
+                for t in triplets {
+                    played[t.1 as usize] = true;
+                }
+                played
+            }
+            Pairs::Table { played, .. } => played.clone(),
+        }
+    }
+
+    /// The `users × artists` play matrix, provisional users and artist
+    /// ranks renumbered through `user_remap` and `artist_remap`. A song
+    /// with several artists can reach an artist a second time for a user
+    /// (alone and with others): the matrix sums such cells.
+    fn into_matrix(self, users: usize, artists: usize, user_remap: &[u32], artist_remap: &[u32]) -> Result<Csr> {
+        let plays = match self {
+            Pairs::Triplets(mut triplets) => {
+                for t in triplets.iter_mut() {
+                    *t = (user_remap[t.0 as usize], artist_remap[t.1 as usize], t.2);
+                }
+                // Freed as soon as they are spread into rows.
+                Csr::from_triplets_owned(users, artists, triplets)?
+            }
+            Pairs::Table { counts, coder, .. } => {
+                // The table is freed once spread into rows.
+                Csr::from_cells(users, artists, TableCells { counts, coder, user_remap, artist_remap })?
+            }
+        };
+        Ok(plays)
+    }
+}
+
+/// A [`Pairs::Table`]'s keys as matrix cells: one for each artist of a
+/// key's code, users and artists renumbered.
+struct TableCells<'a> {
+    counts: KeyCounts,
+    coder: Arc<PairCoder>,
+    user_remap: &'a [u32],
+    artist_remap: &'a [u32],
+}
+
+impl Cells for TableCells<'_> {
+    fn part(&self, part: usize, parts: usize, mut each: impl FnMut(u32, u32, f32)) {
+        self.counts.each_in_part(part, parts, |key, count| {
+            let u = self.user_remap[(key >> 32) as usize];
+            for &a in self.coder.artists_of(&(key as u32)) {
+                each(u, self.artist_remap[a as usize], count as f32);
+            }
+        });
+    }
 }
 
 impl Aggregate {
@@ -799,6 +882,16 @@ const REJECTED: u32 = u32::MAX;
 const UNKNOWN_SONG: u32 = u32::MAX;
 
 impl PairCoder {
+    /// The artist ranks of a pair key's code: an artist, or a group of a
+    /// song's artists.
+    fn artists_of<'a>(&'a self, code: &'a u32) -> &'a [u32] {
+        if *code < self.artists {
+            std::slice::from_ref(code)
+        } else {
+            &self.groups[(*code - self.artists) as usize]
+        }
+    }
+
     /// From the songs table's (song key, artist rank) rows and the number
     /// of artists.
     fn new(song_ranks: &[(u64, u32)], artists: usize, offset_minutes: i32) -> Arc<PairCoder> {
@@ -974,6 +1067,8 @@ async fn aggregate_embedded(
     let mut agg = Aggregate::default();
     let mut sums = PairSums::new(memory_limit);
     let mut keys: Vec<u64> = Vec::new();
+    // Which codes (artists or groups) have a usable play.
+    let mut codes = vec![false; coder.artists as usize + coder.groups.len()];
     let plan = stream_sql(ctx, sql, context, |batch| {
         let p = batch.column(0).as_struct();
         let pair = cast(p.column(0), &DataType::UInt64).map_err(|e| IoError::engine(context, e.into()))?;
@@ -996,6 +1091,7 @@ async fn aggregate_embedded(
                 agg.unknown_plays += 1;
             } else {
                 agg.usable_at(u, hour.value(i));
+                codes[code as usize] = true;
                 keys.push(key);
             }
         }
@@ -1003,36 +1099,30 @@ async fn aggregate_embedded(
     })
     .await?;
     ctx.deregister_udf("cc_pair");
-    // A key's code is an artist, or a group of a song's artists: one
-    // triplet for each.
-    fn artists_of<'a>(coder: &'a PairCoder, code: &'a u32) -> &'a [u32] {
-        if *code < coder.artists {
-            std::slice::from_ref(code)
-        } else {
-            &coder.groups[(*code - coder.artists) as usize]
-        }
-    }
+    agg.users = std::mem::take(&mut *coder.users.lock().expect("a parse panicked")).into_keys();
     let spilled = match sums.into_memory() {
         Ok(counts) => {
-            // Unspilled, the table is read in parallel into a vector of the
-            // exact size (one thread pushing took 0.43–0.52 s on the medium set).
-            agg.triplets = counts.expand(
-                |key| artists_of(&coder, &(key as u32)).len(),
-                |key, count, out| {
-                    let u = (key >> 32) as u32;
-                    for (t, &a) in out.iter_mut().zip(artists_of(&coder, &(key as u32))) {
-                        *t = (u, a, count as f32);
-                    }
-                },
-            );
+            let mut played = vec![false; coder.artists as usize];
+            for code in (0..codes.len() as u32).filter(|&c| codes[c as usize]) {
+                for &a in coder.artists_of(&code) {
+                    played[a as usize] = true;
+                }
+            }
+            agg.pairs = Pairs::Table { counts, coder, played };
             Spilled::default()
         }
-        Err(sums) => sums.finish(|key, count| {
-            let u = (key >> 32) as u32;
-            agg.triplets.extend(artists_of(&coder, &(key as u32)).iter().map(|&a| (u, a, count as f32)));
-        })?,
+        // A key's code is an artist, or a group of a song's artists: one
+        // triplet for each.
+        Err(sums) => {
+            let mut triplets = Vec::new();
+            let spilled = sums.finish(|key, count| {
+                let u = (key >> 32) as u32;
+                triplets.extend(coder.artists_of(&(key as u32)).iter().map(|&a| (u, a, count as f32)));
+            })?;
+            agg.pairs = Pairs::Triplets(triplets);
+            spilled
+        }
     };
-    agg.users = std::mem::take(&mut *coder.users.lock().expect("a parse panicked")).into_keys();
     Ok((agg, plan, spilled))
 }
 
@@ -1050,6 +1140,7 @@ async fn aggregate_joined(ctx: &SessionContext, offset_minutes: i32, context: &s
         GROUP BY 1, 2, 3"
     );
     let mut agg = Aggregate::default();
+    let mut triplets = Vec::new();
     let mut index: HashMap<u128, u32, KeyHash> = HashMap::default();
     let plan = stream_sql(ctx, &sql, context, |batch| {
         let hi = cast(batch.column(0), &DataType::UInt64).map_err(|e| IoError::engine(context, e.into()))?;
@@ -1082,12 +1173,13 @@ async fn aggregate_joined(ctx: &SessionContext, offset_minutes: i32, context: &s
                 agg.unknown_plays += count;
             } else {
                 agg.usable_at(u, mask.value(i) as u32);
-                agg.triplets.push((u, a as u32, count as f32));
+                triplets.push((u, a as u32, count as f32));
             }
         }
         Ok(())
     })
     .await?;
+    agg.pairs = Pairs::Triplets(triplets);
     Ok((agg, plan))
 }
 
@@ -1270,7 +1362,7 @@ async fn ingest_async(paths: &InputPaths, opts: &IngestOptions, joined: bool) ->
         paths.notification_actor.clone().unwrap_or_default(),
         paths.notification_clicks.clone(),
     ));
-    let Aggregate { users: seen, mut usable, mut masks, mut triplets, unknown_plays, .. } = agg;
+    let Aggregate { users: seen, mut usable, mut masks, pairs, unknown_plays, .. } = agg;
     // Users whose last rows were unusable were never sized in.
     usable.resize(seen.len(), false);
     masks.resize(seen.len(), 0);
@@ -1284,18 +1376,12 @@ async fn ingest_async(paths: &InputPaths, opts: &IngestOptions, joined: bool) ->
         user_remap[*provisional as usize] = sorted as u32;
     }
     let mut artist_remap = vec![u32::MAX; all_artists.len()];
-    for t in &triplets {
-        artist_remap[t.1 as usize] = 0;
-    }
     let mut artists: Vec<String> = Vec::new();
-    for (i, slot) in artist_remap.iter_mut().enumerate() {
-        if *slot == 0 {
-            *slot = artists.len() as u32;
+    for (i, played) in pairs.artists_played(all_artists.len()).into_iter().enumerate() {
+        if played {
+            artist_remap[i] = artists.len() as u32;
             artists.push(std::mem::take(&mut all_artists[i]));
         }
-    }
-    for t in triplets.iter_mut() {
-        *t = (user_remap[t.0 as usize], artist_remap[t.1 as usize], t.2);
     }
     let mut active_hours = vec![0u32; keys.len()];
     for (provisional, mask) in masks.into_iter().enumerate() {
@@ -1303,14 +1389,9 @@ async fn ingest_async(paths: &InputPaths, opts: &IngestOptions, joined: bool) ->
             *slot = mask;
         }
     }
+    let plays = pairs.into_matrix(keys.len(), artists.len(), &user_remap, &artist_remap)?;
     drop(user_remap);
-    // A song with several artists can reach an artist a second time for a
-    // user (alone and with others): the matrix sums such triplets. There
-    // are many (24.3 M triplets for 17.4 M pairs on the medium set), so
-    // the triplets are freed as soon as they are spread into rows.
-    let triplet_count = triplets.len();
-    let plays = Csr::from_triplets_owned(keys.len(), artists.len(), triplets)?;
-    tracing::info!(triplets = triplet_count, pairs = plays.nnz(), "ingest: the client's triplets and the pairs");
+    tracing::info!(pairs = plays.nnz(), "ingest: the pairs in the play matrix");
     let users: Vec<String> = keys.iter().map(|(k, _)| saavn::user_id(*k)).collect();
     drop(keys);
     let artist_index: HashMap<&str, u32> = artists.iter().enumerate().map(|(i, a)| (a.as_str(), i as u32)).collect();

@@ -82,16 +82,6 @@ pub(crate) fn par_filled<T: Copy + Send + Sync>(n: usize, value: T) -> Vec<T> {
     })
 }
 
-/// A copy of `v`, written in parallel parts when it is large (see
-/// [`par_fill_with`]).
-pub(crate) fn par_copy<T: Copy + Send + Sync>(v: &[T]) -> Vec<T> {
-    par_vec(v.len(), |at, part| {
-        for (x, &y) in part.iter_mut().zip(&v[at..]) {
-            x.write(y);
-        }
-    })
-}
-
 impl PartialEq for Floats {
     fn eq(&self, other: &Floats) -> bool {
         self[..] == other[..]
@@ -411,7 +401,6 @@ mod tests {
         let per_f32 = FILL_PART;
         for n in [0, 1, 15, 16, 17, per_f32 - 1, per_f32, per_f32 + 1, 3 * per_f32 + 17] {
             let v: Vec<f32> = (0..n).map(|i| i as f32 * 0.5 - 3.0).collect();
-            assert_eq!(par_copy(&v), v, "par_copy of {n}");
             let f = Floats::from_slice(&v);
             assert_eq!(&f[..], &v[..], "Floats::from_slice of {n}");
             assert_eq!(f.as_ptr() as usize % 64, 0, "rows start on a cache line");

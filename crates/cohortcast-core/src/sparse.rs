@@ -1,5 +1,7 @@
 //! Compressed sparse row matrices of play counts and confidences.
 
+use std::sync::Arc;
+
 use crate::error::DataError;
 
 /// Each row's start (and the end), and the `(col, value)` cells in row order.
@@ -122,8 +124,12 @@ fn spread(rows: usize, cols: usize, cells: &impl Cells) -> Result<Spread, DataEr
 pub struct Csr {
     rows: usize,
     cols: usize,
-    indptr: Vec<usize>,
-    indices: Vec<u32>,
+    /// The pattern (row starts and column indices) is shared by the
+    /// matrices [`Csr::map_values`] and [`Csr::with_values`] make from it:
+    /// ALS's confidences reuse the plays' 70 MB of indices on the medium
+    /// set rather than copy them.
+    indptr: Arc<Vec<usize>>,
+    indices: Arc<Vec<u32>>,
     data: Vec<f32>,
 }
 
@@ -219,7 +225,7 @@ impl Csr {
                 od[k] = v;
             }
         });
-        Csr { rows, cols, indptr, indices, data }
+        Csr { rows, cols, indptr: Arc::new(indptr), indices: Arc::new(indices), data }
     }
 
     /// Number of rows.
@@ -258,7 +264,7 @@ impl Csr {
     pub fn map_values(&self, f: impl Fn(f32) -> f32 + Sync) -> Csr {
         use rayon::prelude::*;
         let data = self.data.par_iter().map(|&v| f(v)).collect();
-        Csr { rows: self.rows, cols: self.cols, indptr: self.indptr.clone(), indices: self.indices.clone(), data }
+        Csr { rows: self.rows, cols: self.cols, indptr: Arc::clone(&self.indptr), indices: Arc::clone(&self.indices), data }
     }
 
     /// Values of the matrix, row by row.
@@ -269,7 +275,13 @@ impl Csr {
     /// Replaces the values (same pattern); `values.len()` must equal `nnz()`.
     pub fn with_values(&self, values: Vec<f32>) -> Csr {
         assert_eq!(values.len(), self.nnz());
-        Csr { data: values, ..self.clone() }
+        Csr {
+            rows: self.rows,
+            cols: self.cols,
+            indptr: Arc::clone(&self.indptr),
+            indices: Arc::clone(&self.indices),
+            data: values,
+        }
     }
 
     /// Sum of each row.
@@ -280,7 +292,7 @@ impl Csr {
     /// Number of non-zeros in each column.
     pub fn col_counts(&self) -> Vec<usize> {
         let mut n = vec![0usize; self.cols];
-        for &c in &self.indices {
+        for &c in self.indices.iter() {
             n[c as usize] += 1;
         }
         n
@@ -289,7 +301,7 @@ impl Csr {
     /// The transposed matrix (columns become rows), rows sorted.
     pub fn transpose(&self) -> Csr {
         let mut counts = vec![0usize; self.cols + 1];
-        for &c in &self.indices {
+        for &c in self.indices.iter() {
             counts[c as usize + 1] += 1;
         }
         for i in 0..self.cols {
@@ -307,7 +319,7 @@ impl Csr {
                 next[c as usize] += 1;
             }
         }
-        Csr { rows: self.cols, cols: self.rows, indptr: counts, indices, data }
+        Csr { rows: self.cols, cols: self.rows, indptr: Arc::new(counts), indices: Arc::new(indices), data }
     }
 }
 

@@ -253,17 +253,22 @@ impl KeyCounts {
         self.len = 0;
     }
 
-    /// Calls `each(key, count)` for every key in part `part` of `parts`
-    /// equal stretches of the slots, in slot order: parts `0..parts`
-    /// together hand out every key once, in the order
-    /// [`into_each`](Self::into_each) does, so callers can read the parts
-    /// in parallel.
-    pub fn each_in_part(&self, part: usize, parts: usize, mut each: impl FnMut(u64, u32)) {
-        let per = self.slots.len().div_ceil(parts.max(1));
-        let stretch = self.slots.chunks(per).nth(part).unwrap_or(&[]);
-        for s in stretch.iter().filter(|s| s.count != 0) {
-            each(s.key, s.count);
+    /// The keys and their counts packed to the front of the slots, in the
+    /// table's order (so a user's keys stay together), and the empty slots
+    /// freed: the table shrinks in place where the allocator can (the
+    /// binary's does). The medium set's 13.6 M keys take 164 MB of its
+    /// 257 MB table, and what is freed serves the next large block.
+    pub fn into_packed(mut self) -> PackedCounts {
+        let mut kept = 0;
+        for at in 0..self.slots.len() {
+            if self.slots[at].count != 0 {
+                self.slots[kept] = self.slots[at];
+                kept += 1;
+            }
         }
+        self.slots.truncate(kept);
+        self.slots.shrink_to_fit();
+        PackedCounts { slots: self.slots }
     }
 
     /// Calls `each(key, count)` for every key, in no particular order,
@@ -273,6 +278,35 @@ impl KeyCounts {
             if s.count != 0 {
                 each(s.key, s.count);
             }
+        }
+    }
+}
+
+/// A table's keys and counts with no empty slots, in the table's order
+/// ([`KeyCounts::into_packed`]), for reading in parallel parts.
+pub struct PackedCounts {
+    slots: Vec<Slot>,
+}
+
+impl PackedCounts {
+    /// Keys held.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Whether no key is held.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// Calls `each(key, count)` for every key in part `part` of `parts`
+    /// equal stretches of the keys, in order: parts `0..parts` together
+    /// hand out every key once, in the table's order, so callers can read
+    /// the parts in parallel.
+    pub fn each_in_part(&self, part: usize, parts: usize, mut each: impl FnMut(u64, u32)) {
+        let per = self.slots.len().div_ceil(parts.max(1)).max(1);
+        for s in self.slots.chunks(per).nth(part).unwrap_or(&[]) {
+            each(s.key, s.count);
         }
     }
 }
@@ -379,7 +413,7 @@ mod tests {
     }
 
     #[test]
-    fn the_parts_hand_out_every_key_once_in_table_order() {
+    fn packed_keys_come_in_parts_each_once_in_table_order() {
         let mut rng = Rng::new(8);
         let mut counts = KeyCounts::new();
         let keys: Vec<u64> = (0..50_000).map(|_| rng.next_u64() % 30_000).collect();
@@ -387,17 +421,22 @@ mod tests {
         let mut want = Vec::new();
         counts.drain_each(|k, n| want.push((k, n)));
         counts.add_all(&keys);
-        // More parts than slots too: the last parts are empty.
-        for parts in [1, 2, 3, 7, 64, counts.slots.len() + 5] {
+        let slots = counts.slots.len();
+        let packed = counts.into_packed();
+        assert_eq!(packed.len(), want.len());
+        assert!(packed.len() < slots && packed.slots.capacity() == packed.len(), "the empty slots are freed");
+        // More parts than keys too: the last parts are empty.
+        for parts in [1, 2, 3, 7, 64, want.len() + 5] {
             let mut got = Vec::new();
             for part in 0..parts {
-                counts.each_in_part(part, parts, |k, n| got.push((k, n)));
+                packed.each_in_part(part, parts, |k, n| got.push((k, n)));
             }
             assert!(got == want, "{parts} parts: another order or other keys");
         }
-        let mut none = 0;
-        KeyCounts::new().each_in_part(0, 2, |_, _| none += 1);
-        assert_eq!(none, 0);
+        let none = KeyCounts::new().into_packed();
+        let mut seen = 0;
+        none.each_in_part(0, 2, |_, _| seen += 1);
+        assert!(none.is_empty() && seen == 0);
     }
 
     #[test]

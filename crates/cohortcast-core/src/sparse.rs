@@ -264,7 +264,13 @@ impl Csr {
     pub fn map_values(&self, f: impl Fn(f32) -> f32 + Sync) -> Csr {
         use rayon::prelude::*;
         let data = self.data.par_iter().map(|&v| f(v)).collect();
-        Csr { rows: self.rows, cols: self.cols, indptr: Arc::clone(&self.indptr), indices: Arc::clone(&self.indices), data }
+        Csr {
+            rows: self.rows,
+            cols: self.cols,
+            indptr: Arc::clone(&self.indptr),
+            indices: Arc::clone(&self.indices),
+            data,
+        }
     }
 
     /// Values of the matrix, row by row.

@@ -46,7 +46,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use cohortcast_core::counts::KeyCounts;
+use cohortcast_core::counts::PackedCounts;
 use cohortcast_core::hours;
 use cohortcast_core::saavn::{self, Input, KeyHash, Reject};
 use cohortcast_core::sparse::{Cells, Csr};
@@ -636,11 +636,11 @@ enum Pairs {
     /// or sums read back from spill files.
     Triplets(Vec<(u32, u32, f32)>),
     /// The embedded engine's table of plays per (user, artist or group of a
-    /// song's artists) key, read in place: writing it out as triplets first
-    /// took 291 MB more on the medium set (24.3 M triplets for 17.4 M
-    /// pairs), all of it touched for the first time.
+    /// song's artists) key, packed and read in place: writing it out as
+    /// triplets first took 291 MB more on the medium set (24.3 M triplets
+    /// for 17.4 M pairs), all of it touched for the first time.
     Table {
-        counts: KeyCounts,
+        counts: PackedCounts,
         coder: Arc<PairCoder>,
         /// Whether each artist rank has a play.
         played: Vec<bool>,
@@ -693,7 +693,7 @@ impl Pairs {
 /// A [`Pairs::Table`]'s keys as matrix cells: one for each artist of a
 /// key's code, users and artists renumbered.
 struct TableCells<'a> {
-    counts: KeyCounts,
+    counts: PackedCounts,
     coder: Arc<PairCoder>,
     user_remap: &'a [u32],
     artist_remap: &'a [u32],
@@ -1108,7 +1108,8 @@ async fn aggregate_embedded(
                     played[a as usize] = true;
                 }
             }
-            agg.pairs = Pairs::Table { counts, coder, played };
+            // Packed first: what the empty slots held serves the matrix.
+            agg.pairs = Pairs::Table { counts: counts.into_packed(), coder, played };
             Spilled::default()
         }
         // A key's code is an artist, or a group of a song's artists: one

@@ -33,7 +33,9 @@ impl SharedCells {
 pub trait Cells: Sync {
     /// Calls `each(row, col, value)` for every cell of part `part` of
     /// `parts`. Parts `0..parts` together hand out every cell once, and a
-    /// part hands out the same cells in the same order each time.
+    /// part hands out the same cells in the same order each time (a part
+    /// that hands out other cells the second time is a bug, and the build
+    /// panics rather than write outside the part's places).
     fn part(&self, part: usize, parts: usize, each: impl FnMut(u32, u32, f32));
 }
 
@@ -87,27 +89,33 @@ fn spread(rows: usize, cols: usize, cells: &impl Cells) -> Result<Spread, DataEr
         .collect();
     // The first bad cell in order is the one reported.
     let mut next: Vec<Vec<usize>> = counted.into_iter().collect::<Result<_, _>>()?;
-    // Counts become each part's first position in each row.
+    // Counts become each part's first position in each row, and the end
+    // of its places there.
+    let mut ends = vec![vec![0usize; rows]; parts];
     let mut bounds = vec![0usize; rows + 1];
     let mut at = 0;
     for r in 0..rows {
         bounds[r] = at;
-        for part in next.iter_mut() {
+        for (part, end) in next.iter_mut().zip(ends.iter_mut()) {
             let n = part[r];
             part[r] = at;
             at += n;
+            end[r] = at;
         }
     }
     bounds[rows] = at;
     let mut placed = vec![(0u32, 0f32); at];
     let out = SharedCells(placed.as_mut_ptr());
-    next.par_iter_mut().enumerate().for_each(|(part, next)| {
+    next.par_iter_mut().zip(&ends).enumerate().for_each(|(part, (next, ends))| {
         cells.part(part, parts, |r, c, v| {
-            let i = &mut next[r as usize];
+            let (i, end) = (&mut next[r as usize], ends[r as usize]);
+            assert!(
+                *i < end && (c as usize) < cols && v.is_finite(),
+                "part {part} of the cells handed out other cells than when they were counted (row {r})"
+            );
             // SAFETY: part k owns, in row r, the positions from its start
-            // up to its start plus its count there: inside `placed` and
-            // disjoint from every other part's (the part hands out the
-            // same cells as when they were counted).
+            // up to its start plus its count there (`ends`): inside
+            // `placed` and disjoint from every other part's.
             unsafe { out.put(*i, (c, v)) };
             *i += 1;
         });
@@ -464,5 +472,28 @@ mod tests {
             cells.0[r].push(bad);
             assert!(Csr::from_cells(rows, cols, &cells).is_err(), "row {r}: {bad:?}");
         }
+    }
+
+    /// A source whose second reading hands out one more cell than its
+    /// first.
+    struct Growing(std::sync::atomic::AtomicUsize);
+
+    impl Cells for Growing {
+        fn part(&self, part: usize, _parts: usize, mut each: impl FnMut(u32, u32, f32)) {
+            let reads = self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if part == 0 {
+                each(0, 0, 1.0);
+                if reads > 0 {
+                    each(0, 1, 1.0);
+                }
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "other cells than when they were counted")]
+    fn a_source_that_changes_between_its_readings_panics_rather_than_write_out_of_place() {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+        let _ = pool.install(|| Csr::from_cells(2, 2, Growing(Default::default())));
     }
 }

@@ -118,9 +118,10 @@ impl PairSums {
             // At least half as many keys again, so that a projection that
             // falls short again and again still grows the table
             // geometrically (each growth moves every key).
-            let wanted = projected.map(|p| p.max(held + keys.len()).max(held + held / 2));
-            let sized = wanted.map(|w| self.counts.bytes_reserved(w));
-            if let Some((wanted, _)) = wanted.zip(sized).filter(|&(_, sized)| now + sized <= self.limit) {
+            let wanted = projected
+                .map(|p| p.max(held + keys.len()).max(held + held / 2))
+                .filter(|&w| now + self.counts.bytes_reserved(w) <= self.limit);
+            if let Some(wanted) = wanted {
                 self.counts.reserve(wanted);
             } else if now + then > self.limit && !self.counts.is_empty() {
                 self.spill()?;

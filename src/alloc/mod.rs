@@ -188,6 +188,13 @@ fn holds_pattern(p: *const u8, len: usize) -> bool {
     (0..len).all(|i| unsafe { *p.add(i) } == (i % 251) as u8)
 }
 
+/// Whether every `step`-th of the `len` bytes at `p` is zero.
+#[cfg(test)]
+fn reads_zeros(p: *const u8, len: usize, step: usize) -> bool {
+    // SAFETY: the caller passes a live block of at least `len` bytes.
+    (0..len).step_by(step).all(|i| unsafe { *p.add(i) } == 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -239,7 +246,7 @@ mod tests {
             let p = a.alloc_zeroed(layout);
             assert!(!p.is_null());
             assert_eq!(p as usize % HUGE_PAGE, 0, "a large block starts on a huge page");
-            assert!((0..layout.size()).step_by(4093).all(|i| *p.add(i) == 0));
+            assert!(reads_zeros(p, layout.size(), 4093));
             *p.add(layout.size() - 1) = 7;
             // (Kernels before 5.0 do not say; then only the rest is checked.)
             if let (true, Some(eligible)) = (huge_pages_on(), thp_eligible(p as usize)) {

@@ -98,7 +98,13 @@ impl KeyCounts {
 
     /// The bytes the slots take after [`reserve`](Self::reserve)`(keys)`.
     pub fn bytes_reserved(&self, keys: usize) -> usize {
-        Self::least_slots(keys).max(self.slots.len()) * std::mem::size_of::<Slot>()
+        self.reserved_slots(keys) * std::mem::size_of::<Slot>()
+    }
+
+    /// The slots after [`reserve`](Self::reserve)`(keys)`: the fewest that
+    /// hold them, and never fewer than now.
+    fn reserved_slots(&self, keys: usize) -> usize {
+        Self::least_slots(keys).max(self.slots.len())
     }
 
     /// The slot count, doubling from `slots`, that holds `keys` at most
@@ -149,7 +155,7 @@ impl KeyCounts {
     /// the first slots). Sized to the keys rather than to the next power
     /// of two, that table takes 234 MB instead of 403 MB.
     pub fn reserve(&mut self, keys: usize) {
-        let want = Self::least_slots(keys).max(self.slots.len());
+        let want = self.reserved_slots(keys);
         if want != self.slots.len() {
             self.grow(want);
         }

@@ -14,6 +14,7 @@ use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use cohortcast_core::als::{AlsParams, Solver};
 use cohortcast_core::confidence::Weighting;
+use cohortcast_core::grouping::{Grouping, GroupingParams};
 use cohortcast_core::kmeans::{KMeansInit, KMeansParams};
 use cohortcast_core::targeting::TargetingParams;
 use cohortcast_data::ingest::IngestOptions;
@@ -288,20 +289,77 @@ pub struct TargetArgsCommon {
     /// in the expected-CTR score (0: factors only).
     #[arg(long, default_value_t = TargetingParams::default().history_weight)]
     history_weight: f32,
+    /// How users are grouped for pushing: `release` (groups built for this
+    /// batch's predicted clicks, at most --cohorts of them), `taste` (one
+    /// notification per taste cohort) or `user` (each user their own best).
+    #[arg(long, default_value = "release")]
+    grouping: GroupingArg,
+    /// Fewest users in a release group; smaller groups are dissolved into
+    /// their users' next best.
+    #[arg(long, default_value_t = GroupingParams::default().min_group_size)]
+    min_cohort_size: usize,
+    /// Share of users to push, those with the highest predicted score for
+    /// what they would be pushed (1: everyone).
+    #[arg(long, default_value_t = 1.0)]
+    reach: f64,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum GroupingArg {
+    Release,
+    Taste,
+    User,
+}
+
+/// Validated targeting choices.
+#[derive(Debug, Clone)]
+pub struct Targeting {
+    pub params: TargetingParams,
+    pub grouping: Grouping,
+    pub min_group_size: usize,
+    pub reach: f64,
+}
+
+impl Default for Targeting {
+    fn default() -> Self {
+        Targeting {
+            params: TargetingParams::default(),
+            grouping: Grouping::default(),
+            min_group_size: GroupingParams::default().min_group_size,
+            reach: 1.0,
+        }
+    }
+}
+
+impl Targeting {
+    /// Release-group limits with `max_groups` groups.
+    pub fn grouping_params(&self, max_groups: usize) -> GroupingParams {
+        GroupingParams { max_groups, min_group_size: self.min_group_size }
+    }
 }
 
 impl TargetArgsCommon {
-    fn params(&self) -> Result<TargetingParams> {
+    fn params(&self) -> Result<Targeting> {
         let p = TargetingParams { history_weight: self.history_weight };
         p.check()?;
-        Ok(p)
+        GroupingParams { max_groups: 1, min_group_size: self.min_cohort_size }.check()?;
+        if !(self.reach > 0.0 && self.reach <= 1.0) {
+            bail!("--reach must be a share of users in (0, 1], got {}", self.reach);
+        }
+        let grouping = match self.grouping {
+            GroupingArg::Release => Grouping::Release,
+            GroupingArg::Taste => Grouping::Taste,
+            GroupingArg::User => Grouping::User,
+        };
+        Ok(Targeting { params: p, grouping, min_group_size: self.min_cohort_size, reach: self.reach })
     }
 }
 
 /// Which policy pushes.
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum PolicyArg {
-    /// Each cohort the notification with the highest predicted affinity.
+    /// The notification with the highest predicted affinity, per group
+    /// (see --grouping).
     ExpectedCtr,
     /// Each cohort the notification naming its most played artist.
     TopArtist,

@@ -6,11 +6,15 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use cohortcast_core::als::{AlsModel, AlsParams};
-use cohortcast_core::ctr::{evaluate_expected, Clicks, CtrReport, Expected};
+use cohortcast_core::ctr::{
+    ctr_by_group, evaluate_expected, reach_curve, Clicks, CtrReport, Expected, GroupCtr, ReachPoint,
+};
+use cohortcast_core::grouping::{limit_reach, BatchScores, Grouping};
 use cohortcast_core::hours;
 use cohortcast_core::kmeans::{normalize_rows, Cohorts, KMeansParams};
 use cohortcast_core::saavn::UserIndex;
-use cohortcast_core::targeting::{self, Notification, PushPlan, TargetingParams};
+use cohortcast_core::scores::Scorer;
+use cohortcast_core::targeting::{self, Notification, PushPlan};
 use cohortcast_data::files::{read_lines, read_npy_f32_rows, write_dir_atomic, write_lines};
 use cohortcast_data::ingest::{ingest, IngestOptions, Ingested};
 use cohortcast_data::inputs::InputPaths;
@@ -18,8 +22,14 @@ use cohortcast_data::stages::{load_ingested, load_model, save_ingested, save_mod
 use cohortcast_server::model::{CohortHours, PEAK_HOURS};
 use rayon::prelude::*;
 
-use super::report::{print_ingest, print_table, write_ctr_by_policy_csv, write_ctr_csv, write_summary, Timings};
-use super::{progress, DemoArgs, PolicyArg};
+use super::report::{
+    print_ingest, print_table, write_ctr_at_reach_csv, write_ctr_by_cohort_csv, write_ctr_by_policy_csv, write_ctr_csv,
+    write_summary, Timings,
+};
+use super::{progress, DemoArgs, PolicyArg, Targeting};
+
+/// The shares of users every plan is measured at.
+pub const REACHES: [f64; 4] = [0.10, 0.25, 0.50, 1.0];
 
 /// Reads and checks the inputs.
 fn read_inputs(paths: &InputPaths, opts: &IngestOptions) -> Result<Ingested> {
@@ -72,27 +82,87 @@ fn notifications(model: &StoredModel, ing: &Ingested) -> Vec<Notification> {
         .collect()
 }
 
+/// A plan and each user's predicted score of what it pushes them (NaN
+/// where it pushes nothing).
+pub struct Decision {
+    pub plan: PushPlan,
+    pub scores: Vec<f32>,
+}
+
+/// The expected-CTR plan grouped as asked, with its push scores.
+/// `batch`: the users' best notifications, computed once for the release
+/// and user groupings.
+fn grouped(
+    grouping: Grouping,
+    model: &StoredModel,
+    ing: &Ingested,
+    notes: &[Notification],
+    tc: &Targeting,
+    scorer: &Scorer,
+    batch: &mut Option<BatchScores>,
+) -> Decision {
+    let k = model.cohorts.k();
+    let (plan, scores) = match grouping {
+        Grouping::Release => {
+            let b = batch.get_or_insert_with(|| BatchScores::compute(scorer));
+            b.release_plan(scorer, &tc.grouping_params(k))
+        }
+        Grouping::User => batch.get_or_insert_with(|| BatchScores::compute(scorer)).user_plan(model.users.len()),
+        Grouping::Taste => {
+            let plan = targeting::expected_ctr_plan(&model.als, &ing.plays, &model.labels, k, notes, &tc.params);
+            let scores = scorer.push_scores(&[&plan.user_push]).pop().expect("one plan");
+            (plan, scores)
+        }
+    };
+    Decision { plan, scores }
+}
+
+/// The chosen policy's plan, cut to `tc.reach`.
 fn plan(
     policy: PolicyArg,
     model: &StoredModel,
     ing: &Ingested,
     notes: &[Notification],
-    tp: &TargetingParams,
-) -> PushPlan {
-    let k = model.cohorts.k();
-    match policy {
-        PolicyArg::ExpectedCtr => targeting::expected_ctr_plan(&model.als, &ing.plays, &model.labels, k, notes, tp),
-        PolicyArg::TopArtist => targeting::top_artist_plan(&ing.plays, &model.labels, k, notes),
+    tc: &Targeting,
+    batch: &mut Option<BatchScores>,
+) -> Decision {
+    let scorer = Scorer::new(&model.als, &ing.plays, notes, &tc.params);
+    let mut d = match policy {
+        PolicyArg::ExpectedCtr => grouped(tc.grouping, model, ing, notes, tc, &scorer, batch),
+        PolicyArg::TopArtist => {
+            let plan = targeting::top_artist_plan(&ing.plays, &model.labels, model.cohorts.k(), notes);
+            let scores = scorer.push_scores(&[&plan.user_push]).pop().expect("one plan");
+            Decision { plan, scores }
+        }
+    };
+    if tc.reach < 1.0 {
+        limit_reach(&mut d.plan, &d.scores, tc.reach);
+        for (s, p) in d.scores.iter_mut().zip(&d.plan.user_push) {
+            if p.is_none() {
+                *s = f32::NAN;
+            }
+        }
     }
+    d
 }
 
-/// Writes cohorts.csv, pushes.csv and `notifications/<id>.csv`.
-fn write_pushes(out: &Path, model: &StoredModel, notes: &[Notification], plan: &PushPlan) -> Result<()> {
+/// Writes cohorts.csv, groups.csv, pushes.csv and `notifications/<id>.csv`.
+fn write_pushes(out: &Path, model: &StoredModel, ing: &Ingested, notes: &[Notification], d: &Decision) -> Result<()> {
+    let plan = &d.plan;
+    // Push groups: the plan's, else one per notification.
+    let group = |u: usize| -> Option<u32> {
+        let n = plan.user_push[u]?;
+        Some(plan.groups.as_ref().map_or(n, |g| g[u]))
+    };
     write_lines(
         &out.join("cohorts.csv"),
-        Some("user_id,cohort"),
-        model.users.iter().zip(&model.labels).map(|(u, l)| format!("{u},{l}")),
+        Some("user_id,cohort,group"),
+        model.users.iter().zip(&model.labels).enumerate().map(|(u, (id, l))| match group(u) {
+            Some(g) => format!("{id},{l},{g}"),
+            None => format!("{id},{l},"),
+        }),
     )?;
+    write_groups(out, model, ing, notes, d, &group)?;
     let mut by_note: Vec<Vec<&str>> = vec![Vec::new(); notes.len()];
     for (u, p) in plan.user_push.iter().enumerate() {
         if let Some(n) = p {
@@ -114,6 +184,64 @@ fn write_pushes(out: &Path, model: &StoredModel, notes: &[Notification], plan: &
     Ok(())
 }
 
+/// `groups.csv`: per push group, its notification, size, mean predicted
+/// score, the taste cohorts its users come from and its most played
+/// artists (each with its share), so every group can be explained.
+fn write_groups(
+    out: &Path,
+    model: &StoredModel,
+    ing: &Ingested,
+    notes: &[Notification],
+    d: &Decision,
+    group: &dyn Fn(usize) -> Option<u32>,
+) -> Result<()> {
+    let users = model.users.len();
+    let groups = (0..users).filter_map(group).max().map_or(0, |g| g as usize + 1);
+    let k = model.cohorts.k();
+    let (mut size, mut note, mut score) = (vec![0usize; groups], vec![0u32; groups], vec![0f64; groups]);
+    let mut taste = vec![0usize; groups * k];
+    // Group labels for the artist shares; users not pushed are left out
+    // by giving them a group of their own past the last.
+    let mut labels = vec![groups as u32; users];
+    for u in 0..users {
+        let Some(g) = group(u) else { continue };
+        let g = g as usize;
+        labels[u] = g as u32;
+        size[g] += 1;
+        note[g] = d.plan.user_push[u].expect("grouped users are pushed");
+        if !d.scores[u].is_nan() {
+            score[g] += d.scores[u] as f64;
+        }
+        taste[g * k + model.labels[u] as usize] += 1;
+    }
+    let top = cohortcast_server::model::cohort_top_artists(&ing.plays, &labels, groups + 1, &model.artists);
+    let shares = |v: Vec<(String, f64)>| v.iter().map(|(id, s)| format!("{id}:{s:.3}")).collect::<Vec<_>>().join(" ");
+    write_lines(
+        &out.join("groups.csv"),
+        Some("group,notification_id,users,predicted_score,taste_cohorts,top_artists"),
+        (0..groups).filter(|&g| size[g] > 0).map(|g| {
+            let mut t: Vec<(usize, usize)> = (0..k).map(|c| (c, taste[g * k + c])).filter(|x| x.1 > 0).collect();
+            t.sort_by_key(|&(c, n)| (std::cmp::Reverse(n), c));
+            let t = t.iter().take(3).map(|&(c, n)| (c.to_string(), n as f64 / size[g] as f64)).collect();
+            let a = top[g].iter().take(3).map(|a| (csv_safe(&a.artist_id), a.share)).collect();
+            format!(
+                "{g},{},{},{:.6},{},{}",
+                csv_safe(&notes[note[g] as usize].id),
+                size[g],
+                score[g] / size[g] as f64,
+                shares(t),
+                shares(a)
+            )
+        }),
+    )?;
+    Ok(())
+}
+
+/// An id inside a CSV field: a comma or a quote would cut the row.
+fn csv_safe(id: &str) -> String {
+    id.replace([',', '"', '\n', '\r'], "_")
+}
+
 /// A notification id as a file name: anything but `[A-Za-z0-9._-]` becomes `_`.
 fn safe_file_name(id: &str) -> String {
     let s: String = id.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' }).collect();
@@ -124,6 +252,7 @@ fn safe_file_name(id: &str) -> String {
     }
 }
 
+/// The pushes a `target` wrote, with the groups they were decided for.
 fn read_pushes(out: &Path, model: &StoredModel, notes: &[Notification]) -> Result<PushPlan> {
     let path = out.join("pushes.csv");
     let note_index: HashMap<&str, u32> = notes.iter().enumerate().map(|(i, n)| (n.id.as_str(), i as u32)).collect();
@@ -141,11 +270,30 @@ fn read_pushes(out: &Path, model: &StoredModel, notes: &[Notification]) -> Resul
             .map_err(|_| anyhow::anyhow!("{}: line {}: user `{u}` is not in the model", path.display(), i + 2))?;
         user_push[ui] = Some(ni);
     }
-    let policy = match read_lines(&out.join("target.txt"), None).ok().and_then(|l| l.first().cloned()).as_deref() {
-        Some("top-artist") => "top-artist",
-        _ => "expected-ctr",
-    };
-    Ok(PushPlan { policy, user_push, cohort_push: None })
+    let policy = read_lines(&out.join("target.txt"), None)?.first().cloned().unwrap_or_default();
+    let policy = Grouping::ALL
+        .iter()
+        .map(|g| g.policy())
+        .chain(["top-artist"])
+        .find(|p| *p == policy)
+        .with_context(|| format!("{}: unknown policy `{policy}`", out.join("target.txt").display()))?;
+    // The groups the pushes were decided for, from cohorts.csv.
+    let path = out.join("cohorts.csv");
+    let mut groups = vec![0u32; model.users.len()];
+    let mut grouped = false;
+    if let Ok(lines) = read_lines(&path, Some("user_id,cohort,group")) {
+        for (i, l) in lines.iter().enumerate() {
+            let bad = || anyhow::anyhow!("{}: line {}: expected user_id,cohort,group", path.display(), i + 2);
+            let mut f = l.split(',');
+            let (Some(u), Some(_), Some(g)) = (f.next(), f.next(), f.next()) else { return Err(bad()) };
+            let Ok(ui) = model.users.binary_search(&u.to_string()) else { continue };
+            if !g.is_empty() {
+                groups[ui] = g.parse().map_err(|_| bad())?;
+                grouped = true;
+            }
+        }
+    }
+    Ok(PushPlan { policy, user_push, cohort_push: None, groups: grouped.then_some(groups) })
 }
 
 /// The generator's truth, read once: each plan's true click probabilities
@@ -163,7 +311,7 @@ fn truth_pass(
     index: &UserIndex,
     notes: &[Notification],
     plans: &[PushPlan],
-) -> Result<(Vec<Expected>, PushPlan, Expected)> {
+) -> Result<TruthPass> {
     let users = read_lines(&dir.join("users.csv"), None)?;
     let tnotes = read_lines(&dir.join("notifications.csv"), None)?;
     // Truth row -> model user.
@@ -175,8 +323,11 @@ fn truth_pass(
     // A row in our column order, when the truth's columns are not.
     let mut reordered = vec![f32::NAN; nn];
     let mut expected = vec![Expected::new(nn); plans.len()];
-    let mut oracle = PushPlan { policy: "oracle", user_push: vec![None; model.users.len()], cohort_push: None };
+    let mut of_push = vec![vec![f32::NAN; model.users.len()]; plans.len()];
+    let mut oracle =
+        PushPlan { policy: "oracle", user_push: vec![None; model.users.len()], cohort_push: None, groups: None };
     let mut oracle_expected = Expected::new(nn);
+    let mut oracle_of_push = vec![f32::NAN; model.users.len()];
     let path = dir.join("click_probability.npy");
     let (rows, cols) = read_npy_f32_rows(&path, |r, probs| {
         let Some(u) = model_row.get(r).copied().flatten() else { return };
@@ -188,15 +339,17 @@ fn truth_pass(
             }
             &reordered
         };
-        for (plan, e) in plans.iter().zip(&mut expected) {
+        for ((plan, e), t) in plans.iter().zip(&mut expected).zip(&mut of_push) {
             if let Some(n) = plan.user_push[u] {
                 e.add(row, n as usize);
+                t[u] = row[n as usize];
             }
         }
         let choice = targeting::oracle_choice(row);
         oracle.user_push[u] = choice;
         if let Some(n) = choice {
             oracle_expected.add(row, n as usize);
+            oracle_of_push[u] = row[n as usize];
         }
     })?;
     if users.len() != rows || tnotes.len() != cols {
@@ -207,39 +360,62 @@ fn truth_pass(
             tnotes.len()
         );
     }
-    Ok((expected, oracle, oracle_expected))
+    Ok(TruthPass { expected, of_push, oracle, oracle_expected, oracle_of_push })
+}
+
+/// What the truth says of each plan: its expected sums and, per user, the
+/// true probability of what it pushed; and the per-user oracle's own.
+struct TruthPass {
+    expected: Vec<Expected>,
+    of_push: Vec<Vec<f32>>,
+    oracle: PushPlan,
+    oracle_expected: Expected,
+    oracle_of_push: Vec<f32>,
 }
 
 /// The chosen plan and every baseline, measured on the same click log.
 pub struct Evaluation {
     pub reports: Vec<CtrReport>,
+    /// Per report: its CTR at [`REACHES`] (none where it pushes fewer
+    /// users), and at its own reach.
+    pub reach: Vec<(Vec<Option<ReachPoint>>, ReachPoint)>,
+    /// The chosen plan's CTR per push group.
+    pub by_group: Vec<GroupCtr>,
     pub clicks_outside_model: usize,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn evaluate_all(
     model: &StoredModel,
     ing: &Ingested,
     notes: &[Notification],
     chosen: &PushPlan,
     truth_dir: Option<&Path>,
-    tp: &TargetingParams,
+    tc: &Targeting,
     seed: u64,
+    mut batch: Option<BatchScores>,
 ) -> Result<Option<Evaluation>> {
     let user_index = UserIndex::new(model.users.iter().map(String::as_str));
     let Some(raw) = &ing.clicks else { return Ok(None) };
     let note_index: HashMap<&str, u32> = notes.iter().enumerate().map(|(i, n)| (n.id.as_str(), i as u32)).collect();
     // One hash lookup a click, in parallel (a binary search over the user
-    // ids compared ~19 strings a click and took 2 s of 3.5 on the medium set).
+    // ids compared ~19 strings a click).
     let mapped: Vec<Option<(u32, u32)>> =
         raw.par_iter().map(|(n, u)| Some((*note_index.get(n.as_str())?, user_index.get(u)?))).collect();
     let outside = mapped.iter().filter(|m| m.is_none()).count();
     let clicks = Clicks::new(notes.len(), mapped.into_iter().flatten());
     let users = model.users.len();
     let k = model.cohorts.k();
+    let scorer = Scorer::new(&model.als, &ing.plays, notes, &tc.params);
+    // The chosen plan, the expected-CTR plan under every other grouping
+    // (so the cost of grouping is always in view), and the baselines.
     let mut plans = vec![chosen.clone()];
-    if chosen.policy != "expected-ctr" {
-        plans.push(targeting::expected_ctr_plan(&model.als, &ing.plays, &model.labels, k, notes, tp));
+    for g in Grouping::ALL {
+        if chosen.policy != g.policy() {
+            plans.push(grouped(g, model, ing, notes, tc, &scorer, &mut batch).plan);
+        }
     }
+    drop(batch);
     if chosen.policy != "top-artist" {
         plans.push(targeting::top_artist_plan(&ing.plays, &model.labels, k, notes));
     }
@@ -248,21 +424,32 @@ fn evaluate_all(
     // The top-artist rule pushes only the cohorts whose top artist has a
     // notification: its CTR is over a chosen subset. Measure the default
     // policy on exactly those users too, so the two compare like for like.
-    let ours = plans.iter().find(|p| p.policy == "expected-ctr").expect("always planned");
+    let ours = plans.iter().find(|p| p.policy == Grouping::Release.policy()).expect("always planned");
     let top = plans.iter().find(|p| p.policy == "top-artist").expect("always planned");
     let matched = PushPlan {
         policy: "expected-ctr@top-artist-users",
         user_push: ours.user_push.iter().zip(&top.user_push).map(|(o, t)| t.and(*o)).collect(),
         cohort_push: None,
+        groups: None,
     };
     plans.push(matched);
-    // With the truth, the oracle goes before the matched plan.
+    // Every plan's pushes ranked by the model's score, for its CTR at each
+    // reach: the same ranking for all, so the reaches compare assignments.
+    let pushes: Vec<&[Option<u32>]> = plans.iter().map(|p| p.user_push.as_slice()).collect();
+    let mut ranks = scorer.push_scores(&pushes);
+    // With the truth, the oracle goes before the matched plan; it ranks
+    // its users by their true probability.
     let mut expected: Vec<Option<Expected>> = vec![None; plans.len()];
+    let mut of_push: Vec<Option<Vec<f32>>> = vec![None; plans.len()];
     if let Some(dir) = truth_dir {
-        let (sums, oracle, oracle_sums) = truth_pass(dir, model, &user_index, notes, &plans)?;
-        expected = sums.into_iter().map(Some).collect();
-        expected.insert(plans.len() - 1, Some(oracle_sums));
-        plans.insert(plans.len() - 1, oracle);
+        let t = truth_pass(dir, model, &user_index, notes, &plans)?;
+        expected = t.expected.into_iter().map(Some).collect();
+        of_push = t.of_push.into_iter().map(Some).collect();
+        let at = plans.len() - 1;
+        expected.insert(at, Some(t.oracle_expected));
+        of_push.insert(at, Some(t.oracle_of_push.clone()));
+        ranks.insert(at, t.oracle_of_push);
+        plans.insert(at, t.oracle);
     }
     drop(user_index);
     let reports = plans
@@ -270,7 +457,23 @@ fn evaluate_all(
         .zip(&expected)
         .map(|(p, e)| evaluate_expected(p, &model.labels, &clicks, e.as_ref()))
         .collect();
-    Ok(Some(Evaluation { reports, clicks_outside_model: outside }))
+    let reach = plans
+        .par_iter()
+        .zip(&ranks)
+        .zip(&of_push)
+        .map(|((p, r), t)| reach_curve(p, r, &clicks, t.as_deref(), &REACHES))
+        .collect();
+    let by_group = ctr_by_group(&plans[0], &clicks, &ranks[0], of_push[0].as_deref());
+    Ok(Some(Evaluation { reports, reach, by_group, clicks_outside_model: outside }))
+}
+
+/// ctr.csv, ctr_by_policy.csv, ctr_at_reach.csv and ctr_by_cohort.csv.
+fn write_evaluation(out: &Path, notes: &[Notification], ev: &Evaluation) -> Result<()> {
+    write_ctr_csv(&out.join("ctr.csv"), notes, &ev.reports[0])?;
+    write_ctr_by_policy_csv(&out.join("ctr_by_policy.csv"), notes, &ev.reports)?;
+    write_ctr_at_reach_csv(&out.join("ctr_at_reach.csv"), ev)?;
+    write_ctr_by_cohort_csv(&out.join("ctr_by_cohort.csv"), notes, &ev.by_group)?;
+    Ok(())
 }
 
 /// `cohortcast ingest`.
@@ -312,27 +515,26 @@ fn write_cohort_hours(out: &Path, hours: Option<&CohortHours>, model: &StoredMod
 }
 
 /// `cohortcast target`.
-pub fn target_stage(out: &Path, policy: PolicyArg, tp: &TargetingParams) -> Result<()> {
+pub fn target_stage(out: &Path, policy: PolicyArg, tc: &Targeting) -> Result<()> {
     let ing = load_ingested(&out.join("ingest")).context("run `cohortcast ingest` first")?;
     let model = load_model(&out.join("model")).context("run `cohortcast train` first")?;
     let notes = notifications(&model, &ing);
-    let p = plan(policy, &model, &ing, &notes, tp);
-    write_pushes(out, &model, &notes, &p)?;
+    let d = plan(policy, &model, &ing, &notes, tc, &mut None);
+    write_pushes(out, &model, &ing, &notes, &d)?;
     write_cohort_hours(out, CohortHours::of(&ing, &model.labels, model.cohorts.k()).as_ref(), &model)
 }
 
 /// `cohortcast evaluate`.
-pub fn evaluate_stage(out: &Path, truth_dir: Option<&Path>, tp: &TargetingParams, seed: u64) -> Result<()> {
+pub fn evaluate_stage(out: &Path, truth_dir: Option<&Path>, tc: &Targeting, seed: u64) -> Result<()> {
     let ing = load_ingested(&out.join("ingest")).context("run `cohortcast ingest` first")?;
     let model = load_model(&out.join("model")).context("run `cohortcast train` first")?;
     let notes = notifications(&model, &ing);
     let chosen = read_pushes(out, &model, &notes).context("run `cohortcast target` first")?;
-    let Some(ev) = evaluate_all(&model, &ing, &notes, &chosen, truth_dir, tp, seed)? else {
+    let Some(ev) = evaluate_all(&model, &ing, &notes, &chosen, truth_dir, tc, seed, None)? else {
         bail!("no notification_clicks were ingested: CTR needs the click log");
     };
-    write_ctr_csv(&out.join("ctr.csv"), &notes, &ev.reports[0])?;
-    write_ctr_by_policy_csv(&out.join("ctr_by_policy.csv"), &notes, &ev.reports)?;
-    write_summary(&out.join("summary.json"), &ing, &model, notes.len(), &ev, &Timings::default(), tp, chosen.policy)?;
+    write_evaluation(out, &notes, &ev)?;
+    write_summary(&out.join("summary.json"), &ing, &model, notes.len(), &ev, &Timings::default(), tc, chosen.policy)?;
     print_table(&ing, &model, notes.len(), &ev);
     Ok(())
 }
@@ -345,7 +547,7 @@ pub fn run_all(
     truth_dir: Option<&Path>,
     als: &AlsParams,
     km: &KMeansParams,
-    tp: &TargetingParams,
+    tc: &Targeting,
     policy: PolicyArg,
     out: &Path,
 ) -> Result<Option<Evaluation>> {
@@ -374,17 +576,16 @@ pub fn run_all(
     })?;
     let (notes, chosen, hours, ev) = std::thread::scope(|s| {
         let saving = s.spawn(|| save_model(&out.join("model"), &model));
-        let rest = target_and_evaluate(&model, &ing, truth_dir, tp, km.seed, policy, out, &mut t);
+        let rest = target_and_evaluate(&model, &ing, truth_dir, tc, km.seed, policy, out, &mut t);
         let saved = saving.join().expect("the model folder's writer does not panic");
         let rest = rest?;
         saved?;
         Ok::<_, anyhow::Error>(rest)
     })?;
     t.total = total.elapsed().as_secs_f64();
-    let empty = Evaluation { reports: Vec::new(), clicks_outside_model: 0 };
+    let empty = Evaluation { reports: Vec::new(), reach: Vec::new(), by_group: Vec::new(), clicks_outside_model: 0 };
     if let Some(ev) = &ev {
-        write_ctr_csv(&out.join("ctr.csv"), &notes, &ev.reports[0])?;
-        write_ctr_by_policy_csv(&out.join("ctr_by_policy.csv"), &notes, &ev.reports)?;
+        write_evaluation(out, &notes, ev)?;
         print_table(&ing, &model, notes.len(), ev);
     } else {
         let used = chosen.user_push.iter().flatten().collect::<std::collections::BTreeSet<_>>().len();
@@ -404,7 +605,7 @@ pub fn run_all(
         notes.len(),
         ev.as_ref().unwrap_or(&empty),
         &t,
-        tp,
+        tc,
         chosen.policy,
     )?;
     write_report(out, &ing, &model, hours.as_ref())?;
@@ -421,7 +622,7 @@ fn target_and_evaluate(
     model: &StoredModel,
     ing: &Ingested,
     truth_dir: Option<&Path>,
-    tp: &TargetingParams,
+    tc: &Targeting,
     seed: u64,
     policy: PolicyArg,
     out: &Path,
@@ -432,25 +633,26 @@ fn target_and_evaluate(
     if notes.iter().all(|n| n.artists.is_empty()) {
         bail!("no notification names an artist that anyone played; check --notification-actor against --metadata");
     }
-    let chosen = plan(policy, model, ing, &notes, tp);
+    let mut batch = None;
+    let chosen = plan(policy, model, ing, &notes, tc, &mut batch);
     t.targeting = start.elapsed().as_secs_f64();
     // The push lists are written on a second thread while the evaluation
     // runs: formatting them is one thread's work, and so is most of the
     // evaluation's pass over the truth file.
     let (hours, ev) = std::thread::scope(|s| {
         let writing = s.spawn(|| {
-            write_pushes(out, model, &notes, &chosen)?;
+            write_pushes(out, model, ing, &notes, &chosen)?;
             let hours = CohortHours::of(ing, &model.labels, model.cohorts.k());
             write_cohort_hours(out, hours.as_ref(), model)?;
             Ok::<_, anyhow::Error>(hours)
         });
         let start = Instant::now();
-        let ev = evaluate_all(model, ing, &notes, &chosen, truth_dir, tp, seed);
+        let ev = evaluate_all(model, ing, &notes, &chosen.plan, truth_dir, tc, seed, batch);
         t.evaluation = start.elapsed().as_secs_f64();
         let hours = writing.join().expect("the push lists' writer does not panic");
         Ok::<_, anyhow::Error>((hours?, ev?))
     })?;
-    Ok((notes, chosen, hours, ev))
+    Ok((notes, chosen.plan, hours, ev))
 }
 
 /// `report.html`: the dashboard's charts for this run, written last (it
@@ -477,7 +679,7 @@ pub fn demo(a: DemoArgs) -> Result<()> {
         Some(&data.join("truth")),
         &als,
         &km,
-        &TargetingParams::default(),
+        &Targeting::default(),
         PolicyArg::ExpectedCtr,
         &a.out,
     )?;

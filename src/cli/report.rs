@@ -4,14 +4,15 @@
 use std::path::Path;
 
 use anyhow::Result;
-use cohortcast_core::ctr::CtrReport;
+use cohortcast_core::ctr::{CtrReport, GroupCtr, ReachPoint};
 use cohortcast_core::targeting::Notification;
 use cohortcast_data::files::{write_json, write_lines};
 use cohortcast_data::ingest::{IngestReport, Ingested};
 use cohortcast_data::stages::StoredModel;
 use serde::Serialize;
 
-use super::pipeline::Evaluation;
+use super::pipeline::{Evaluation, REACHES};
+use super::Targeting;
 
 /// Seconds spent per stage.
 #[derive(Debug, Default, Clone, Serialize)]
@@ -97,6 +98,7 @@ pub fn print_table(ing: &Ingested, model: &StoredModel, notifications: usize, ev
             of
         );
     }
+    print_reach_table(ev, oracle.is_some());
     if let Some(r) = ev.reports.first() {
         if r.users_not_pushed > 0 {
             println!("{}: {} users not pushed", r.policy, r.users_not_pushed);
@@ -147,6 +149,90 @@ pub fn write_ctr_by_policy_csv(path: &Path, notes: &[Notification], reports: &[C
     Ok(())
 }
 
+/// CTR at equal reach: each plan's best-scored users first.
+fn print_reach_table(ev: &Evaluation, truth: bool) {
+    if ev.reach.is_empty() {
+        return;
+    }
+    // The oracle's expected CTR at each reach, for `of oracle`.
+    let oracle = ev.reports.iter().zip(&ev.reach).find(|(r, _)| r.policy == "oracle").map(|(_, c)| &c.0);
+    println!(
+        "CTR at reach (share of users pushed, highest predicted score first{})",
+        if truth { "; in brackets expected CTR as a share of the oracle's best users at that reach" } else { "" }
+    );
+    let head: Vec<String> = REACHES.iter().map(|r| format!("{:.0}%", r * 100.0)).collect();
+    let w = if truth { 15 } else { 8 };
+    print!("{:<30}", "policy");
+    for h in &head {
+        print!(" {h:>w$}");
+    }
+    println!(" {:>10}", "own reach");
+    for (r, (points, own)) in ev.reports.iter().zip(&ev.reach) {
+        print!("{:<30}", r.policy);
+        for (i, p) in points.iter().enumerate() {
+            let cell = match p {
+                None => "-".to_string(),
+                Some(p) => {
+                    let of = match (p.expected_ctr, oracle.and_then(|o| o[i].as_ref()).and_then(|o| o.expected_ctr)) {
+                        (Some(e), Some(o)) if truth && o > 0.0 => format!(" ({:.0}%)", 100.0 * e / o),
+                        _ => String::new(),
+                    };
+                    format!("{}{of}", pct(p.ctr))
+                }
+            };
+            print!(" {cell:>w$}");
+        }
+        println!(" {:>10}", format!("{:.1}%", own.reach * 100.0));
+    }
+}
+
+/// `ctr_at_reach.csv`: every evaluated plan's CTR at each reach it can
+/// fill, then at its own reach.
+pub fn write_ctr_at_reach_csv(path: &Path, ev: &Evaluation) -> Result<()> {
+    let opt = |v: Option<f64>| v.map(|v| format!("{v:.6}")).unwrap_or_default();
+    write_lines(
+        path,
+        Some("policy,reach,users_pushed,users_clicked,ctr,expected_ctr"),
+        ev.reports.iter().zip(&ev.reach).flat_map(|(r, (points, own))| {
+            let own = (!points.iter().flatten().any(|p| p.users_pushed == own.users_pushed)).then_some(own);
+            points.iter().flatten().chain(own).map(move |p| {
+                format!(
+                    "{},{:.6},{},{},{:.6},{}",
+                    r.policy,
+                    p.reach,
+                    p.users_pushed,
+                    p.users_clicked,
+                    p.ctr,
+                    opt(p.expected_ctr)
+                )
+            })
+        }),
+    )?;
+    Ok(())
+}
+
+/// `ctr_by_cohort.csv`: the chosen plan's CTR per push group.
+pub fn write_ctr_by_cohort_csv(path: &Path, notes: &[Notification], groups: &[GroupCtr]) -> Result<()> {
+    let opt = |v: Option<f64>| v.map(|v| format!("{v:.6}")).unwrap_or_default();
+    write_lines(
+        path,
+        Some("cohort,users,notification_id,predicted_score,users_clicked,ctr,expected_ctr"),
+        groups.iter().map(|g| {
+            format!(
+                "{},{},{},{:.6},{},{:.6},{}",
+                g.group,
+                g.users,
+                notes[g.notification as usize].id,
+                g.predicted_score,
+                g.users_clicked,
+                g.ctr,
+                opt(g.expected_ctr)
+            )
+        }),
+    )?;
+    Ok(())
+}
+
 #[derive(Serialize)]
 struct CtrSummary<'a> {
     policy: &'a str,
@@ -157,11 +243,14 @@ struct CtrSummary<'a> {
     clicks: usize,
     notifications_pushed: usize,
     users_not_pushed: usize,
+    /// CTR at each reach the plan fills, then at its own.
+    at_reach: Vec<&'a ReachPoint>,
 }
 
-impl<'a> From<&'a CtrReport> for CtrSummary<'a> {
-    fn from(r: &'a CtrReport) -> Self {
+impl<'a> CtrSummary<'a> {
+    fn new(r: &'a CtrReport, reach: Option<&'a (Vec<Option<ReachPoint>>, ReachPoint)>) -> Self {
         CtrSummary {
+            at_reach: reach.map(|(p, own)| p.iter().flatten().chain([own]).collect()).unwrap_or_default(),
             policy: &r.policy,
             overall_ctr: r.overall_ctr,
             mean_ctr: r.mean_ctr,
@@ -183,11 +272,19 @@ struct Summary<'a> {
     cohort_sizes: Vec<usize>,
     notifications: usize,
     params: &'a cohortcast_data::stages::ModelParams,
-    targeting: &'a cohortcast_core::targeting::TargetingParams,
+    targeting: TargetingSummary,
     policy: &'a str,
     timings_s: &'a Timings,
     ctr: Vec<CtrSummary<'a>>,
     clicks_outside_model: usize,
+}
+
+#[derive(Serialize)]
+struct TargetingSummary {
+    history_weight: f32,
+    grouping: String,
+    min_cohort_size: usize,
+    reach: f64,
 }
 
 /// `summary.json`.
@@ -199,7 +296,7 @@ pub fn write_summary(
     notifications: usize,
     ev: &Evaluation,
     t: &Timings,
-    tp: &cohortcast_core::targeting::TargetingParams,
+    tc: &Targeting,
     policy: &str,
 ) -> Result<()> {
     let s = Summary {
@@ -210,10 +307,15 @@ pub fn write_summary(
         cohort_sizes: cohortcast_core::kmeans::cohort_sizes(&model.labels, model.cohorts.k()),
         notifications,
         params: &model.params,
-        targeting: tp,
+        targeting: TargetingSummary {
+            history_weight: tc.params.history_weight,
+            grouping: tc.grouping.to_string(),
+            min_cohort_size: tc.min_group_size,
+            reach: tc.reach,
+        },
         policy,
         timings_s: t,
-        ctr: ev.reports.iter().map(CtrSummary::from).collect(),
+        ctr: ev.reports.iter().enumerate().map(|(i, r)| CtrSummary::new(r, ev.reach.get(i))).collect(),
         clicks_outside_model: ev.clicks_outside_model,
     };
     write_json(path, &s)?;

@@ -96,14 +96,16 @@ fn run_writes_every_output_and_the_default_policy_beats_the_baselines() {
     let out = dir.path().join("out");
     let o = run_small(&data, &out);
     let table = String::from_utf8_lossy(&o.stdout);
-    for p in ["expected-ctr", "top-artist", "best-single", "random", "oracle"] {
+    for p in
+        ["expected-ctr", "expected-ctr:taste", "expected-ctr:user", "top-artist", "best-single", "random", "oracle"]
+    {
         assert!(table.contains(p), "table lacks {p}:\n{table}");
     }
 
     // The file contract.
     let users = std::fs::read_to_string(data.join("truth/users.csv")).unwrap().lines().count();
     let cohorts = std::fs::read_to_string(out.join("cohorts.csv")).unwrap();
-    assert_eq!(cohorts.lines().next(), Some("user_id,cohort"));
+    assert_eq!(cohorts.lines().next(), Some("user_id,cohort,group"));
     let sum = summary(&out);
     let modeled = sum["users"].as_u64().unwrap() as usize;
     assert!(modeled + 5 >= users && modeled <= users, "{modeled} of {users} users modeled");
@@ -182,12 +184,119 @@ fn run_writes_every_output_and_the_default_policy_beats_the_baselines() {
         .lines()
         .skip(1)
         .map(|l| {
-            let r = row_of[l.split_once(',').unwrap().0];
+            let r = row_of[l.split(',').next().unwrap()];
             probs[r * cols..(r + 1) * cols].iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64
         })
         .collect();
     let oracle = exp(policy(&sum, "oracle"));
     assert!((mean(&best) - oracle).abs() < 1e-9, "{} vs {oracle}", mean(&best));
+
+    // Release groups: at most --cohorts (20) of at least 20 users, each
+    // explained in groups.csv, and worth more clicks than taste cohorts;
+    // the per-user best bounds them.
+    let groups = std::fs::read_to_string(out.join("groups.csv")).unwrap();
+    let mut g = groups.lines();
+    assert_eq!(g.next(), Some("group,notification_id,users,predicted_score,taste_cohorts,top_artists"));
+    let rows: Vec<Vec<&str>> = g.map(|l| l.split(',').collect()).collect();
+    assert!(!rows.is_empty() && rows.len() <= 20, "{groups}");
+    let sizes: Vec<usize> = rows.iter().map(|r| r[2].parse().unwrap()).collect();
+    assert!(sizes.iter().all(|&n| n >= 20), "{groups}");
+    assert_eq!(sizes.iter().sum::<usize>(), modeled);
+    assert!(sizes.windows(2).all(|w| w[0] >= w[1]), "largest group first: {groups}");
+    assert!(rows.iter().all(|r| !r[4].is_empty() && !r[5].is_empty()), "taste cohorts and artists named: {groups}");
+    let per_user = policy(&sum, "expected-ctr:user");
+    let taste = policy(&sum, "expected-ctr:taste");
+    assert!(exp(ours) > exp(taste), "release {} vs taste {}", exp(ours), exp(taste));
+    assert!(exp(per_user) >= exp(ours) - 0.002, "user {} vs release {}", exp(per_user), exp(ours));
+    // ctr_by_cohort.csv: the same groups, adding up to the plan's totals.
+    let by = std::fs::read_to_string(out.join("ctr_by_cohort.csv")).unwrap();
+    let mut b = by.lines();
+    assert_eq!(b.next(), Some("cohort,users,notification_id,predicted_score,users_clicked,ctr,expected_ctr"));
+    let brows: Vec<Vec<&str>> = b.map(|l| l.split(',').collect()).collect();
+    assert_eq!(brows.len(), rows.len());
+    let total = |i: usize| brows.iter().map(|r| r[i].parse::<u64>().unwrap()).sum::<u64>();
+    assert_eq!((total(1), total(4)), (ours["pushes"].as_u64().unwrap(), ours["clicks"].as_u64().unwrap()));
+    for (r, gr) in brows.iter().zip(&rows) {
+        assert_eq!((r[0], r[1], r[2]), (gr[0], gr[2], gr[1]));
+    }
+    // CTR at reach: every plan that pushes everyone has all four points,
+    // the reach rounds up, and the oracle's best users are its best.
+    let at = std::fs::read_to_string(out.join("ctr_at_reach.csv")).unwrap();
+    let rows_of = |name: &str| -> Vec<Vec<String>> {
+        at.lines()
+            .filter(|l| l.split(',').next() == Some(name))
+            .map(|l| l.split(',').map(String::from).collect())
+            .collect()
+    };
+    let ten = modeled.div_ceil(10).to_string();
+    for name in ["expected-ctr", "expected-ctr:taste", "expected-ctr:user", "random", "oracle"] {
+        let r = rows_of(name);
+        assert_eq!(r.len(), 4, "{name}: {at}");
+        assert_eq!(r[0][2], ten, "{name}");
+    }
+    let o = rows_of("oracle");
+    let e = |r: &Vec<String>| r[5].parse::<f64>().unwrap();
+    assert!(e(&o[0]) > e(&o[1]) && e(&o[1]) > e(&o[2]) && e(&o[2]) > e(&o[3]), "{at}");
+    // The top-artist rule at its own reach, below everyone.
+    let t = rows_of("top-artist");
+    assert_eq!(t.last().unwrap()[2], top["pushes"].to_string());
+    let ours_at = rows_of("expected-ctr");
+    assert!(e(&ours_at[1]) > e(&ours_at[3]), "the best-scored quarter clicks more: {at}");
+    assert!(table.contains("CTR at reach"), "{table}");
+}
+
+#[test]
+fn groupings_and_reach_are_chosen_by_flags_and_read_back_by_evaluate() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = synth(dir.path());
+    let out = dir.path().join("out");
+    let mut args = vec!["run", "--data", s(&data), "--out", s(&out), "--grouping", "taste"];
+    args.extend_from_slice(MODEL);
+    ok(&args);
+    let sum = summary(&out);
+    assert_eq!(sum["ctr"][0]["policy"], "expected-ctr:taste");
+    assert_eq!(sum["targeting"]["grouping"], "taste");
+    // Taste grouping pushes per cohort: a user's group is their cohort.
+    let cohorts = std::fs::read_to_string(out.join("cohorts.csv")).unwrap();
+    assert!(cohorts.lines().skip(1).all(|l| {
+        let f: Vec<&str> = l.split(',').collect();
+        f[1] == f[2]
+    }));
+    let release_exp = policy(&sum, "expected-ctr")["expected_ctr"].as_f64().unwrap();
+
+    // A quarter of the users, by the default grouping, from the stages.
+    ok(&["target", "--out", s(&out), "--reach", "0.25"]);
+    let users = cohorts.lines().count() - 1;
+    let pushes = std::fs::read_to_string(out.join("pushes.csv")).unwrap();
+    assert_eq!(pushes.lines().count() - 1, users.div_ceil(4));
+    let cohorts = std::fs::read_to_string(out.join("cohorts.csv")).unwrap();
+    assert_eq!(cohorts.lines().filter(|l| l.ends_with(',')).count(), users - users.div_ceil(4));
+    ok(&["evaluate", "--out", s(&out), "--truth", s(&data.join("truth"))]);
+    let sum = summary(&out);
+    let chosen = &sum["ctr"][0];
+    assert_eq!(chosen["policy"], "expected-ctr");
+    assert_eq!(chosen["users_not_pushed"].as_u64().unwrap() as usize, users - users.div_ceil(4));
+    assert!(chosen["expected_ctr"].as_f64().unwrap() > release_exp, "the best quarter clicks more: {sum}");
+    let by = std::fs::read_to_string(out.join("ctr_by_cohort.csv")).unwrap();
+    let pushed: usize = by.lines().skip(1).map(|l| l.split(',').nth(1).unwrap().parse::<usize>().unwrap()).sum();
+    assert_eq!(pushed, users.div_ceil(4));
+    // Per user: no groups file limit, every user their own best.
+    ok(&["target", "--out", s(&out), "--grouping", "user"]);
+    assert_eq!(std::fs::read_to_string(out.join("target.txt")).unwrap().trim(), "expected-ctr:user");
+    // Bad values are refused before any work.
+    for (flag, v, says) in
+        [("--reach", "0", "--reach"), ("--grouping", "cohort", "cohort"), ("--min-cohort-size", "0", "min-cohort-size")]
+    {
+        let o = cohortcast(&["target", "--out", s(&out), flag, v]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert!(err.contains(says), "{err}");
+    }
+    // An unknown policy in target.txt is an error, not a silent default.
+    std::fs::write(out.join("target.txt"), "nearest-star\n").unwrap();
+    let o = cohortcast(&["evaluate", "--out", s(&out)]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("unknown policy `nearest-star`"));
 }
 
 /// A 2-D little-endian `<f4` `.npy`, read here without the crate's reader:

@@ -8,6 +8,8 @@
 //! * [`als`]: implicit ALS (Hu, Koren & Volinsky 2008) with the
 //!   conjugate-gradient solver (Takács et al. 2011) and an exact reference.
 //! * [`kmeans`]: cohorts by k-means|| (or k-means++) seeding and Lloyd iterations.
+//! * [`scores`]: predicted affinity of users to a batch of notifications.
+//! * [`grouping`]: push groups built for the batch (release, taste, user).
 //! * [`targeting`]: one notification per cohort, and the baselines.
 //! * [`ctr`]: click-through rate of a push plan on a click log.
 //! * [`hours`]: the hours of the day users and cohorts listen at.
@@ -34,11 +36,13 @@ pub mod confidence;
 pub mod counts;
 pub mod ctr;
 pub mod error;
+pub mod grouping;
 pub mod hours;
 pub mod kmeans;
 pub mod linalg;
 pub mod rng;
 pub mod saavn;
+pub mod scores;
 pub mod simd;
 pub mod sparse;
 pub mod synth;

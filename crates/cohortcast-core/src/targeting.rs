@@ -30,11 +30,9 @@
 //! * [`oracle_plan`]: each user their own most likely notification, from the
 //!   generator's ground truth (synthetic data only).
 
-use rayon::prelude::*;
-
 use crate::als::AlsModel;
-use crate::linalg::{matmul_t, part_rows, MAX_PARTS};
 use crate::rng::Rng;
+use crate::scores::Scorer;
 use crate::sparse::Csr;
 
 /// A notification, with the model's indices of the artists it names.
@@ -53,14 +51,18 @@ pub struct PushPlan {
     pub policy: &'static str,
     /// Per user (model index): the notification index pushed, or none.
     pub user_push: Vec<Option<u32>>,
-    /// Per cohort, for cohort-level policies: the notification chosen.
+    /// Per group, for group-level policies: the notification chosen.
     pub cohort_push: Option<Vec<Option<u32>>>,
+    /// Per user, for group-level policies: the group (taste cohort or
+    /// release group) their push was decided for, an index into
+    /// `cohort_push`.
+    pub groups: Option<Vec<u32>>,
 }
 
 impl PushPlan {
     fn from_cohorts(policy: &'static str, labels: &[u32], cohort_push: Vec<Option<u32>>) -> Self {
         let user_push = labels.iter().map(|&l| cohort_push[l as usize]).collect();
-        PushPlan { policy, user_push, cohort_push: Some(cohort_push) }
+        PushPlan { policy, user_push, cohort_push: Some(cohort_push), groups: Some(labels.to_vec()) }
     }
 
     /// Users left without a push.
@@ -103,57 +105,20 @@ pub fn cohort_affinity(
     notifications: &[Notification],
     params: &TargetingParams,
 ) -> Vec<f64> {
-    let f = model.factors();
     let nn = notifications.len();
-    // Distinct artists named by any notification, and their factor rows.
-    let mut artists: Vec<u32> = notifications.iter().flat_map(|n| n.artists.iter().copied()).collect();
-    artists.sort_unstable();
-    artists.dedup();
-    let ya: Vec<f32> = artists.iter().flat_map(|&a| model.item(a as usize).iter().copied()).collect();
-    let slots: Vec<Vec<usize>> =
-        notifications.iter().map(|n| n.artists.iter().map(|a| artists.binary_search(a).unwrap()).collect()).collect();
-    let na = artists.len();
-    const BLOCK: usize = 2048;
-    let per = part_rows(labels.len(), MAX_PARTS, BLOCK);
+    let scorer = Scorer::new(model, plays, notifications, params);
     // Fixed parts reduced in order, so the scores repeat bit for bit.
-    let parts: Vec<Vec<f64>> = model
-        .user_factors()
-        .par_chunks(per * f)
-        .zip(labels.par_chunks(per))
-        .enumerate()
-        .map(|(p, (xp, lp))| {
-            let mut acc = vec![0f64; k * nn];
-            let mut share = vec![0f32; na];
-            for (b, (xb, lab)) in xp.chunks(BLOCK * f).zip(lp.chunks(BLOCK)).enumerate() {
-                let rows = lab.len();
-                let mut pref = matmul_t(xb, &ya, rows, f, na);
-                for r in 0..rows {
-                    let row = &mut pref[r * na..(r + 1) * na];
-                    row.iter_mut().for_each(|v| *v = v.clamp(0.0, 1.0));
-                    let u = p * per + b * BLOCK + r;
-                    if params.history_weight > 0.0 && u < plays.rows() {
-                        let (idx, val) = plays.row(u);
-                        let total: f32 = val.iter().sum();
-                        share.iter_mut().for_each(|s| *s = 0.0);
-                        for (&i, &v) in idx.iter().zip(val) {
-                            if let Ok(j) = artists.binary_search(&i) {
-                                share[j] = v / total;
-                            }
-                        }
-                        for (v, s) in row.iter_mut().zip(&share) {
-                            *v += params.history_weight * s;
-                        }
-                    }
-                    let out = &mut acc[lab[r] as usize * nn..(lab[r] as usize + 1) * nn];
-                    for (o, s) in out.iter_mut().zip(&slots) {
-                        let best = s.iter().map(|&j| row[j]).fold(0f32, f32::max);
-                        *o += best as f64;
-                    }
+    let parts = scorer.visit(
+        || vec![0f64; k * nn],
+        |acc, first, scores| {
+            for (r, row) in scores.chunks(nn.max(1)).enumerate() {
+                let l = labels[first + r] as usize;
+                for (o, &s) in acc[l * nn..(l + 1) * nn].iter_mut().zip(row) {
+                    *o += s as f64;
                 }
             }
-            acc
-        })
-        .collect();
+        },
+    );
     let mut sums = vec![0f64; k * nn];
     for p in parts {
         sums.iter_mut().zip(p).for_each(|(x, y)| *x += y);
@@ -180,7 +145,7 @@ pub fn expected_ctr_plan(
     let choice = (0..k)
         .map(|c| (0..nn).max_by(|&a, &b| aff[c * nn + a].total_cmp(&aff[c * nn + b]).then(b.cmp(&a))).map(|n| n as u32))
         .collect();
-    PushPlan::from_cohorts("expected-ctr", labels, choice)
+    PushPlan::from_cohorts(crate::grouping::Grouping::Taste.policy(), labels, choice)
 }
 
 /// The classic rule: each cohort's most played artist (summing raw plays of
@@ -208,12 +173,12 @@ pub fn top_artist_plan(plays: &Csr, labels: &[u32], k: usize, notifications: &[N
 pub fn random_plan(users: usize, notifications: usize, seed: u64) -> PushPlan {
     let mut rng = Rng::new(seed);
     let user_push = (0..users).map(|_| (notifications > 0).then(|| rng.below(notifications) as u32)).collect();
-    PushPlan { policy: "random", user_push, cohort_push: None }
+    PushPlan { policy: "random", user_push, cohort_push: None, groups: None }
 }
 
 /// The same notification for everyone.
 pub fn single_plan(users: usize, notification: Option<u32>) -> PushPlan {
-    PushPlan { policy: "best-single", user_push: vec![notification; users], cohort_push: None }
+    PushPlan { policy: "best-single", user_push: vec![notification; users], cohort_push: None, groups: None }
 }
 
 /// The notification with the most distinct clickers (ties to the lower index).
@@ -227,7 +192,7 @@ pub fn best_single(clicks: &crate::ctr::Clicks) -> Option<u32> {
 /// `users × notifications` matrix of click probabilities (NaN where unknown).
 pub fn oracle_plan(truth: &[f32], notifications: usize) -> PushPlan {
     let user_push = truth.chunks(notifications.max(1)).map(oracle_choice).collect();
-    PushPlan { policy: "oracle", user_push, cohort_push: None }
+    PushPlan { policy: "oracle", user_push, cohort_push: None, groups: None }
 }
 
 /// The oracle's choice for one user: the notification of highest true

@@ -12,6 +12,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use cohortcast_core::grouping::Grouping;
 use cohortcast_core::hours;
 use cohortcast_core::targeting::TargetingParams;
 use serde::{Deserialize, Serialize};
@@ -379,8 +380,13 @@ pub struct ReleaseRequest {
     pub artist_ids: Vec<String>,
     /// Most users to push.
     pub max_users: Option<usize>,
-    /// Cohorts below this expected CTR are not pushed.
+    /// Cohorts (or, grouped by user, users) below this expected CTR are
+    /// not pushed.
     pub min_expected_ctr: Option<f64>,
+    /// `taste` (the default: whole taste cohorts, ranked by their mean
+    /// score) or `user` (each user by their own score; `release`, grouping
+    /// for a batch, is the same for one notification).
+    pub grouping: Option<Grouping>,
 }
 
 #[derive(Serialize)]
@@ -423,7 +429,12 @@ async fn release(
     let ids: Vec<u32> = known.iter().filter_map(|a| m.artist(a)).collect();
     let tp = st.config.targeting.clone();
     let m2 = m.clone();
-    let ctr = blocking("scoring", move || m2.affinity(&ids, &tp)).await?;
+    let by_user = r.grouping.unwrap_or(Grouping::Taste) != Grouping::Taste;
+    let (ctr, scores) = blocking("scoring", move || {
+        let scores = by_user.then(|| m2.user_scores(&ids, &tp));
+        (m2.affinity(&ids, &tp), scores)
+    })
+    .await?;
     // Users updated since training count in their new cohorts.
     let (mut sizes, mut moved, mut extra) = (m.sizes.clone(), vec![false; m.model.users.len()], Vec::new());
     for (id, up) in st.updates.read().expect("poisoned").iter() {
@@ -435,6 +446,11 @@ async fn release(
         extra.push((id.clone(), up.cohort));
     }
     extra.sort();
+    if let Some(scores) = scores {
+        let (cohorts, users, extra, expected_clicks) =
+            by_user_decision(&m.model.labels, &scores, &moved, &extra, &ctr, r.max_users, min);
+        return Ok(Json(decide(&st, &m, r.notification_id, known, unknown, cohorts, users, extra, expected_clicks)));
+    }
     let ranked = rank(&sizes, &ctr, r.max_users, min);
     let chosen: Vec<bool> = {
         let mut v = vec![false; m.k()];
@@ -450,26 +466,85 @@ async fn release(
         .map(|(u, _)| u as u32)
         .collect();
     let extra: Vec<String> = extra.into_iter().filter(|(_, c)| chosen[*c as usize]).map(|(id, _)| id).collect();
-    let total = users.len() + extra.len();
     let expected_clicks: f64 = ranked.iter().filter(|c| c.pushed).map(|c| c.size as f64 * c.expected_ctr).sum();
+    Ok(Json(decide(&st, &m, r.notification_id, known, unknown, ranked, users, extra, expected_clicks)))
+}
+
+/// A release grouped by user: every user ranked by their own score (a user
+/// updated since training by their new cohort's mean, as the model has no
+/// factors trained on their plays), pushed in rank order while the score
+/// reaches `min` and `max_users` is not reached. Returns the taste cohorts
+/// of the pushed users (each with how many were pushed and their mean
+/// score), the pushed model users and updated ids, and the expected clicks.
+fn by_user_decision(
+    labels: &[u32],
+    scores: &[f32],
+    moved: &[bool],
+    extra: &[(String, u32)],
+    cohort_ctr: &[f64],
+    max_users: Option<usize>,
+    min: f64,
+) -> (Vec<RankedCohort>, Vec<u32>, Vec<String>, f64) {
+    // (score, cohort, model user or updated id's index), best first.
+    let mut all: Vec<(f64, u32, Result<u32, usize>)> = (0..labels.len())
+        .filter(|&u| !moved[u])
+        .map(|u| (scores[u] as f64, labels[u], Ok(u as u32)))
+        .chain(extra.iter().enumerate().map(|(i, (_, c))| (cohort_ctr[*c as usize], *c, Err(i))))
+        .collect();
+    all.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.2.cmp(&b.2)));
+    let limit = max_users.unwrap_or(usize::MAX);
+    let (mut users, mut ids, mut clicks) = (Vec::new(), Vec::new(), 0f64);
+    let (mut size, mut sum) = (vec![0usize; cohort_ctr.len()], vec![0f64; cohort_ctr.len()]);
+    for &(s, c, who) in all.iter().take_while(|x| x.0 >= min).take(limit) {
+        match who {
+            Ok(u) => users.push(u),
+            Err(i) => ids.push(extra[i].0.clone()),
+        }
+        clicks += s;
+        size[c as usize] += 1;
+        sum[c as usize] += s;
+    }
+    users.sort_unstable();
+    let mut cohorts: Vec<RankedCohort> = (0..size.len())
+        .filter(|&c| size[c] > 0)
+        .map(|c| RankedCohort { cohort: c, size: size[c], expected_ctr: sum[c] / size[c] as f64, pushed: true })
+        .collect();
+    cohorts.sort_by(|a, b| b.expected_ctr.total_cmp(&a.expected_ctr).then(a.cohort.cmp(&b.cohort)));
+    (cohorts, users, ids, clicks)
+}
+
+/// The answer to a release decision, kept for paging.
+#[allow(clippy::too_many_arguments)]
+fn decide(
+    st: &AppState,
+    m: &Served,
+    notification_id: String,
+    known: Vec<&String>,
+    unknown: Vec<&String>,
+    cohorts: Vec<RankedCohort>,
+    users: Vec<u32>,
+    extra: Vec<String>,
+    expected_clicks: f64,
+) -> ReleaseAnswer {
+    let total = users.len() + extra.len();
     let answer = ReleaseAnswer {
-        notification_id: r.notification_id.clone(),
+        notification_id: notification_id.clone(),
         known_artists: known.into_iter().cloned().collect(),
         unknown_artists: unknown.into_iter().cloned().collect(),
         pushed_users: total,
         expected_clicks,
         expected_ctr: (total > 0).then(|| expected_clicks / total as f64),
-        users: page_of(&m, &users, &extra, 0),
-        next: (total > PAGE).then(|| format!("/v1/releases/{}/users?page=1", encode(&r.notification_id))),
-        cohorts: ranked,
+        users: page_of(m, &users, &extra, 0),
+        next: (total > PAGE).then(|| format!("/v1/releases/{}/users?page=1", encode(&notification_id))),
+        cohorts,
     };
     let mut kept = st.releases.lock().expect("poisoned");
-    kept.retain(|(id, _, _)| id != &r.notification_id);
+    kept.retain(|(id, _, _)| id != &notification_id);
     if kept.len() >= KEPT_RELEASES {
         kept.pop_front();
     }
-    kept.push_back((r.notification_id, users, extra));
-    Ok(Json(answer))
+    kept.push_back((notification_id, users, extra));
+    answer
 }
 
 /// Page `page` of the pushed ids: the model's users, then the updated ones.

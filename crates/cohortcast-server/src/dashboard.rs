@@ -6,8 +6,9 @@
 //! of users (the first two principal components of their factors, a
 //! sample of at most [`MAP_POINTS`]) coloured by cohort; the hours of the
 //! day the largest cohorts listen at; and, when the run was evaluated, CTR
-//! by policy and CTR per notification of the chosen policy beside the
-//! baselines.
+//! by policy, the reach–CTR frontier of every policy, CTR per push group
+//! of the chosen policy, and CTR per notification of the chosen policy
+//! beside the baselines.
 
 use std::fmt::Write;
 
@@ -46,6 +47,9 @@ pub struct Inputs<'a> {
     /// `ctr_by_policy.csv` of the run (policy, notification_id,
     /// users_pushed, users_clicked, ctr), when there is one.
     pub ctr_by_policy_csv: Option<&'a str>,
+    /// `ctr_by_cohort.csv` of the run (cohort, users, notification_id,
+    /// predicted_score, users_clicked, ctr, expected_ctr), when there is one.
+    pub ctr_by_cohort_csv: Option<&'a str>,
     /// When each cohort listens, when the ingest kept hours.
     pub hours: Option<&'a CohortHours>,
 }
@@ -243,10 +247,150 @@ fn evaluation(inp: &Inputs) -> String {
             }));
         }
     }
+    if let Some(chart) = frontier(inp) {
+        s.push_str(&chart);
+    }
+    if let Some(chart) = ctr_per_cohort(inp) {
+        s.push_str(&chart);
+    }
     if let Some(chart) = ctr_per_notification(inp) {
         s.push_str(&chart);
     }
     s
+}
+
+/// The reach–CTR frontier: each policy's CTR when only its best-scored
+/// users are pushed, against the share of users pushed (from
+/// `summary.json`'s `at_reach`); a policy that cannot push everyone ends
+/// at its own reach.
+fn frontier(inp: &Inputs) -> Option<String> {
+    let ctr = inp.summary?["ctr"].as_array()?;
+    let lines: Vec<(String, Vec<(f64, f64)>)> = ctr
+        .iter()
+        .filter_map(|p| {
+            let name = p["policy"].as_str()?.to_string();
+            let mut pts: Vec<(f64, f64)> = p["at_reach"]
+                .as_array()?
+                .iter()
+                .filter_map(|q| Some((q["reach"].as_f64()?, q["ctr"].as_f64()?)))
+                .filter(|q| q.0 > 0.0)
+                .collect();
+            pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+            pts.dedup_by(|a, b| a.0 == b.0);
+            (!name.contains('@') && !pts.is_empty()).then_some((name, pts))
+        })
+        .collect();
+    if lines.is_empty() {
+        return None;
+    }
+    let (w, h, left, bottom, top, legend) = (900.0, 320.0, 50.0, 36.0, 14.0, 190.0);
+    let max = lines.iter().flat_map(|l| l.1.iter().map(|p| p.1)).fold(0.0, f64::max).max(1e-9) * 1.05;
+    let x = |r: f64| left + r * (w - left - legend - 10.0);
+    let y = |c: f64| h - bottom - c / max * (h - bottom - top);
+    let title = "CTR at reach: users who clicked ÷ users pushed, when only the share of users with the highest \
+                 predicted score is pushed (compare policies at equal reach)";
+    let mut s = format!(
+        r#"<figure><figcaption>{}</figcaption><svg id="reach-frontier" viewBox="0 0 {w} {h}" width="100%" role="img" aria-label="{}">"#,
+        esc(title),
+        esc(title)
+    );
+    let _ = write!(
+        s,
+        r##"<line x1="{left}" y1="{b}" x2="{r}" y2="{b}" stroke="#888"/><line x1="{left}" y1="{top}" x2="{left}" y2="{b}" stroke="#888"/>"##,
+        b = h - bottom,
+        r = x(1.0)
+    );
+    for t in [0.0, 0.25, 0.5, 0.75, 1.0] {
+        let _ = write!(
+            s,
+            r#"<text x="{:.1}" y="{}" font-size="10" text-anchor="middle">{:.0}%</text>"#,
+            x(t),
+            h - bottom + 14.0,
+            100.0 * t
+        );
+    }
+    let _ = write!(
+        s,
+        r#"<text x="{:.1}" y="{}" font-size="10" text-anchor="middle">share of users pushed</text>"#,
+        x(0.5),
+        h - 6.0
+    );
+    let _ = write!(
+        s,
+        r#"<text x="{}" y="{:.1}" font-size="10" text-anchor="end">{:.1}%</text>"#,
+        left - 4.0,
+        y(max),
+        100.0 * max
+    );
+    for (i, (name, pts)) in lines.iter().enumerate() {
+        let col = colour(i * 3);
+        let path: Vec<String> = pts.iter().map(|&(r, c)| format!("{:.1},{:.1}", x(r), y(c))).collect();
+        let _ = write!(
+            s,
+            r#"<polyline class="frontier" points="{}" fill="none" stroke="{col}" stroke-width="2"/>"#,
+            path.join(" ")
+        );
+        for &(r, c) in pts {
+            let _ = write!(
+                s,
+                r#"<circle class="reach" cx="{:.1}" cy="{:.1}" r="3.5" fill="{col}"><title>{}: {:.2}% at {:.1}% of users</title></circle>"#,
+                x(r),
+                y(c),
+                esc(name),
+                100.0 * c,
+                100.0 * r
+            );
+        }
+        let _ = write!(
+            s,
+            r#"<text class="legend" x="{:.1}" y="{:.1}" font-size="11" fill="{col}">{}</text>"#,
+            w - legend + 4.0,
+            top + 8.0 + 15.0 * i as f64,
+            esc(name)
+        );
+    }
+    s.push_str("</svg></figure>");
+    Some(s)
+}
+
+/// Groups drawn in the per-cohort CTR chart (the largest).
+pub const CTR_COHORTS: usize = 40;
+
+/// CTR of each push group of the chosen policy, the largest groups first
+/// (from `ctr_by_cohort.csv`).
+fn ctr_per_cohort(inp: &Inputs) -> Option<String> {
+    let mut rows: Vec<(String, usize, String, f64, f64)> = inp
+        .ctr_by_cohort_csv?
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            Some((
+                f.first()?.to_string(),
+                f.get(1)?.parse().ok()?,
+                f.get(2)?.to_string(),
+                f.get(3)?.parse().ok()?,
+                f.get(5)?.parse().ok()?,
+            ))
+        })
+        .collect();
+    if rows.is_empty() {
+        return None;
+    }
+    rows.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let shown = rows.len().min(CTR_COHORTS);
+    let vals: Vec<(String, f64, String)> = rows[..shown]
+        .iter()
+        .enumerate()
+        .map(|(i, (g, users, note, score, ctr))| {
+            (format!("{g} · {note} · {users} users · score {score:.2}"), *ctr, colour(i))
+        })
+        .collect();
+    let title = format!(
+        "CTR per push group of the chosen policy, the {shown} largest of {} (group · notification · users · mean predicted score)",
+        rows.len()
+    );
+    Some(bars("ctr-by-cohort", &title, &vals, &|v| format!("{:.1}%", 100.0 * v)))
 }
 
 /// CTR per notification: the chosen policy's most pushed notifications,
@@ -441,6 +585,7 @@ pub fn render_run(
         std::fs::read_to_string(run_dir.join("summary.json")).ok().and_then(|t| serde_json::from_str(&t).ok());
     let ctr = std::fs::read_to_string(run_dir.join("ctr.csv")).ok();
     let by_policy = std::fs::read_to_string(run_dir.join("ctr_by_policy.csv")).ok();
+    let by_cohort = std::fs::read_to_string(run_dir.join("ctr_by_cohort.csv")).ok();
     render(&Inputs {
         title,
         labels: &model.labels,
@@ -451,6 +596,7 @@ pub fn render_run(
         summary: summary.as_ref(),
         ctr_csv: ctr.as_deref(),
         ctr_by_policy_csv: by_policy.as_deref(),
+        ctr_by_cohort_csv: by_cohort.as_deref(),
         hours,
     })
 }
@@ -515,6 +661,7 @@ mod tests {
             summary: None,
             ctr_csv: None,
             ctr_by_policy_csv: Some(by_policy),
+            ctr_by_cohort_csv: None,
             hours: None,
         };
         let chart = ctr_per_notification(&inp).unwrap();
@@ -546,7 +693,12 @@ mod tests {
     fn the_page_has_every_chart_and_escapes_ids() {
         let labels = [0u32, 1, 1, 0];
         let top = vec![vec![ArtistShare { artist_id: "<b>".into(), share: 1.0 }], vec![]];
-        let summary = serde_json::json!({"ctr": [{"policy": "expected-ctr", "overall_ctr": 0.1234, "pushes": 4}]});
+        let summary = serde_json::json!({"ctr": [
+            {"policy": "expected-ctr", "overall_ctr": 0.1234, "pushes": 4,
+             "at_reach": [{"reach": 0.5, "ctr": 0.2}, {"reach": 1.0, "ctr": 0.1234}]},
+            {"policy": "expected-ctr@top-artist-users", "overall_ctr": 0.2, "pushes": 2,
+             "at_reach": [{"reach": 0.5, "ctr": 0.2}]}
+        ]});
         let mut active = vec![[0u64; 24]; 2];
         active[0][21] = 1;
         active[1][8] = 2;
@@ -562,11 +714,26 @@ mod tests {
             summary: Some(&summary),
             ctr_csv: Some("notification_id,cohorts,users_pushed,users_clicked,ctr\nn1,2,4,1,0.25\n"),
             ctr_by_policy_csv: None,
+            ctr_by_cohort_csv: Some(
+                "cohort,users,notification_id,predicted_score,users_clicked,ctr,expected_ctr\n0,3,n1,0.9,1,0.333333,\n",
+            ),
             hours: Some(&hours),
         });
-        for id in ["cohort-sizes", "user-map", "top-artists", "cohort-hours", "ctr-by-policy", "ctr-by-notification"] {
+        for id in [
+            "cohort-sizes",
+            "user-map",
+            "top-artists",
+            "cohort-hours",
+            "ctr-by-policy",
+            "ctr-by-notification",
+            "reach-frontier",
+            "ctr-by-cohort",
+        ] {
             assert!(page.contains(&format!("id=\"{id}\"")), "{id}");
         }
+        assert!(page.contains("0 · n1 · 3 users · score 0.90: 33.3%"), "{page}");
+        assert_eq!(page.matches("class=\"frontier\"").count(), 1);
+        assert!(page.contains("expected-ctr: 20.00% at 50.0% of users"), "{page}");
         assert_eq!(page.matches("class=\"hour\"").count(), 48);
         assert!(page.contains("UTC+05:30") && page.contains("cohort 1, 08:00–09:00: 100.0% of 2 members"));
         assert!(page.contains("peak 08, 21"), "{page}");

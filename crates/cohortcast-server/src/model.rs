@@ -315,6 +315,14 @@ impl Served {
         sums.iter().zip(&self.sizes).map(|(s, &n)| if n > 0 { s / n as f64 } else { 0.0 }).collect()
     }
 
+    /// Each user's own predicted score for a notification naming
+    /// `artists` ([`cohortcast_core::scores`]), in the model's user order.
+    pub fn user_scores(&self, artists: &[u32], tp: &TargetingParams) -> Vec<f32> {
+        let note = Notification { id: String::new(), artists: artists.to_vec() };
+        let scorer = cohortcast_core::scores::Scorer::new(&self.model.als, &self.plays, &[note], tp);
+        scorer.visit(Vec::new, |v: &mut Vec<f32>, _, s| v.extend_from_slice(s)).concat()
+    }
+
     /// [`cohort_affinity`] itself, for checking [`Served::affinity`].
     pub fn affinity_reference(&self, artists: &[u32], tp: &TargetingParams) -> Vec<f64> {
         let note = Notification { id: String::new(), artists: artists.to_vec() };

@@ -23,7 +23,8 @@ pub fn document() -> Value {
                         "notification_id": { "type": "string" },
                         "artist_ids": { "type": "array", "items": { "type": "string" }, "minItems": 1 },
                         "max_users": { "type": "integer", "minimum": 0 },
-                        "min_expected_ctr": { "type": "number", "minimum": 0, "maximum": 1 }
+                        "min_expected_ctr": { "type": "number", "minimum": 0, "maximum": 1 },
+                        "grouping": { "type": "string", "enum": ["taste", "user", "release"], "default": "taste" }
                     }
                 }
             }

@@ -219,6 +219,43 @@ async fn a_release_goes_to_the_cohorts_of_its_artist_and_respects_the_limits() {
 }
 
 #[tokio::test]
+async fn a_release_grouped_by_user_pushes_the_best_scored_users_whatever_their_cohort() {
+    let dir = fixture(200);
+    let st = state(dir.path(), Some(TOKEN));
+    let m = Served::load(&dir.path().join("model"), &dir.path().join("ingest")).unwrap();
+    let a2 = m.artist("a2").unwrap();
+    let scores = m.user_scores(&[a2], &cohortcast_core::targeting::TargetingParams::default());
+    let body = r#"{"notification_id": "n-u", "artist_ids": ["a2"], "max_users": 30, "grouping": "user"}"#;
+    let (s, v) = call(&st, "POST", "/v1/releases", Some(body), Some(TOKEN)).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["pushed_users"], 30);
+    // The 30 pushed are the 30 best scores.
+    let mut order: Vec<usize> = (0..200).collect();
+    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+    let mut want: Vec<String> = order[..30].iter().map(|&u| format!("{u:032x}")).collect();
+    let mut got: Vec<String> = v["users"].as_array().unwrap().iter().map(|u| u.as_str().unwrap().to_string()).collect();
+    want.sort();
+    got.sort();
+    assert_eq!(got, want);
+    // They are all of the taste that plays a2 (even users), and the
+    // expected clicks are their summed scores.
+    assert!(order[..30].iter().all(|u| u % 2 == 0), "{:?}", &order[..30]);
+    let clicks: f64 = order[..30].iter().map(|&u| scores[u] as f64).sum();
+    assert!((v["expected_clicks"].as_f64().unwrap() - clicks).abs() < 1e-6);
+    let sizes: u64 = v["cohorts"].as_array().unwrap().iter().map(|c| c["size"].as_u64().unwrap()).sum();
+    assert_eq!(sizes, 30);
+    // Grouped by taste the same limit pushes whole cohorts, and fewer of
+    // the best users.
+    let body = r#"{"notification_id": "n-t", "artist_ids": ["a2"], "max_users": 30, "grouping": "taste"}"#;
+    let (_, t) = call(&st, "POST", "/v1/releases", Some(body), Some(TOKEN)).await;
+    assert!(t["expected_clicks"].as_f64().unwrap() <= clicks + 1e-9, "{t}");
+    let body = r#"{"notification_id": "n-x", "artist_ids": ["a2"], "grouping": "cohort"}"#;
+    let (s, v) = call(&st, "POST", "/v1/releases", Some(body), Some(TOKEN)).await;
+    assert!(s.is_client_error(), "{v}");
+    assert!(v["error"].as_str().unwrap().contains("grouping"), "{v}");
+}
+
+#[tokio::test]
 async fn bad_requests_name_the_problem_and_mutations_need_the_token() {
     let dir = fixture(200);
     let st = state(dir.path(), Some(TOKEN));

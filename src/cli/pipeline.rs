@@ -89,32 +89,31 @@ pub struct Decision {
     pub scores: Vec<f32>,
 }
 
-/// The expected-CTR plan grouped as asked, with its push scores.
-/// `batch`: the users' best notifications, computed once for the release
-/// and user groupings.
+/// The expected-CTR plan grouped as asked, and its push scores where the
+/// grouping gives them without another pass over the users. `batch`: the
+/// users' best notifications and the taste cohorts' scores, computed once
+/// for every grouping.
 fn grouped(
     grouping: Grouping,
     model: &StoredModel,
-    ing: &Ingested,
     notes: &[Notification],
     tc: &Targeting,
     scorer: &Scorer,
     batch: &mut Option<BatchScores>,
-) -> Decision {
+) -> (PushPlan, Option<Vec<f32>>) {
     let k = model.cohorts.k();
-    let (plan, scores) = match grouping {
+    let b = batch.get_or_insert_with(|| BatchScores::compute(scorer, Some((&model.labels, k))));
+    match grouping {
         Grouping::Release => {
-            let b = batch.get_or_insert_with(|| BatchScores::compute(scorer));
-            b.release_plan(scorer, &tc.grouping_params(k))
+            let (plan, scores) = b.release_plan(scorer, &tc.grouping_params(k));
+            (plan, Some(scores))
         }
-        Grouping::User => batch.get_or_insert_with(|| BatchScores::compute(scorer)).user_plan(model.users.len()),
-        Grouping::Taste => {
-            let plan = targeting::expected_ctr_plan(&model.als, &ing.plays, &model.labels, k, notes, &tc.params);
-            let scores = scorer.push_scores(&[&plan.user_push]).pop().expect("one plan");
-            (plan, scores)
+        Grouping::User => {
+            let (plan, scores) = b.user_plan(model.users.len());
+            (plan, Some(scores))
         }
-    };
-    Decision { plan, scores }
+        Grouping::Taste => (b.taste_plan(notes.len()).expect("computed with the cohorts"), None),
+    }
 }
 
 /// The chosen policy's plan, cut to `tc.reach`.
@@ -127,14 +126,12 @@ fn plan(
     batch: &mut Option<BatchScores>,
 ) -> Decision {
     let scorer = Scorer::new(&model.als, &ing.plays, notes, &tc.params);
-    let mut d = match policy {
-        PolicyArg::ExpectedCtr => grouped(tc.grouping, model, ing, notes, tc, &scorer, batch),
-        PolicyArg::TopArtist => {
-            let plan = targeting::top_artist_plan(&ing.plays, &model.labels, model.cohorts.k(), notes);
-            let scores = scorer.push_scores(&[&plan.user_push]).pop().expect("one plan");
-            Decision { plan, scores }
-        }
+    let (plan, scores) = match policy {
+        PolicyArg::ExpectedCtr => grouped(tc.grouping, model, notes, tc, &scorer, batch),
+        PolicyArg::TopArtist => (targeting::top_artist_plan(&ing.plays, &model.labels, model.cohorts.k(), notes), None),
     };
+    let scores = scores.unwrap_or_else(|| scorer.push_scores(&[&plan.user_push]).pop().expect("one plan"));
+    let mut d = Decision { plan, scores };
     if tc.reach < 1.0 {
         limit_reach(&mut d.plan, &d.scores, tc.reach);
         for (s, p) in d.scores.iter_mut().zip(&d.plan.user_push) {
@@ -412,10 +409,10 @@ fn evaluate_all(
     let mut plans = vec![chosen.clone()];
     for g in Grouping::ALL {
         if chosen.policy != g.policy() {
-            plans.push(grouped(g, model, ing, notes, tc, &scorer, &mut batch).plan);
+            plans.push(grouped(g, model, notes, tc, &scorer, &mut batch).0);
         }
     }
-    drop(batch);
+    let modelled = plans.len();
     if chosen.policy != "top-artist" {
         plans.push(targeting::top_artist_plan(&ing.plays, &model.labels, k, notes));
     }
@@ -433,10 +430,22 @@ fn evaluate_all(
         groups: None,
     };
     plans.push(matched);
-    // Every plan's pushes ranked by the model's score, for its CTR at each
-    // reach: the same ranking for all, so the reaches compare assignments.
-    let pushes: Vec<&[Option<u32>]> = plans.iter().map(|p| p.user_push.as_slice()).collect();
-    let mut ranks = scorer.push_scores(&pushes);
+    // For the CTR at each reach: the expected-CTR plans rank their pushes
+    // by the model's score (the matched plan by the default plan's); the
+    // baselines have no model to rank by, and push a random share.
+    let batch = batch.expect("computed for the groupings");
+    let mut ranks: Vec<Vec<f32>> = plans[..modelled].iter().map(|p| batch.push_scores(&scorer, &p.user_push)).collect();
+    drop(batch);
+    for (i, p) in plans.iter().enumerate().skip(modelled) {
+        let mut rng = cohortcast_core::rng::Rng::stream(seed, i as u64);
+        ranks.push(match p.policy {
+            "expected-ctr@top-artist-users" => {
+                let release = plans.iter().position(|q| q.policy == Grouping::Release.policy()).expect("planned");
+                ranks[release].clone()
+            }
+            _ => (0..users).map(|_| rng.f32()).collect(),
+        });
+    }
     // With the truth, the oracle goes before the matched plan; it ranks
     // its users by their true probability.
     let mut expected: Vec<Option<Expected>> = vec![None; plans.len()];

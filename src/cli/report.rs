@@ -157,7 +157,8 @@ fn print_reach_table(ev: &Evaluation, truth: bool) {
     // The oracle's expected CTR at each reach, for `of oracle`.
     let oracle = ev.reports.iter().zip(&ev.reach).find(|(r, _)| r.policy == "oracle").map(|(_, c)| &c.0);
     println!(
-        "CTR at reach (share of users pushed, highest predicted score first{})",
+        "CTR at reach (share of users pushed: the expected-CTR plans' best-scored users first, a random share of \
+         the baselines'{})",
         if truth { "; in brackets expected CTR as a share of the oracle's best users at that reach" } else { "" }
     );
     let head: Vec<String> = REACHES.iter().map(|r| format!("{:.0}%", r * 100.0)).collect();

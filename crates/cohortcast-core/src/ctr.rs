@@ -216,7 +216,8 @@ pub fn reach_curve(
     let users = plan.user_push.len();
     let mut order: Vec<usize> = (0..users).filter(|&u| plan.user_push[u].is_some()).collect();
     let key = |u: usize| if rank[u].is_nan() { f32::NEG_INFINITY } else { rank[u] };
-    order.sort_by(|&a, &b| key(b).total_cmp(&key(a)).then(a.cmp(&b)));
+    // Distinct keys (the index breaks ties): an unstable sort is exact.
+    order.sort_unstable_by(|&a, &b| key(b).total_cmp(&key(a)).then(a.cmp(&b)));
     // Running sums over the ranked users.
     let mut clicked = Vec::with_capacity(order.len() + 1);
     let mut known = Vec::with_capacity(order.len() + 1);

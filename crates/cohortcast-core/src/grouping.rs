@@ -113,27 +113,92 @@ pub const TOP: usize = 10;
 const MAX_ROUNDS: usize = 16;
 
 /// Each user's best [`TOP`] notifications (fewer when the batch is
-/// smaller), best first, ties to the lower index.
+/// smaller), best first, ties to the lower index; and, when asked, the
+/// taste cohorts' mean scores, from the same pass.
 pub struct BatchScores {
     t: usize,
     top: Vec<(u32, f32)>,
+    taste: Option<TasteScores>,
+}
+
+/// The taste cohorts' mean scores, `k × notifications`.
+struct TasteScores {
+    labels: Vec<u32>,
+    k: usize,
+    means: Vec<f64>,
 }
 
 impl BatchScores {
-    /// Scores every user once.
-    pub fn compute(scorer: &Scorer) -> Self {
+    /// Scores every user once; with `taste` (each user's cohort and the
+    /// number of cohorts) also sums the cohorts' scores, exactly as
+    /// [`crate::targeting::cohort_affinity`] does.
+    pub fn compute(scorer: &Scorer, taste: Option<(&[u32], usize)>) -> Self {
         let nn = scorer.notifications();
         let t = TOP.min(nn);
-        let parts = scorer.visit(Vec::new, |v: &mut Vec<(u32, f32)>, _, scores| {
-            if nn > 0 {
+        let cells = taste.map_or(0, |(_, k)| k * nn);
+        let parts = scorer.visit(
+            || (Vec::new(), vec![0f64; cells]),
+            |(v, acc): &mut (Vec<(u32, f32)>, Vec<f64>), first, scores| {
+                if nn == 0 {
+                    return;
+                }
                 for row in scores.chunks(nn) {
                     push_top(row, t, v);
                 }
-            }
-        });
+                if let Some((labels, _)) = taste {
+                    crate::targeting::add_cohort_scores(acc, labels, nn, first, scores);
+                }
+            },
+        );
         let mut top = Vec::with_capacity(scorer.users() * t);
-        parts.into_iter().for_each(|p| top.extend(p));
-        BatchScores { t, top }
+        let mut sums = Vec::with_capacity(parts.len());
+        for (p, acc) in parts {
+            top.extend(p);
+            sums.push(acc);
+        }
+        let taste = taste.map(|(labels, k)| TasteScores {
+            labels: labels.to_vec(),
+            k,
+            means: crate::targeting::cohort_means(sums, labels, k, nn),
+        });
+        BatchScores { t, top, taste }
+    }
+
+    /// One notification per taste cohort, as
+    /// [`crate::targeting::expected_ctr_plan`] chooses it, when the
+    /// cohorts were given to [`BatchScores::compute`].
+    pub fn taste_plan(&self, notifications: usize) -> Option<PushPlan> {
+        let t = self.taste.as_ref()?;
+        Some(crate::targeting::plan_from_affinity(&t.means, &t.labels, t.k, notifications))
+    }
+
+    /// The score of notification `n` for user `u`, when it is among the
+    /// user's kept best.
+    pub fn kept(&self, u: usize, n: u32) -> Option<f32> {
+        self.of(u).iter().find(|e| e.0 == n).map(|e| e.1)
+    }
+
+    /// The score of what `user_push` pushes each user (NaN where nothing):
+    /// from the kept best where it is there, else scored again for just
+    /// those users.
+    pub fn push_scores(&self, scorer: &Scorer, user_push: &[Option<u32>]) -> Vec<f32> {
+        let mut out = vec![f32::NAN; user_push.len()];
+        let mut rescore = Vec::new();
+        for (u, p) in user_push.iter().enumerate() {
+            let Some(n) = *p else { continue };
+            match self.kept(u, n) {
+                Some(v) => out[u] = v,
+                None => rescore.push(u),
+            }
+        }
+        let nn = scorer.notifications();
+        for chunk in rescore.chunks(4 * crate::scores::BLOCK) {
+            let rows = scorer.scores_of(chunk);
+            for (&u, row) in chunk.iter().zip(rows.chunks(nn)) {
+                out[u] = row[user_push[u].expect("pushed") as usize];
+            }
+        }
+        out
     }
 
     fn users(&self) -> usize {
@@ -218,17 +283,27 @@ impl BatchScores {
 /// Inserts `row`'s best `t` entries, best first and ties to the lower
 /// index, at the end of `out`.
 fn push_top(row: &[f32], t: usize, out: &mut Vec<(u32, f32)>) {
+    let t = t.min(row.len());
+    if t == 0 {
+        return;
+    }
     let start = out.len();
-    for (n, &s) in row.iter().enumerate() {
-        let kept = &out[start..];
-        if kept.len() == t && s <= kept[t - 1].1 {
+    // The first `t` sorted, then only what beats the last kept.
+    out.extend(row[..t].iter().enumerate().map(|(n, &s)| (n as u32, s)));
+    out[start..].sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    let mut floor = out[start + t - 1].1;
+    for (n, &s) in row.iter().enumerate().skip(t) {
+        if s <= floor {
             continue;
         }
-        let at = start + kept.partition_point(|&(_, k)| k >= s);
-        if out.len() - start == t {
-            out.pop();
+        let kept = &mut out[start..];
+        let mut at = t - 1;
+        while at > 0 && kept[at - 1].1 < s {
+            kept[at] = kept[at - 1];
+            at -= 1;
         }
-        out.insert(at, (n as u32, s));
+        kept[at] = (n as u32, s);
+        floor = kept[t - 1].1;
     }
 }
 
@@ -441,11 +516,46 @@ mod tests {
     }
 
     #[test]
+    fn top_agrees_with_a_full_sort_and_the_taste_sums_with_cohort_affinity() {
+        let mut rng = crate::rng::Rng::new(4);
+        for len in [1, 3, 10, 11, 40] {
+            for _ in 0..200 {
+                // Few distinct values, so ties are common.
+                let row: Vec<f32> = (0..len).map(|_| rng.below(6) as f32 / 5.0).collect();
+                let t = TOP.min(len);
+                let mut want: Vec<(u32, f32)> = row.iter().enumerate().map(|(n, &s)| (n as u32, s)).collect();
+                want.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+                want.truncate(t);
+                let mut got = vec![(9, 9.0)];
+                push_top(&row, t, &mut got);
+                assert_eq!(got[1..], want[..], "{row:?}");
+            }
+        }
+        let rows: Vec<Vec<f32>> = (0..300).map(|_| (0..5).map(|_| rng.f32()).collect()).collect();
+        let (m, plays) = scorer_parts(&rows);
+        let notes = notes(5);
+        let tp = TargetingParams { history_weight: 0.0 };
+        let labels: Vec<u32> = (0..300).map(|u| (u % 7) as u32).collect();
+        let s = Scorer::new(&m, &plays, &notes, &tp);
+        let b = BatchScores::compute(&s, Some((&labels, 7)));
+        let want = crate::targeting::expected_ctr_plan(&m, &plays, &labels, 7, &notes, &tp);
+        assert_eq!(b.taste_plan(5), Some(want));
+        assert!(BatchScores::compute(&s, None).taste_plan(5).is_none());
+        assert_eq!(b.kept(0, b.of(0)[0].0), Some(b.of(0)[0].1));
+        // Push scores from the kept best or scored again agree with a pass.
+        let pushed: Vec<Option<u32>> = (0..300).map(|u| (u % 3 != 0).then_some((u % 5) as u32)).collect();
+        assert_eq!(
+            b.push_scores(&s, &pushed).iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            s.push_scores(&[&pushed])[0].iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
     fn with_groups_for_every_notification_each_user_gets_their_best() {
         let rows = vec![vec![0.9, 0.1, 0.0], vec![0.2, 0.8, 0.1], vec![0.1, 0.2, 0.7], vec![0.6, 0.5, 0.0]];
         let (m, plays) = scorer_parts(&rows);
         let s = Scorer::new(&m, &plays, &notes(3), &TargetingParams { history_weight: 0.0 });
-        let b = BatchScores::compute(&s);
+        let b = BatchScores::compute(&s, None);
         let p = GroupingParams { max_groups: 5, min_group_size: 1 };
         let (plan, scores) = b.release_plan(&s, &p);
         assert_eq!(plan.user_push, vec![Some(0), Some(1), Some(2), Some(0)]);
@@ -464,7 +574,7 @@ mod tests {
             let rows: Vec<Vec<f32>> = (0..users).map(|_| (0..nn).map(|_| rng.f32() * rng.f32()).collect()).collect();
             let (m, plays) = scorer_parts(&rows);
             let s = Scorer::new(&m, &plays, &notes(nn), &TargetingParams { history_weight: 0.0 });
-            let b = BatchScores::compute(&s);
+            let b = BatchScores::compute(&s, None);
             let (plan, _) = b.release_plan(&s, &GroupingParams { max_groups: g, min_group_size: 1 });
             let used: std::collections::BTreeSet<u32> = plan.user_push.iter().flatten().copied().collect();
             assert!(used.len() <= g, "{used:?} over {g} groups");
@@ -495,7 +605,7 @@ mod tests {
         rows.push(vec![0.0, 0.3, 0.95]);
         let (m, plays) = scorer_parts(&rows);
         let s = Scorer::new(&m, &plays, &notes(3), &TargetingParams { history_weight: 0.0 });
-        let b = BatchScores::compute(&s);
+        let b = BatchScores::compute(&s, None);
         // At least 2 a group: 2 alone would hold user 7; 1 holds users 6
         // and 7, who both gain by it.
         let (plan, scores) = b.release_plan(&s, &GroupingParams { max_groups: 3, min_group_size: 2 });
@@ -521,7 +631,7 @@ mod tests {
         rows.extend([vec![0.1, 1.0, 0.0], vec![0.0, 0.6, 0.7], vec![0.0, 0.0, 0.5]]);
         let (m, plays) = scorer_parts(&rows);
         let s = Scorer::new(&m, &plays, &notes(3), &TargetingParams { history_weight: 0.0 });
-        let b = BatchScores::compute(&s);
+        let b = BatchScores::compute(&s, None);
         let (plan, scores) = b.release_plan(&s, &GroupingParams { max_groups: 3, min_group_size: 2 });
         assert_eq!(plan.user_push[6..], [Some(0), Some(2), Some(2)]);
         assert_eq!(scores[6], 0.1);
@@ -544,7 +654,7 @@ mod tests {
         rows.push(odd);
         let (m, plays) = scorer_parts(&rows);
         let s = Scorer::new(&m, &plays, &notes(nn), &TargetingParams { history_weight: 0.0 });
-        let b = BatchScores::compute(&s);
+        let b = BatchScores::compute(&s, None);
         let (plan, scores) = b.release_plan(&s, &GroupingParams { max_groups: 4, min_group_size: 5 });
         assert_eq!(plan.user_push, vec![Some(nn as u32 - 1); 31]);
         assert!((scores[30] - 0.1).abs() < 1e-6);

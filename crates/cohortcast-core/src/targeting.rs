@@ -108,17 +108,24 @@ pub fn cohort_affinity(
     let nn = notifications.len();
     let scorer = Scorer::new(model, plays, notifications, params);
     // Fixed parts reduced in order, so the scores repeat bit for bit.
-    let parts = scorer.visit(
-        || vec![0f64; k * nn],
-        |acc, first, scores| {
-            for (r, row) in scores.chunks(nn.max(1)).enumerate() {
-                let l = labels[first + r] as usize;
-                for (o, &s) in acc[l * nn..(l + 1) * nn].iter_mut().zip(row) {
-                    *o += s as f64;
-                }
-            }
-        },
-    );
+    let parts =
+        scorer.visit(|| vec![0f64; k * nn], |acc, first, scores| add_cohort_scores(acc, labels, nn, first, scores));
+    cohort_means(parts, labels, k, nn)
+}
+
+/// Adds a block of users' scores (from user `first` on) to their cohorts'
+/// sums in `acc` (`k × nn`).
+pub(crate) fn add_cohort_scores(acc: &mut [f64], labels: &[u32], nn: usize, first: usize, scores: &[f32]) {
+    for (r, row) in scores.chunks(nn.max(1)).enumerate() {
+        let l = labels[first + r] as usize;
+        for (o, &s) in acc[l * nn..(l + 1) * nn].iter_mut().zip(row) {
+            *o += s as f64;
+        }
+    }
+}
+
+/// The cohorts' mean scores from the parts' sums, reduced in part order.
+pub(crate) fn cohort_means(parts: impl IntoIterator<Item = Vec<f64>>, labels: &[u32], k: usize, nn: usize) -> Vec<f64> {
     let mut sums = vec![0f64; k * nn];
     for p in parts {
         sums.iter_mut().zip(p).for_each(|(x, y)| *x += y);
@@ -140,8 +147,13 @@ pub fn expected_ctr_plan(
     notifications: &[Notification],
     params: &TargetingParams,
 ) -> PushPlan {
-    let nn = notifications.len();
     let aff = cohort_affinity(model, plays, labels, k, notifications, params);
+    plan_from_affinity(&aff, labels, k, notifications.len())
+}
+
+/// [`expected_ctr_plan`] from the cohorts' mean affinities already
+/// computed (`k × notifications`, as [`cohort_affinity`] gives them).
+pub fn plan_from_affinity(aff: &[f64], labels: &[u32], k: usize, nn: usize) -> PushPlan {
     let choice = (0..k)
         .map(|c| (0..nn).max_by(|&a, &b| aff[c * nn + a].total_cmp(&aff[c * nn + b]).then(b.cmp(&a))).map(|n| n as u32))
         .collect();

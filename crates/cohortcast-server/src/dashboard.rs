@@ -65,6 +65,17 @@ fn esc(s: &str) -> String {
 
 /// Vertical bars with a label under each (every `label_every`-th).
 fn bars(id: &str, title: &str, values: &[(String, f64, String)], fmt: &dyn Fn(f64) -> String) -> String {
+    bars_titled(id, title, values, None, fmt)
+}
+
+/// [`bars`], each bar's tooltip `titles[i]` (its label by default).
+fn bars_titled(
+    id: &str,
+    title: &str,
+    values: &[(String, f64, String)],
+    titles: Option<&[String]>,
+    fmt: &dyn Fn(f64) -> String,
+) -> String {
     let (w, h, left, bottom) = (900.0, 260.0, 50.0, 40.0);
     let max = values.iter().map(|v| v.1).fold(0.0, f64::max).max(1e-12);
     let n = values.len().max(1) as f64;
@@ -86,7 +97,7 @@ fn bars(id: &str, title: &str, values: &[(String, f64, String)], fmt: &dyn Fn(f6
             r#"<rect class="bar" x="{x:.1}" y="{:.1}" width="{:.1}" height="{bh:.1}" fill="{col}"><title>{}: {}</title></rect>"#,
             h - bottom - bh,
             (bw * 0.85).max(0.5),
-            esc(label),
+            esc(titles.and_then(|t| t.get(i)).unwrap_or(label)),
             esc(&fmt(*v))
         );
         if values.len() <= 12 {
@@ -379,18 +390,15 @@ fn ctr_per_cohort(inp: &Inputs) -> Option<String> {
     }
     rows.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     let shown = rows.len().min(CTR_COHORTS);
-    let vals: Vec<(String, f64, String)> = rows[..shown]
+    let vals: Vec<(String, f64, String)> =
+        rows[..shown].iter().enumerate().map(|(i, (g, _, _, _, ctr))| (g.clone(), *ctr, colour(i))).collect();
+    let titles: Vec<String> = rows[..shown]
         .iter()
-        .enumerate()
-        .map(|(i, (g, users, note, score, ctr))| {
-            (format!("{g} · {note} · {users} users · score {score:.2}"), *ctr, colour(i))
-        })
+        .map(|(g, users, note, score, _)| format!("group {g} · {note} · {users} users · score {score:.2}"))
         .collect();
-    let title = format!(
-        "CTR per push group of the chosen policy, the {shown} largest of {} (group · notification · users · mean predicted score)",
-        rows.len()
-    );
-    Some(bars("ctr-by-cohort", &title, &vals, &|v| format!("{:.1}%", 100.0 * v)))
+    let title =
+        format!("CTR per push group of the chosen policy, the {shown} largest of {}, largest first", rows.len());
+    Some(bars_titled("ctr-by-cohort", &title, &vals, Some(&titles), &|v| format!("{:.1}%", 100.0 * v)))
 }
 
 /// CTR per notification: the chosen policy's most pushed notifications,
@@ -731,7 +739,7 @@ mod tests {
         ] {
             assert!(page.contains(&format!("id=\"{id}\"")), "{id}");
         }
-        assert!(page.contains("0 · n1 · 3 users · score 0.90: 33.3%"), "{page}");
+        assert!(page.contains("group 0 · n1 · 3 users · score 0.90: 33.3%"), "{page}");
         assert_eq!(page.matches("class=\"frontier\"").count(), 1);
         assert!(page.contains("expected-ctr: 20.00% at 50.0% of users"), "{page}");
         assert_eq!(page.matches("class=\"hour\"").count(), 48);

@@ -50,6 +50,9 @@ pub struct Inputs<'a> {
     /// `ctr_by_cohort.csv` of the run (cohort, users, notification_id,
     /// predicted_score, users_clicked, ctr, expected_ctr), when there is one.
     pub ctr_by_cohort_csv: Option<&'a str>,
+    /// `groups.csv` of the run (group, notification_id, users,
+    /// predicted_score, taste_cohorts, top_artists), when there is one.
+    pub groups_csv: Option<&'a str>,
     /// When each cohort listens, when the ingest kept hours.
     pub hours: Option<&'a CohortHours>,
 }
@@ -264,14 +267,15 @@ fn evaluation(inp: &Inputs) -> String {
     if let Some(chart) = ctr_per_cohort(inp) {
         s.push_str(&chart);
     }
+    s.push_str(&groups_table(inp));
     if let Some(chart) = ctr_per_notification(inp) {
         s.push_str(&chart);
     }
     s
 }
 
-/// The reach–CTR frontier: each policy's CTR when only its best-scored
-/// users are pushed, against the share of users pushed (from
+/// The reach–CTR frontier: each policy's CTR when only a share of its
+/// users is pushed, against the share of users pushed (from
 /// `summary.json`'s `at_reach`); a policy that cannot push everyone ends
 /// at its own reach.
 fn frontier(inp: &Inputs) -> Option<String> {
@@ -298,8 +302,9 @@ fn frontier(inp: &Inputs) -> Option<String> {
     let max = lines.iter().flat_map(|l| l.1.iter().map(|p| p.1)).fold(0.0, f64::max).max(1e-9) * 1.05;
     let x = |r: f64| left + r * (w - left - legend - 10.0);
     let y = |c: f64| h - bottom - c / max * (h - bottom - top);
-    let title = "CTR at reach: users who clicked ÷ users pushed, when only the share of users with the highest \
-                 predicted score is pushed (compare policies at equal reach)";
+    let title = "CTR at reach: users who clicked ÷ users pushed, when only a share of users is pushed (the \
+                 expected-CTR plans' best-scored users first, a random share of the baselines'; compare policies \
+                 at equal reach)";
     let mut s = format!(
         r#"<figure><figcaption>{}</figcaption><svg id="reach-frontier" viewBox="0 0 {w} {h}" width="100%" role="img" aria-label="{}">"#,
         esc(title),
@@ -362,6 +367,47 @@ fn frontier(inp: &Inputs) -> Option<String> {
     }
     s.push_str("</svg></figure>");
     Some(s)
+}
+
+/// Push groups listed in the report's table (the largest).
+pub const GROUP_ROWS: usize = 20;
+
+/// The largest push groups, each explained: its notification, size, mean
+/// predicted score, the taste cohorts its users come from and its most
+/// played artists (from `groups.csv`, largest first).
+fn groups_table(inp: &Inputs) -> String {
+    let Some(csv) = inp.groups_csv else { return String::new() };
+    let rows: Vec<Vec<&str>> =
+        csv.lines().skip(1).map(|l| l.split(',').collect()).filter(|f: &Vec<&str>| f.len() == 6).collect();
+    if rows.is_empty() {
+        return String::new();
+    }
+    let shares = |cell: &str, prefix: &str| -> String {
+        cell.split(' ')
+            .filter_map(|x| x.rsplit_once(':'))
+            .map(|(id, share)| format!("{prefix}{} {:.0}%", esc(id), 100.0 * share.parse::<f64>().unwrap_or(0.0)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut s = format!(
+        r#"<figure><figcaption>The {} largest of {} push groups: who each one is</figcaption><table id="groups"><tr><th>group</th><th>notification</th><th>users</th><th>mean score</th><th>taste cohorts (share of the group)</th><th>top artists (share of its plays)</th></tr>"#,
+        rows.len().min(GROUP_ROWS),
+        rows.len()
+    );
+    for f in rows.iter().take(GROUP_ROWS) {
+        let _ = write!(
+            s,
+            r#"<tr class="group"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>"#,
+            esc(f[0]),
+            esc(f[1]),
+            esc(f[2]),
+            esc(f[3]),
+            shares(f[4], "cohort "),
+            shares(f[5], "")
+        );
+    }
+    s.push_str("</table></figure>");
+    s
 }
 
 /// Groups drawn in the per-cohort CTR chart (the largest).
@@ -594,6 +640,7 @@ pub fn render_run(
     let ctr = std::fs::read_to_string(run_dir.join("ctr.csv")).ok();
     let by_policy = std::fs::read_to_string(run_dir.join("ctr_by_policy.csv")).ok();
     let by_cohort = std::fs::read_to_string(run_dir.join("ctr_by_cohort.csv")).ok();
+    let groups = std::fs::read_to_string(run_dir.join("groups.csv")).ok();
     render(&Inputs {
         title,
         labels: &model.labels,
@@ -605,6 +652,7 @@ pub fn render_run(
         ctr_csv: ctr.as_deref(),
         ctr_by_policy_csv: by_policy.as_deref(),
         ctr_by_cohort_csv: by_cohort.as_deref(),
+        groups_csv: groups.as_deref(),
         hours,
     })
 }
@@ -635,7 +683,8 @@ pub fn render(inp: &Inputs) -> String {
 <style>body{{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1100px}}
 figure{{margin:18px 0}}figcaption,h2{{font-weight:600;font-size:15px;margin:6px 0}}
 .panels{{display:flex;flex-wrap:wrap;gap:14px}}.panel h3{{font-size:13px;margin:2px 0}}
-.stats span{{display:inline-block;margin-right:28px}}.stats b{{font-size:20px}}</style></head><body>
+.stats span{{display:inline-block;margin-right:28px}}.stats b{{font-size:20px}}
+table{{border-collapse:collapse;font-size:12px}}td,th{{padding:2px 8px;text-align:left;border-bottom:1px solid #eee}}</style></head><body>
 <h1>{title}</h1><p class="stats"><span><b id="users">{users}</b> users</span><span><b id="cohorts">{k}</b> cohorts</span><span><b>{factors}</b> factors</span></p>{headline}"#,
         title = esc(inp.title),
         factors = inp.factors
@@ -670,6 +719,7 @@ mod tests {
             ctr_csv: None,
             ctr_by_policy_csv: Some(by_policy),
             ctr_by_cohort_csv: None,
+            groups_csv: None,
             hours: None,
         };
         let chart = ctr_per_notification(&inp).unwrap();
@@ -725,6 +775,10 @@ mod tests {
             ctr_by_cohort_csv: Some(
                 "cohort,users,notification_id,predicted_score,users_clicked,ctr,expected_ctr\n0,3,n1,0.9,1,0.333333,\n",
             ),
+            groups_csv: Some(
+                "group,notification_id,users,predicted_score,taste_cohorts,top_artists\n\
+                 0,n1,3,0.900000,1:0.667 0:0.333,<b>:1.000\n",
+            ),
             hours: Some(&hours),
         });
         for id in [
@@ -741,6 +795,8 @@ mod tests {
         }
         assert!(page.contains("group 0 · n1 · 3 users · score 0.90: 33.3%"), "{page}");
         assert_eq!(page.matches("class=\"frontier\"").count(), 1);
+        assert!(page.contains("<td>cohort 1 67%, cohort 0 33%</td><td>&lt;b&gt; 100%</td>"), "{page}");
+        assert_eq!(page.matches("class=\"group\"").count(), 1);
         assert!(page.contains("expected-ctr: 20.00% at 50.0% of users"), "{page}");
         assert_eq!(page.matches("class=\"hour\"").count(), 48);
         assert!(page.contains("UTC+05:30") && page.contains("cohort 1, 08:00–09:00: 100.0% of 2 members"));

@@ -302,6 +302,11 @@ pub struct TargetArgsCommon {
     /// what they would be pushed (1: everyone).
     #[arg(long, default_value_t = 1.0)]
     reach: f64,
+    /// Push only users whose predicted score for what they would be pushed
+    /// reaches this floor (the score the API's `min_expected_ctr` uses: it
+    /// ranks, it is not a calibrated probability; 0: no floor).
+    #[arg(long, default_value_t = 0.0)]
+    min_expected_ctr: f64,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -318,6 +323,7 @@ pub struct Targeting {
     pub grouping: Grouping,
     pub min_group_size: usize,
     pub reach: f64,
+    pub min_score: f64,
 }
 
 impl Default for Targeting {
@@ -327,6 +333,7 @@ impl Default for Targeting {
             grouping: Grouping::default(),
             min_group_size: GroupingParams::default().min_group_size,
             reach: 1.0,
+            min_score: 0.0,
         }
     }
 }
@@ -351,7 +358,16 @@ impl TargetArgsCommon {
             GroupingArg::Taste => Grouping::Taste,
             GroupingArg::User => Grouping::User,
         };
-        Ok(Targeting { params: p, grouping, min_group_size: self.min_cohort_size, reach: self.reach })
+        if !(self.min_expected_ctr.is_finite() && self.min_expected_ctr >= 0.0) {
+            bail!("--min-expected-ctr must be a score of 0 or more, got {}", self.min_expected_ctr);
+        }
+        Ok(Targeting {
+            params: p,
+            grouping,
+            min_group_size: self.min_cohort_size,
+            reach: self.reach,
+            min_score: self.min_expected_ctr,
+        })
     }
 }
 

@@ -134,10 +134,18 @@ fn plan(
     let mut d = Decision { plan, scores };
     if tc.reach < 1.0 {
         limit_reach(&mut d.plan, &d.scores, tc.reach);
-        for (s, p) in d.scores.iter_mut().zip(&d.plan.user_push) {
-            if p.is_none() {
-                *s = f32::NAN;
+    }
+    if tc.min_score > 0.0 {
+        for (p, &s) in d.plan.user_push.iter_mut().zip(&d.scores) {
+            // NaN (nothing scored) is under any floor.
+            if s.is_nan() || (s as f64) < tc.min_score {
+                *p = None;
             }
+        }
+    }
+    for (s, p) in d.scores.iter_mut().zip(&d.plan.user_push) {
+        if p.is_none() {
+            *s = f32::NAN;
         }
     }
     d

@@ -286,6 +286,7 @@ struct TargetingSummary {
     grouping: String,
     min_cohort_size: usize,
     reach: f64,
+    min_expected_ctr: f64,
 }
 
 /// `summary.json`.
@@ -313,6 +314,7 @@ pub fn write_summary(
             grouping: tc.grouping.to_string(),
             min_cohort_size: tc.min_group_size,
             reach: tc.reach,
+            min_expected_ctr: tc.min_score,
         },
         policy,
         timings_s: t,

@@ -280,13 +280,22 @@ fn groupings_and_reach_are_chosen_by_flags_and_read_back_by_evaluate() {
     let by = std::fs::read_to_string(out.join("ctr_by_cohort.csv")).unwrap();
     let pushed: usize = by.lines().skip(1).map(|l| l.split(',').nth(1).unwrap().parse::<usize>().unwrap()).sum();
     assert_eq!(pushed, users.div_ceil(4));
+    // A floor on the score leaves out exactly the users under it.
+    ok(&["target", "--out", s(&out), "--min-expected-ctr", "1.2"]);
+    let groups = std::fs::read_to_string(out.join("groups.csv")).unwrap();
+    let pushed = std::fs::read_to_string(out.join("pushes.csv")).unwrap().lines().count() - 1;
+    assert!(pushed > 0 && pushed < users, "{pushed} of {users}");
+    assert!(groups.lines().skip(1).all(|l| l.split(',').nth(3).unwrap().parse::<f64>().unwrap() >= 1.2), "{groups}");
     // Per user: no groups file limit, every user their own best.
     ok(&["target", "--out", s(&out), "--grouping", "user"]);
     assert_eq!(std::fs::read_to_string(out.join("target.txt")).unwrap().trim(), "expected-ctr:user");
     // Bad values are refused before any work.
-    for (flag, v, says) in
-        [("--reach", "0", "--reach"), ("--grouping", "cohort", "cohort"), ("--min-cohort-size", "0", "min-cohort-size")]
-    {
+    for (flag, v, says) in [
+        ("--reach", "0", "--reach"),
+        ("--grouping", "cohort", "cohort"),
+        ("--min-cohort-size", "0", "min-cohort-size"),
+        ("--min-expected-ctr", "nan", "min-expected-ctr"),
+    ] {
         let o = cohortcast(&["target", "--out", s(&out), flag, v]);
         let err = String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.code(), Some(2), "{err}");

@@ -46,7 +46,8 @@ enum Command {
     Ingest(IngestArgs),
     /// Fit ALS and k-means on OUT/ingest/; write OUT/model/.
     Train(TrainArgs),
-    /// Choose a notification per cohort from OUT/model/; write the pushes.
+    /// Build push groups for the notifications and choose what each is
+    /// pushed, from OUT/model/; write the pushes.
     Target(TargetArgs),
     /// Measure CTR of OUT/pushes.csv and the baselines on the click log.
     Evaluate(EvaluateArgs),
@@ -290,8 +291,9 @@ pub struct TargetArgsCommon {
     #[arg(long, default_value_t = TargetingParams::default().history_weight)]
     history_weight: f32,
     /// How users are grouped for pushing: `release` (groups built for this
-    /// batch's predicted clicks, at most --cohorts of them), `taste` (one
-    /// notification per taste cohort) or `user` (each user their own best).
+    /// batch's predicted clicks, at most as many as the model's cohorts,
+    /// --cohorts), `taste` (one notification per taste cohort) or `user`
+    /// (each user their own best).
     #[arg(long, default_value = "release")]
     grouping: GroupingArg,
     /// Fewest users in a release group; smaller groups are dissolved into

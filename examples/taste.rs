@@ -2,6 +2,9 @@
 //! `demo` output folder, builds cohorts without looking at the batch (from
 //! the factors, or from predicted affinity to the most played artists) and
 //! measures the taste policy's expected CTR against the per-user oracle.
+//! Then the hold-out protocol: the even-numbered notifications are the
+//! past, the odd ones the batch; cohorts may use the past (predicted
+//! affinity to it) but never the batch, which alone is pushed and scored.
 //! `cargo run --release --example taste -- OUT_DIR [M ...]`
 
 use std::collections::HashMap;
@@ -54,6 +57,36 @@ fn main() {
     }
     let mut order: Vec<usize> = (0..plays.len()).collect();
     order.sort_by(|&a, &b| plays[b].total_cmp(&plays[a]));
+    // Hold-out: cohorts from the past notifications, pushed the batch.
+    let past: Vec<Notification> = notes.iter().step_by(2).cloned().collect();
+    let batch: Vec<usize> = (1..nn).step_by(2).collect();
+    let batch_notes: Vec<Notification> = batch.iter().map(|&n| notes[n].clone()).collect();
+    let held_oracle: f64 =
+        (0..users).map(|u| batch.iter().map(|&n| truth(u, n)).fold(0.0, f64::max)).sum::<f64>() / users as f64;
+    let held = |labels: &[u32], name: &str| {
+        let plan = expected_ctr_plan(&model.als, &ing.plays, labels, k, &batch_notes, &tp);
+        let e: f64 =
+            (0..users).map(|u| truth(u, batch[plan.user_push[u].unwrap() as usize])).sum::<f64>() / users as f64;
+        println!("hold-out: {name:<40} {:.1}% of the batch's oracle", 100.0 * e / held_oracle);
+    };
+    held(&model.labels, "k-means on unit factors (today)");
+    let raw = Cohorts::fit(
+        model.als.user_factors(),
+        model.als.factors(),
+        &KMeansParams { n_clusters: k, ..KMeansParams::default() },
+    )
+    .unwrap();
+    held(raw.labels(), "k-means on raw factors");
+    for hw in [0.0f32, 1.0, 4.0] {
+        let sc = Scorer::new(&model.als, &ing.plays, &past, &TargetingParams { history_weight: hw });
+        let z: Vec<f32> = sc.visit(Vec::new, |v: &mut Vec<f32>, _, s| v.extend_from_slice(s)).concat();
+        for unit in [false, true] {
+            let d = past.len();
+            let x: Vec<f32> = if unit { normalize_rows(&z, d).to_vec() } else { z.clone() };
+            let c = Cohorts::fit(&x, d, &KMeansParams { n_clusters: k, ..KMeansParams::default() }).unwrap();
+            held(c.labels(), &format!("affinity to the past, hw {hw}, unit {unit}"));
+        }
+    }
     for m in args[2..].iter().map(|s| s.parse::<usize>().unwrap()) {
         let arts: Vec<Notification> =
             order[..m].iter().map(|&a| Notification { id: String::new(), artists: vec![a as u32] }).collect();

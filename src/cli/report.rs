@@ -187,10 +187,14 @@ fn print_reach_table(ev: &Evaluation, truth: bool) {
     }
 }
 
+/// An optional figure in a CSV cell: empty when unknown.
+fn opt(v: Option<f64>) -> String {
+    v.map(|v| format!("{v:.6}")).unwrap_or_default()
+}
+
 /// `ctr_at_reach.csv`: every evaluated plan's CTR at each reach it can
 /// fill, then at its own reach.
 pub fn write_ctr_at_reach_csv(path: &Path, ev: &Evaluation) -> Result<()> {
-    let opt = |v: Option<f64>| v.map(|v| format!("{v:.6}")).unwrap_or_default();
     write_lines(
         path,
         Some("policy,reach,users_pushed,users_clicked,ctr,expected_ctr"),
@@ -214,7 +218,6 @@ pub fn write_ctr_at_reach_csv(path: &Path, ev: &Evaluation) -> Result<()> {
 
 /// `ctr_by_cohort.csv`: the chosen plan's CTR per push group.
 pub fn write_ctr_by_cohort_csv(path: &Path, notes: &[Notification], groups: &[GroupCtr]) -> Result<()> {
-    let opt = |v: Option<f64>| v.map(|v| format!("{v:.6}")).unwrap_or_default();
     write_lines(
         path,
         Some("cohort,users,notification_id,predicted_score,users_clicked,ctr,expected_ctr"),

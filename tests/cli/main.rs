@@ -26,7 +26,13 @@ fn ok(args: &[&str]) -> Output {
 
 /// `cohortcast run` of local data into `out` with the small model.
 fn run_small(data: &Path, out: &Path) -> Output {
+    run_small_with(data, out, &[])
+}
+
+/// [`run_small`] with more flags.
+fn run_small_with(data: &Path, out: &Path, flags: &[&str]) -> Output {
     let mut args = vec!["run", "--data", s(data), "--out", s(out)];
+    args.extend_from_slice(flags);
     args.extend_from_slice(MODEL);
     ok(&args)
 }
@@ -250,9 +256,7 @@ fn groupings_and_reach_are_chosen_by_flags_and_read_back_by_evaluate() {
     let dir = tempfile::tempdir().unwrap();
     let data = synth(dir.path());
     let out = dir.path().join("out");
-    let mut args = vec!["run", "--data", s(&data), "--out", s(&out), "--grouping", "taste"];
-    args.extend_from_slice(MODEL);
-    ok(&args);
+    run_small_with(&data, &out, &["--grouping", "taste"]);
     let sum = summary(&out);
     assert_eq!(sum["ctr"][0]["policy"], "expected-ctr:taste");
     assert_eq!(sum["targeting"]["grouping"], "taste");

@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 
 use std::collections::HashMap;
 
-use super::{ok, s, synth, MODEL};
+use super::{run_small_with, s, synth};
 
 /// One HTTP/1.1 request; the status and the body.
 fn http(port: u16, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, serde_json::Value) {
@@ -30,9 +30,7 @@ fn serve_answers_from_the_model_a_run_wrote() {
     let dir = tempfile::tempdir().unwrap();
     let data = synth(dir.path());
     let out = dir.path().join("out");
-    let mut args = vec!["run", "--data", s(&data), "--out", s(&out), "--utc-offset", "+05:30"];
-    args.extend_from_slice(MODEL);
-    ok(&args);
+    run_small_with(&data, &out, &["--utc-offset", "+05:30"]);
     let token = "a-token-of-at-least-16-chars";
     let mut child = Command::new(env!("CARGO_BIN_EXE_cohortcast"))
         .args(["serve", "--model", s(&out.join("model")), "--addr", "127.0.0.1:0"])

@@ -191,13 +191,7 @@ impl BatchScores {
                 None => rescore.push(u),
             }
         }
-        let nn = scorer.notifications();
-        for chunk in rescore.chunks(4 * crate::scores::BLOCK) {
-            let rows = scorer.scores_of(chunk);
-            for (&u, row) in chunk.iter().zip(rows.chunks(nn)) {
-                out[u] = row[user_push[u].expect("pushed") as usize];
-            }
-        }
+        scorer.each_of(&rescore, |u, row| out[u] = row[user_push[u].expect("pushed") as usize]);
         out
     }
 
@@ -337,17 +331,13 @@ impl State {
                 None => rescore.push(u as usize),
             }
         }
-        let nn = scorer.notifications();
-        for chunk in rescore.chunks(4 * crate::scores::BLOCK) {
-            let rows = scorer.scores_of(chunk);
-            for (&u, row) in chunk.iter().zip(rows.chunks(nn)) {
-                let best = (0..nn)
-                    .filter(|&n| self.selected[n])
-                    .max_by(|&a, &b| row[a].total_cmp(&row[b]).then(b.cmp(&a)))
-                    .expect("at least one notification is chosen");
-                self.put(u as u32, best as u32, row[best]);
-            }
-        }
+        scorer.each_of(&rescore, |u, row| {
+            let best = (0..row.len())
+                .filter(|&n| self.selected[n])
+                .max_by(|&a, &b| row[a].total_cmp(&row[b]).then(b.cmp(&a)))
+                .expect("at least one notification is chosen");
+            self.put(u as u32, best as u32, row[best]);
+        });
     }
 
     fn put(&mut self, u: u32, n: u32, s: f32) {

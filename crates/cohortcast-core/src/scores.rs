@@ -95,15 +95,20 @@ impl<'a> Scorer<'a> {
         }
     }
 
-    /// The scores of any users, row-major `users.len() × notifications`.
-    pub fn scores_of(&self, users: &[usize]) -> Vec<f32> {
-        let mut out = vec![0f32; users.len() * self.slots.len()];
+    /// Scores any users, a block at a time: `each(user, scores)` for each
+    /// of `users` in order, `scores` one per notification.
+    pub fn each_of(&self, users: &[usize], mut each: impl FnMut(usize, &[f32])) {
+        let nn = self.slots.len();
+        let mut out = vec![0f32; BLOCK * nn];
         let mut share = vec![0f32; self.artists.len()];
-        for (us, o) in users.chunks(BLOCK).zip(out.chunks_mut((BLOCK * self.slots.len()).max(1))) {
+        for us in users.chunks(BLOCK) {
             let x: Vec<f32> = us.iter().flat_map(|&u| self.model.user(u).iter().copied()).collect();
-            self.score_rows(us, &x, o, &mut share);
+            let rows = &mut out[..us.len() * nn];
+            self.score_rows(us, &x, rows, &mut share);
+            for (&u, row) in us.iter().zip(rows.chunks(nn.max(1))) {
+                each(u, row);
+            }
         }
-        out
     }
 
     /// Visits every user's scores in parallel: the users are cut into at
@@ -220,7 +225,13 @@ mod tests {
         }
         assert!(seen.iter().all(|&x| x), "every user visited");
         let some = [7usize, BLOCK + 3, 1, users - 1];
-        let got = s.scores_of(&some);
+        let mut got = Vec::new();
+        let mut order = Vec::new();
+        s.each_of(&some, |u, row| {
+            order.push(u);
+            got.extend_from_slice(row);
+        });
+        assert_eq!(order, some);
         let pushed: Vec<Option<u32>> = (0..users).map(|u| (u % 4 != 0).then_some((u % 3) as u32)).collect();
         let ps = s.push_scores(&[&pushed]);
         for (i, &u) in some.iter().enumerate() {

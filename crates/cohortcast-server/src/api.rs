@@ -431,8 +431,13 @@ async fn release(
     let m2 = m.clone();
     let by_user = r.grouping.unwrap_or(Grouping::Taste) != Grouping::Taste;
     let (ctr, scores) = blocking("scoring", move || {
-        let scores = by_user.then(|| m2.user_scores(&ids, &tp));
-        (m2.affinity(&ids, &tp), scores)
+        if by_user {
+            // The cohorts' means of the users' own scores: one pass.
+            let scores = m2.user_scores(&ids, &tp);
+            (m2.cohort_means(&scores), Some(scores))
+        } else {
+            (m2.affinity(&ids, &tp), None)
+        }
     })
     .await?;
     // Users updated since training count in their new cohorts.

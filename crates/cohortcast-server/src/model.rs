@@ -323,6 +323,16 @@ impl Served {
         scorer.visit(Vec::new, |v: &mut Vec<f32>, _, s| v.extend_from_slice(s)).concat()
     }
 
+    /// Each cohort's mean of per-user `scores` (as [`Served::user_scores`]
+    /// gives them), over the cohort's members at load.
+    pub fn cohort_means(&self, scores: &[f32]) -> Vec<f64> {
+        let mut sums = vec![0f64; self.k()];
+        for (&l, &s) in self.model.labels.iter().zip(scores) {
+            sums[l as usize] += s as f64;
+        }
+        sums.iter().zip(&self.sizes).map(|(s, &n)| if n > 0 { s / n as f64 } else { 0.0 }).collect()
+    }
+
     /// [`cohort_affinity`] itself, for checking [`Served::affinity`].
     pub fn affinity_reference(&self, artists: &[u32], tp: &TargetingParams) -> Vec<f64> {
         let note = Notification { id: String::new(), artists: artists.to_vec() };

@@ -224,7 +224,12 @@ async fn a_release_grouped_by_user_pushes_the_best_scored_users_whatever_their_c
     let st = state(dir.path(), Some(TOKEN));
     let m = Served::load(&dir.path().join("model"), &dir.path().join("ingest")).unwrap();
     let a2 = m.artist("a2").unwrap();
-    let scores = m.user_scores(&[a2], &cohortcast_core::targeting::TargetingParams::default());
+    let tp = cohortcast_core::targeting::TargetingParams::default();
+    let scores = m.user_scores(&[a2], &tp);
+    // The cohorts' means of those scores are the cohorts' affinity.
+    for (mean, aff) in m.cohort_means(&scores).iter().zip(m.affinity(&[a2], &tp)) {
+        assert!((mean - aff).abs() < 1e-5, "{mean} vs {aff}");
+    }
     let body = r#"{"notification_id": "n-u", "artist_ids": ["a2"], "max_users": 30, "grouping": "user"}"#;
     let (s, v) = call(&st, "POST", "/v1/releases", Some(body), Some(TOKEN)).await;
     assert_eq!(s, StatusCode::OK, "{v}");

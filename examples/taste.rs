@@ -5,6 +5,7 @@
 //! Then the hold-out protocol: the even-numbered notifications are the
 //! past, the odd ones the batch; cohorts may use the past (predicted
 //! affinity to it) but never the batch, which alone is pushed and scored.
+//! Also: factors moved toward the artists each user already plays.
 //! `cargo run --release --example taste -- OUT_DIR [M ...]`
 
 use std::collections::HashMap;
@@ -77,6 +78,27 @@ fn main() {
     )
     .unwrap();
     held(raw.labels(), "k-means on raw factors");
+    // Factors moved toward the artists each user already plays, so that the
+    // cohorts see both terms of the score.
+    let f = model.als.factors();
+    for beta in [0.5f32, 1.0, 2.0, 4.0] {
+        let mut z = model.als.user_factors().to_vec();
+        for u in 0..users {
+            let (idx, val) = ing.plays.row(u);
+            let total: f32 = val.iter().sum();
+            let zu = &mut z[u * f..(u + 1) * f];
+            for (&a, &v) in idx.iter().zip(val) {
+                let y = model.als.item(a as usize);
+                let n2: f32 = y.iter().map(|t| t * t).sum::<f32>().max(1e-6);
+                let w = beta * v / total.max(1e-6) / n2;
+                zu.iter_mut().zip(y).for_each(|(p, q)| *p += w * q);
+            }
+        }
+        let z = normalize_rows(&z, f).to_vec();
+        let c = Cohorts::fit(&z, f, &KMeansParams { n_clusters: k, ..KMeansParams::default() }).unwrap();
+        eval(c.labels(), &format!("unit factors + history, beta {beta}"));
+        held(c.labels(), &format!("unit factors + history, beta {beta}"));
+    }
     for hw in [0.0f32, 1.0, 4.0] {
         let sc = Scorer::new(&model.als, &ing.plays, &past, &TargetingParams { history_weight: hw });
         let z: Vec<f32> = sc.visit(Vec::new, |v: &mut Vec<f32>, _, s| v.extend_from_slice(s)).concat();

@@ -1,6 +1,7 @@
 //! Command-line arguments, parsed into validated parameters in one place.
 
 mod cluster;
+mod outdir;
 mod pipeline;
 mod progress;
 mod remote;
@@ -475,7 +476,14 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Synth(a) => synth::run(a),
         Command::Cluster(a) => cluster::run(a, cli.s3.options()),
         Command::Serve(a) => serve::run(a),
-        Command::Demo(a) => pipeline::demo(a),
+        Command::Demo(a) => {
+            let staged = outdir::Staged::begin(&a.out, false)?;
+            pipeline::demo(&a, staged.path())?;
+            let out = staged.out().to_path_buf();
+            staged.commit()?;
+            println!("outputs in {}", out.display());
+            Ok(())
+        }
         Command::Run(a) => {
             let paths = a.inputs.paths(&stores)?;
             let (als, km) = (a.model.als()?, a.model.kmeans()?);

@@ -683,9 +683,9 @@ fn write_report(out: &Path, ing: &Ingested, model: &StoredModel, hours: Option<&
     Ok(())
 }
 
-/// `cohortcast demo`.
-pub fn demo(a: DemoArgs) -> Result<()> {
-    let data = a.out.join("data");
+/// `cohortcast demo`, writing into `out` (the staging folder).
+pub fn demo(a: &DemoArgs, out: &Path) -> Result<()> {
+    let data = out.join("data");
     super::synth::run(super::synth::SynthArgs::demo(data.clone(), a.users, a.seed))?;
     let paths = InputPaths::from_data_dir(&data);
     let als = AlsParams { seed: a.seed, ..AlsParams::default() };
@@ -698,8 +698,7 @@ pub fn demo(a: DemoArgs) -> Result<()> {
         &km,
         &Targeting::default(),
         PolicyArg::ExpectedCtr,
-        &a.out,
+        out,
     )?;
-    println!("outputs in {}", a.out.display());
     Ok(())
 }

@@ -120,6 +120,7 @@ fn snapshot(root: &Path) -> Result<Snapshot> {
 /// folder that [`OutDir::commit`] uploads to an `s3://` prefix.
 pub struct OutDir {
     local: PathBuf,
+    staged: Option<super::outdir::Staged>,
     remote: Option<(S3Url, tempfile::TempDir, Snapshot)>,
 }
 
@@ -128,7 +129,8 @@ impl OutDir {
     /// left there when `fetch` is set.
     pub fn open(spec: &str, stores: &Stores, fetch: bool) -> Result<OutDir> {
         if !is_s3(spec) {
-            return Ok(OutDir { local: PathBuf::from(spec), remote: None });
+            let staged = super::outdir::Staged::begin(Path::new(spec), fetch)?;
+            return Ok(OutDir { local: staged.path().to_path_buf(), staged: Some(staged), remote: None });
         }
         let url = S3Url::parse(spec)?;
         let staging = tempfile::Builder::new().prefix("cohortcast-out-").tempdir().context("a staging folder")?;
@@ -137,7 +139,7 @@ impl OutDir {
                 .with_context(|| format!("reading what earlier stages left in {}", url.url()))?;
         }
         let before = snapshot(staging.path())?;
-        Ok(OutDir { local: staging.path().to_path_buf(), remote: Some((url, staging, before)) })
+        Ok(OutDir { local: staging.path().to_path_buf(), staged: None, remote: Some((url, staging, before)) })
     }
 
     /// Where the command writes.
@@ -149,6 +151,9 @@ impl OutDir {
     /// last; on a failure deletes what this call uploaded and says which
     /// object failed.
     pub fn commit(self, stores: &Stores) -> Result<()> {
+        if let Some(staged) = self.staged {
+            return staged.commit();
+        }
         let Some((url, staging, before)) = self.remote else { return Ok(()) };
         let after = snapshot(staging.path())?;
         let mut changed: Vec<&PathBuf> =

@@ -2,6 +2,7 @@
 //! harness: every test runs the real binary in a fresh temporary folder.
 
 mod cluster;
+mod reliability;
 mod s3;
 mod serve;
 

@@ -57,6 +57,9 @@ impl Input {
 
     /// Checks one line (without its line terminator) against the layout.
     pub fn check(self, line: &str) -> Result<(), Reject> {
+        if let Some(r) = marked_reject(line) {
+            return Err(r);
+        }
         match self {
             Input::Clickstream => check_play(line),
             Input::Metadata => check_metadata(line),
@@ -85,13 +88,18 @@ pub enum Reject {
     EmptyNotificationId,
     /// `timestamp` is not a whole number of Unix seconds.
     BadTimestamp,
-    /// `date` is not eight digits `yyyyMMdd`.
+    /// `date` is not a calendar date written `yyyyMMdd`.
     BadDate,
+    /// The line is not UTF-8 text.
+    NotUtf8,
+    /// A quote that does not close, or a quoted field holding a comma
+    /// (ids cannot).
+    BadQuoting,
 }
 
 impl Reject {
     /// Every reason, in report order.
-    pub const ALL: [Reject; 8] = [
+    pub const ALL: [Reject; 10] = [
         Reject::WrongFieldCount,
         Reject::EmptyUserId,
         Reject::BadUserId,
@@ -100,6 +108,8 @@ impl Reject {
         Reject::EmptyNotificationId,
         Reject::BadTimestamp,
         Reject::BadDate,
+        Reject::NotUtf8,
+        Reject::BadQuoting,
     ];
 
     /// Stable snake_case code.
@@ -113,6 +123,8 @@ impl Reject {
             Reject::EmptyNotificationId => "empty_notification_id",
             Reject::BadTimestamp => "bad_timestamp",
             Reject::BadDate => "bad_date",
+            Reject::NotUtf8 => "not_utf8",
+            Reject::BadQuoting => "bad_quoting",
         }
     }
 
@@ -128,22 +140,169 @@ impl Reject {
             Reject::WrongFieldCount => {
                 format!("{} fields where {} expects {}", fields.len(), input.name(), input.layout())
             }
-            Reject::BadTimestamp => format!("timestamp `{}` is not a number", fields.get(1).unwrap_or(&"")),
+            Reject::BadTimestamp => {
+                format!("timestamp `{}` is not Unix seconds from 1970 to 9999", fields.get(1).unwrap_or(&""))
+            }
             Reject::BadUserId => {
                 let u = if input == Input::Clickstream { fields.first() } else { fields.get(1) };
                 format!("user_id `{}` is not 32 hexadecimal characters", u.unwrap_or(&""))
             }
             Reject::BadDate => {
                 let d = if input == Input::Clickstream { fields.get(3) } else { fields.get(2) };
-                format!("date `{}` is not yyyyMMdd", d.unwrap_or(&""))
+                format!("date `{}` is not a calendar date yyyyMMdd", d.unwrap_or(&""))
             }
+            Reject::NotUtf8 => "the line is not UTF-8 text".into(),
+            Reject::BadQuoting => "a quote does not close, or a quoted field holds a comma".into(),
             other => other.code().replace('_', " "),
         }
     }
 }
 
 fn is_date(s: &str) -> bool {
-    s.len() == 8 && s.bytes().all(|b| b.is_ascii_digit())
+    s.len() == 8 && s.bytes().all(|b| b.is_ascii_digit()) && is_calendar_date(s.as_bytes())
+}
+
+/// Whether eight ASCII digits `yyyyMMdd` name a day of the Gregorian
+/// calendar (year 1000 to 9999).
+fn is_calendar_date(b: &[u8]) -> bool {
+    let num = |r: std::ops::Range<usize>| b[r].iter().fold(0u32, |n, &d| n * 10 + (d - b'0') as u32);
+    let (y, m, d) = (num(0..4), num(4..6), num(6..8));
+    let leap = y % 4 == 0 && (y % 100 != 0 || y % 400 == 0);
+    let days = match m {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => return false,
+    };
+    y >= 1000 && (1..=days).contains(&d)
+}
+
+/// The last second of year 9999, the latest time a `yyyyMMdd` date can
+/// name.
+pub const MAX_TIMESTAMP: i64 = 253_402_300_799;
+
+/// Whether `t` is a Unix time the inputs and the API accept: from 1970 to
+/// the end of year 9999.
+pub fn is_timestamp(t: i64) -> bool {
+    (0..=MAX_TIMESTAMP).contains(&t)
+}
+
+/// What a raw line of an input is, before the rules: data (a UTF-8
+/// byte-order mark, a trailing `\r` and RFC 4180 quotes taken off), a
+/// header naming the layout's columns (skipped, not counted), or a line
+/// that cannot be text of the layout at all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RawLine<'a> {
+    /// The line's text.
+    Data(std::borrow::Cow<'a, str>),
+    /// A header line: `user_id,timestamp,song_id,date` and the like.
+    Header,
+    /// Rejected before the rules: [`Reject::NotUtf8`] or [`Reject::BadQuoting`].
+    Bad(Reject),
+}
+
+/// The column names a header line may use, in any case.
+const HEADER_WORDS: [&str; 6] = ["user_id", "timestamp", "song_id", "date", "artist_id", "notification_id"];
+
+/// Reads one raw line (without its `\n`); see [`RawLine`].
+pub fn raw_line(bytes: &[u8]) -> RawLine<'_> {
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+    let Ok(text) = std::str::from_utf8(bytes) else { return RawLine::Bad(Reject::NotUtf8) };
+    let text = if text.contains('"') {
+        match unquote(text) {
+            Some(t) => std::borrow::Cow::Owned(t),
+            None => return RawLine::Bad(Reject::BadQuoting),
+        }
+    } else {
+        std::borrow::Cow::Borrowed(text)
+    };
+    if is_header(&text) {
+        return RawLine::Header;
+    }
+    RawLine::Data(text)
+}
+
+/// Whether a line is a header: two or more fields, each a column name.
+pub fn is_header(text: &str) -> bool {
+    let b = text.as_bytes();
+    // Most lines fail here: a header starts with `u`, `s` or `n`.
+    if b.len() > 80 || !matches!(b.first(), Some(b'u' | b'U' | b's' | b'S' | b'n' | b'N')) || !text.contains(',') {
+        return false;
+    }
+    text.split(',').all(|f| HEADER_WORDS.iter().any(|w| f.trim().eq_ignore_ascii_case(w)))
+}
+
+/// A line with RFC 4180 quoting taken off (`"a""b"` is `a"b`), or `None`
+/// where a quote does not close or a quoted field holds a comma.
+fn unquote(text: &str) -> Option<String> {
+    let mut out = String::with_capacity(text.len());
+    for (i, field) in split_quoted(text)?.into_iter().enumerate() {
+        if field.contains(',') {
+            return None;
+        }
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&field);
+    }
+    Some(out)
+}
+
+/// The fields of a line with RFC 4180 quoting, or `None` where a quote
+/// does not close or text follows a closing quote.
+fn split_quoted(text: &str) -> Option<Vec<String>> {
+    let mut fields = Vec::new();
+    let mut chars = text.chars().peekable();
+    loop {
+        let mut field = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            loop {
+                match chars.next()? {
+                    '"' if chars.peek() == Some(&'"') => {
+                        chars.next();
+                        field.push('"');
+                    }
+                    '"' => break,
+                    c => field.push(c),
+                }
+            }
+            match chars.next() {
+                None => {
+                    fields.push(field);
+                    return Some(fields);
+                }
+                Some(',') => {}
+                Some(_) => return None,
+            }
+        } else {
+            loop {
+                match chars.next() {
+                    None => {
+                        fields.push(field);
+                        return Some(fields);
+                    }
+                    Some(',') => break,
+                    Some('"') => return None,
+                    Some(c) => field.push(c),
+                }
+            }
+        }
+        fields.push(field);
+    }
+}
+
+/// The text a line rejected before the rules stands for in a table of
+/// lines: it starts with U+FFFD, which no rule accepts in that place.
+pub fn marked(r: Reject) -> String {
+    format!("\u{FFFD}{}", r.code())
+}
+
+/// The reject a [`marked`] line stands for.
+fn marked_reject(line: &str) -> Option<Reject> {
+    line.strip_prefix('\u{FFFD}').map(|code| Reject::from_code(code).unwrap_or(Reject::NotUtf8))
 }
 
 /// Trims a trailing carriage return (files written on Windows).
@@ -200,7 +359,7 @@ fn parse_timestamp(s: &str) -> Option<i64> {
         }
         v = v * 10 + d as i64;
     }
-    Some(if neg { -v } else { v })
+    Some(if neg { -v } else { v }).filter(|&t| is_timestamp(t))
 }
 
 /// A 64-bit hash of a song id, the same on every machine and in every
@@ -369,7 +528,7 @@ fn hex8(x: u64) -> Option<u32> {
 fn parse_usual(b: &[u8]) -> Option<(u128, i64, std::ops::Range<usize>)> {
     let n = b.len();
     // 32 + 1 + 1 + 1 + 1 + 1 + 8: the shortest such line.
-    if n < 45 || b[32] != b',' || b[n - 9] != b',' || !all_digits(word(b, n - 8)) {
+    if n < 45 || b[32] != b',' || b[n - 9] != b',' || !all_digits(word(b, n - 8)) || !is_calendar_date(&b[n - 8..]) {
         return None;
     }
     let user = hex32(&b[..32])?;
@@ -379,7 +538,7 @@ fn parse_usual(b: &[u8]) -> Option<(u128, i64, std::ops::Range<usize>)> {
         timestamp = timestamp * 10 + (b[at] - b'0') as i64;
         at += 1;
     }
-    if b[at] != b',' || at == 33 {
+    if b[at] != b',' || at == 33 || timestamp > MAX_TIMESTAMP {
         return None;
     }
     let song = at + 1..n - 9;
@@ -391,6 +550,9 @@ fn parse_usual(b: &[u8]) -> Option<(u128, i64, std::ops::Range<usize>)> {
 
 /// [`parse_play`] by finding the commas first, for any line.
 fn parse_play_fields(line: &str) -> Result<Play<'_>, Reject> {
+    if let Some(r) = marked_reject(line) {
+        return Err(r);
+    }
     let bytes = line.as_bytes();
     let mut commas = [0usize; 3];
     let mut found = 0;
@@ -489,6 +651,48 @@ mod tests {
     }
 
     #[test]
+    fn raw_lines_lose_marks_quotes_and_headers_and_bad_text_is_named() {
+        let data = |t: &str| RawLine::Data(std::borrow::Cow::Owned(t.to_string()));
+        assert_eq!(raw_line(b"\xEF\xBB\xBFN0000,A1"), data("N0000,A1"));
+        assert_eq!(raw_line(b"S1,A1\r"), data("S1,A1"));
+        assert_eq!(raw_line(b"\"S1\",\"A1\""), data("S1,A1"));
+        assert_eq!(raw_line(b"\"S \"\"1\"\"\",A1"), data("S \"1\",A1"));
+        assert_eq!(raw_line(b"\"S1,x\",A1"), RawLine::Bad(Reject::BadQuoting));
+        assert_eq!(raw_line(b"\"S1,A1"), RawLine::Bad(Reject::BadQuoting));
+        assert_eq!(raw_line(b"\"S1\"x,A1"), RawLine::Bad(Reject::BadQuoting));
+        assert_eq!(raw_line(b"S\"1,A1"), RawLine::Bad(Reject::BadQuoting));
+        assert_eq!(raw_line(b"S1,A\xff1"), RawLine::Bad(Reject::NotUtf8));
+        for h in [
+            "user_id,timestamp,song_id,date",
+            "\u{FEFF}song_id,artist_id",
+            "SONG_ID,ARTIST_ID,ARTIST_ID",
+            "\"notification_id\",\"artist_id\"",
+            "notification_id,user_id,date",
+        ] {
+            assert_eq!(raw_line(h.as_bytes()), RawLine::Header, "{h}");
+        }
+        assert_eq!(raw_line(b"song_id,A1"), data("song_id,A1"), "a song may be called song_id");
+        // A marked line is rejected for its reason by every input.
+        for input in Input::ALL {
+            assert_eq!(input.check(&marked(Reject::BadQuoting)), Err(Reject::BadQuoting));
+            assert_eq!(input.check(&marked(Reject::NotUtf8)), Err(Reject::NotUtf8));
+        }
+    }
+
+    #[test]
+    fn dates_are_days_of_the_calendar() {
+        let u = "0123456789abcdef0123456789abcdef";
+        for good in ["20170101", "20160229", "20001231", "20000229"] {
+            assert_eq!(Input::Clickstream.check(&format!("{u},1500000000,s1,{good}")), Ok(()), "{good}");
+            assert_eq!(Input::NotificationClicks.check(&format!("n,{u},{good}")), Ok(()), "{good}");
+        }
+        for bad in ["20171301", "20170230", "00000000", "20170100", "19000229", "20170431", "20170001"] {
+            assert_eq!(Input::Clickstream.check(&format!("{u},1500000000,s1,{bad}")), Err(Reject::BadDate), "{bad}");
+            assert_eq!(Input::NotificationClicks.check(&format!("n,{u},{bad}")), Err(Reject::BadDate), "{bad}");
+        }
+    }
+
+    #[test]
     fn every_clickstream_reject_kind() {
         let u = "0123456789abcdef0123456789abcdef";
         assert_eq!(Input::Clickstream.check(&format!("{u},1500000000,s1,20170101")), Ok(()));
@@ -510,10 +714,17 @@ mod tests {
             Input::Clickstream.check(&format!("{u},1234567890123456789,s1,20170101")),
             Err(Reject::BadTimestamp)
         );
-        assert_eq!(parse_play(&format!("{u},-5,s1,20170101")).map(|p| p.timestamp), Ok(-5));
+        // Times from 1970 to the end of year 9999, as the API.
+        assert_eq!(parse_play(&format!("{u},-5,s1,20170101")).map(|p| p.timestamp), Err(Reject::BadTimestamp));
+        assert_eq!(parse_play(&format!("{u},0,s1,20170101")).map(|p| p.timestamp), Ok(0));
+        assert_eq!(parse_play(&format!("{u},{MAX_TIMESTAMP},s1,20170101")).map(|p| p.timestamp), Ok(MAX_TIMESTAMP));
+        assert_eq!(
+            parse_play(&format!("{u},{},s1,20170101", MAX_TIMESTAMP + 1)).map(|p| p.timestamp),
+            Err(Reject::BadTimestamp)
+        );
         assert_eq!(
             parse_play(&format!("{u},123456789012345678,s1,20170101")).map(|p| p.timestamp),
-            Ok(123456789012345678)
+            Err(Reject::BadTimestamp)
         );
         assert_eq!(Input::Clickstream.check(&format!("{u},1,s1,2017010a")), Err(Reject::BadDate));
         assert_eq!(Input::Clickstream.check(&format!("{u},15,s1,2017-01-01")), Err(Reject::BadDate));
@@ -533,7 +744,12 @@ mod tests {
             let digits = 1 + rng.below(19);
             let ts: String = (0..digits).map(|_| (b'0' + rng.below(10) as u8) as char).collect();
             let song = format!("S{:0w$}", rng.below(100_000), w = rng.below(9));
-            let date = format!("2017{:04}", rng.below(10_000));
+            // Mostly days of the calendar; one in ten any four digits.
+            let date = if rng.below(10) == 0 {
+                format!("2017{:04}", rng.below(10_000))
+            } else {
+                format!("2017{:02}{:02}", 1 + rng.below(12), 1 + rng.below(28))
+            };
             let eol = if rng.below(10) == 0 { "\r" } else { "" };
             let mut line = format!("{user},{ts},{song},{date}{eol}").into_bytes();
             if case % 4 != 0 {
@@ -601,7 +817,7 @@ mod tests {
     fn descriptions_name_the_value() {
         assert_eq!(
             Reject::BadTimestamp.describe(Input::Clickstream, "u,notatime,s,20170101"),
-            "timestamp `notatime` is not a number"
+            "timestamp `notatime` is not Unix seconds from 1970 to 9999"
         );
         assert_eq!(Reject::from_code("bad_date"), Some(Reject::BadDate));
         assert_eq!(

@@ -1510,7 +1510,7 @@ mod tests {
         assert_eq!(cs.rejected, want);
         let lines: Vec<u64> = cs.examples.iter().map(|e| e.line).collect();
         assert_eq!(lines, vec![5, 6, 7, 8, 9, 11]);
-        assert!(cs.examples[2].to_string().contains("timestamp `notatime` is not a number"));
+        assert!(cs.examples[2].to_string().contains("timestamp `notatime` is not Unix seconds from 1970 to 9999"));
         assert!(cs.examples[0].file.ends_with("clickstream/part-00000"));
         assert_eq!(r.plays, 13);
         assert_eq!(r.plays_unknown_song, 1);

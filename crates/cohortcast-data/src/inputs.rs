@@ -169,13 +169,29 @@ async fn resolve_s3(input: Input, spec: &str, stores: &Stores) -> Result<Vec<(St
     Ok(files)
 }
 
+/// The data files below `dir`, each once: a folder or file reached twice
+/// through symbolic links (a link to a parent folder loops) is read once.
 fn collect_dir(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
-    for e in std::fs::read_dir(dir)? {
-        let p = e?.path();
+    let mut seen = std::collections::HashSet::new();
+    seen.insert(std::fs::canonicalize(dir)?);
+    walk_dir(dir, out, &mut seen)
+}
+
+fn walk_dir(dir: &Path, out: &mut Vec<PathBuf>, seen: &mut std::collections::HashSet<PathBuf>) -> std::io::Result<()> {
+    let mut entries = std::fs::read_dir(dir)?.map(|e| e.map(|e| e.path())).collect::<std::io::Result<Vec<_>>>()?;
+    entries.sort();
+    for p in entries {
         let hidden = p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(['.', '_']));
+        let real = match std::fs::canonicalize(&p) {
+            Ok(r) => r,
+            // A dangling link is no data.
+            Err(_) => continue,
+        };
         if p.is_dir() && !hidden {
-            collect_dir(&p, out)?;
-        } else if is_data_file(&p) {
+            if seen.insert(real) {
+                walk_dir(&p, out, seen)?;
+            }
+        } else if is_data_file(&p) && seen.insert(real) {
             out.push(p);
         }
     }
@@ -220,17 +236,29 @@ pub async fn sniff(files: &InputFiles, stores: &Stores) -> Result<()> {
         return Ok(());
     };
     let buf = stores.read_head(first, *size, HEAD).await?;
-    let text = String::from_utf8_lossy(&buf);
-    let mut lines: Vec<&str> = text.split('\n').collect();
+    if buf.starts_with(&[0x1f, 0x8b]) {
+        return Err(IoError::NotTheLayout {
+            input: files.input.name().into(),
+            path: PathBuf::from(first),
+            layout: files.input.layout().into(),
+            detail: "it is gzip-compressed; cohortcast reads plain CSV and Parquet: decompress it first \
+                     (`gunzip`, or write the Spark output uncompressed)"
+                .into(),
+        });
+    }
+    let mut lines: Vec<&[u8]> = buf.split(|&b| b == b'\n').collect();
     if buf.len() as u64 == HEAD {
         lines.pop(); // the last line may be cut
     }
-    let lines: Vec<(usize, &str)> =
-        lines.into_iter().enumerate().filter(|(_, l)| !l.trim().is_empty()).take(SNIFF_LINES).collect();
-    let bad: Vec<(usize, &str, cohortcast_core::saavn::Reject)> =
-        lines.iter().filter_map(|&(i, l)| files.input.check(l).err().map(|r| (i + 1, l, r))).collect();
+    let lines: Vec<(usize, &[u8])> =
+        lines.into_iter().enumerate().filter(|(_, l)| !l.trim_ascii().is_empty()).take(SNIFF_LINES).collect();
+    let bad: Vec<(usize, String, cohortcast_core::saavn::Reject)> = lines
+        .iter()
+        .filter_map(|&(i, l)| crate::samples::check_raw(files.input, l).map(|(r, text)| (i + 1, text, r)))
+        .collect();
     if !lines.is_empty() && bad.len() * 2 > lines.len() {
-        let (line, text, reason) = bad[0];
+        let (line, text, reason) = &bad[0];
+        let text = text.as_str();
         return Err(IoError::NotTheLayout {
             input: files.input.name().into(),
             path: PathBuf::from(first),
@@ -239,8 +267,8 @@ pub async fn sniff(files: &InputFiles, stores: &Stores) -> Result<()> {
                 "{} of the first {} lines are malformed; line {line}: {} (`{}`)",
                 bad.len(),
                 lines.len(),
-                reason.describe(files.input, text),
-                text.chars().take(80).collect::<String>()
+                crate::samples::printable(&reason.describe(files.input, text), 200),
+                crate::samples::printable(text, 80)
             ),
         });
     }
@@ -260,6 +288,21 @@ mod tests {
         assert!(!glob_match("part-*", "_SUCCESS"));
         assert!(is_data_key("day=1/part-0.csv") && !is_data_key("_temporary/0/part-0") && !is_data_key("_SUCCESS"));
         assert!(!is_data_key("part-0.csv.crc") && !is_data_key(".part-0.crc") && !is_data_key(""));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn links_that_loop_or_repeat_are_read_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("d");
+        std::fs::create_dir(&d).unwrap();
+        std::fs::write(d.join("part-00000.csv"), "x\n").unwrap();
+        std::os::unix::fs::symlink(".", d.join("loop")).unwrap();
+        std::os::unix::fs::symlink("../d", d.join("part-loop")).unwrap();
+        std::os::unix::fs::symlink("part-00000.csv", d.join("part-again.csv")).unwrap();
+        std::os::unix::fs::symlink("nowhere", d.join("part-dangling.csv")).unwrap();
+        let files = resolve_local(Input::Clickstream, d.to_str().unwrap()).unwrap();
+        assert_eq!(files.len(), 1, "{files:?}");
     }
 
     #[test]

@@ -21,6 +21,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use cohortcast_core::saavn::{self, RawLine};
 use datafusion::arrow::array::{RecordBatch, StringArray};
 use datafusion::arrow::buffer::{Buffer, OffsetBuffer, ScalarBuffer};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -310,8 +311,19 @@ impl Decoder for LinesDecoder {
         let mut values = std::mem::replace(&mut self.values, rest);
         values.truncate(end);
         let offsets = std::mem::replace(&mut self.offsets, vec![0]);
-        // Checks that the text is UTF-8 (a line end is never inside a
-        // character, so each line is too).
+        // The usual batch has no quote, no byte-order mark, no header and
+        // only UTF-8 (checked by the array: a line end is never inside a
+        // character, so each line is UTF-8 too); any other is read line by
+        // line (`saavn::raw_line`).
+        let unusual = memchr::memchr(b'"', &values).is_some()
+            || memchr::memmem::find(&values, b"\xEF\xBB\xBF").is_some()
+            || memchr::memmem::find(&values, b"_id").is_some()
+            || memchr::memmem::find(&values, b"_ID").is_some();
+        let (offsets, values) = if unusual || std::str::from_utf8(&values).is_err() {
+            raw_lines(&offsets, &values)?
+        } else {
+            (offsets, values)
+        };
         let lines =
             StringArray::try_new(OffsetBuffer::new(ScalarBuffer::from(offsets)), Buffer::from_vec(values), None)?;
         RecordBatch::try_new(lines_schema(), vec![Arc::new(lines)]).map(Some)
@@ -320,6 +332,28 @@ impl Decoder for LinesDecoder {
     fn can_flush_early(&self) -> bool {
         self.lines() >= self.batch_size
     }
+}
+
+/// The lines of a batch as the rules read them: headers dropped, marks
+/// and quotes taken off, and a line that cannot be read replaced by
+/// [`saavn::marked`] text, which every rule rejects for its reason.
+fn raw_lines(offsets: &[i32], values: &[u8]) -> Result<(Vec<i32>, Vec<u8>), ArrowError> {
+    let mut out_offsets = Vec::with_capacity(offsets.len());
+    out_offsets.push(0i32);
+    let mut out = Vec::with_capacity(values.len());
+    for w in offsets.windows(2) {
+        match saavn::raw_line(&values[w[0] as usize..w[1] as usize]) {
+            RawLine::Header => continue,
+            RawLine::Data(text) if text.is_empty() => continue,
+            RawLine::Data(text) => out.extend_from_slice(text.as_bytes()),
+            RawLine::Bad(r) => out.extend_from_slice(saavn::marked(r).as_bytes()),
+        }
+        out_offsets.push(
+            i32::try_from(out.len())
+                .map_err(|_| ArrowError::ParseError("a batch of lines holds more than 2 GiB of text".into()))?,
+        );
+    }
+    Ok((out_offsets, out))
 }
 
 #[cfg(test)]
@@ -368,10 +402,14 @@ mod tests {
     }
 
     #[test]
-    fn text_that_is_not_utf8_is_an_error() {
+    fn lines_that_are_not_utf8_are_marked_and_headers_marks_and_quotes_go() {
         let mut d = LinesDecoder::new(8);
-        d.decode(b"ok\n\xff\xfe\n").unwrap();
-        assert!(d.flush().is_err());
+        d.decode(b"\xEF\xBB\xBFsong_id,artist_id\nok\n\xff\xfe\n\"S1\",\"A1\"\n\"S1,x\",A1\n").unwrap();
+        d.decode(b"").unwrap();
+        let batch = d.flush().unwrap().unwrap();
+        let got: Vec<&str> = batch.column(0).as_string::<i32>().iter().map(Option::unwrap).collect();
+        let (utf8, quoting) = (saavn::marked(saavn::Reject::NotUtf8), saavn::marked(saavn::Reject::BadQuoting));
+        assert_eq!(got, ["ok", utf8.as_str(), "S1,A1", quoting.as_str()]);
     }
 
     async fn query(ctx: &SessionContext, files: &[String], sql: &str) -> Vec<RecordBatch> {

@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use cohortcast_core::saavn::{self, Input, RawLine, Reject};
+
 use crate::error::Result;
 use crate::inputs::{Encoding, InputFiles};
 use crate::store::Stores;
@@ -29,6 +31,26 @@ impl std::fmt::Display for RejectExample {
     }
 }
 
+/// Why a raw line (without its `\n`) is rejected, with its text, or
+/// `None` for a good line, an empty one or a header.
+pub fn check_raw(input: Input, bytes: &[u8]) -> Option<(Reject, String)> {
+    match saavn::raw_line(bytes) {
+        RawLine::Header => None,
+        RawLine::Data(text) if text.is_empty() => None,
+        RawLine::Data(text) => input.check(&text).err().map(|r| (r, text.into_owned())),
+        RawLine::Bad(r) => Some((r, String::from_utf8_lossy(bytes).into_owned())),
+    }
+}
+
+/// `text` cut at `max` characters, with control characters (a terminal's
+/// escape sequences) written as escapes, for messages.
+pub fn printable(text: &str, max: usize) -> String {
+    text.chars()
+        .take(max)
+        .flat_map(|c| if c.is_control() { c.escape_default().collect::<Vec<_>>() } else { vec![c] })
+        .collect()
+}
+
 /// Lines of one file, fed in chunks, checked against the input's rules.
 struct Scanner<'a> {
     files: &'a InputFiles,
@@ -43,17 +65,13 @@ impl Scanner<'_> {
     /// Checks one line (without its `\n`); false once `max` are found.
     fn line(&mut self, bytes: &[u8]) -> bool {
         self.line_no += 1;
-        let text = String::from_utf8_lossy(bytes);
-        if text.trim_end_matches('\r').is_empty() {
-            return true;
-        }
-        if let Err(r) = self.files.input.check(&text) {
+        if let Some((r, text)) = check_raw(self.files.input, bytes) {
             self.out.push(RejectExample {
                 file: PathBuf::from(self.file),
                 line: self.line_no,
                 reason: r.code().into(),
-                detail: r.describe(self.files.input, &text),
-                text: text.chars().take(120).collect(),
+                detail: printable(&r.describe(self.files.input, &text), 200),
+                text: printable(&text, 120),
             });
         }
         self.out.len() < self.max

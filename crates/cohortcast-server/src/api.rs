@@ -48,6 +48,8 @@ pub struct Config {
 pub const MAX_UPDATED_USERS: usize = 1_000_000;
 /// Plays accepted in one request, at most.
 pub const MAX_PLAYS: usize = 10_000;
+/// Distinct artists one notification may name.
+pub const MAX_ARTISTS: usize = 100;
 
 /// A user whose plays arrived since the model was loaded: all their plays
 /// so far and the cohort their folded-in factors are nearest to.
@@ -86,6 +88,21 @@ impl AppState {
     /// The model now; a request keeps the one it started with.
     fn model(&self) -> Arc<Served> {
         self.model.read().expect("a reload panicked").clone()
+    }
+
+    /// Users served and each cohort's size, counting the users whose plays
+    /// were posted since training in their new cohorts.
+    fn live_sizes(&self, m: &Served) -> (usize, Vec<usize>) {
+        let mut sizes = m.sizes.clone();
+        let mut users = m.model.users.len();
+        for (id, up) in self.updates.read().expect("poisoned").iter() {
+            match m.user(id) {
+                Some(u) => sizes[m.model.labels[u] as usize] -= 1,
+                None => users += 1,
+            }
+            sizes[up.cohort as usize] += 1;
+        }
+        (users, sizes)
     }
 }
 
@@ -140,8 +157,13 @@ fn authorized(config: &Config, headers: &HeaderMap) -> Result<(), ApiError> {
             "this server has no token configured (COHORTCAST_TOKEN or --token-file), so it refuses requests that need one",
         ));
     };
-    let given =
-        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    // The scheme is case-insensitive (RFC 9110 §11.1).
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
     match given {
         Some(g) if same(g.as_bytes(), token.as_bytes()) => Ok(()),
         Some(_) => Err(err(StatusCode::UNAUTHORIZED, "the bearer token is wrong")),
@@ -157,7 +179,16 @@ async fn guard(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Res
     let resp = if !open && (mutating || st.config.protect_reads) {
         match authorized(&st.config, req.headers()) {
             Ok(()) => next.run(req).await,
-            Err(e) => e.into_response(),
+            Err(e) => {
+                let mut resp = e.into_response();
+                if resp.status() == StatusCode::UNAUTHORIZED {
+                    resp.headers_mut().insert(
+                        header::WWW_AUTHENTICATE,
+                        header::HeaderValue::from_static("Bearer realm=\"cohortcast\""),
+                    );
+                }
+                resp
+            }
         }
     } else {
         next.run(req).await
@@ -193,15 +224,17 @@ async fn dashboard(State(st): State<Arc<AppState>>) -> Result<axum::response::Ht
 
 async fn healthz(State(st): State<Arc<AppState>>) -> Json<serde_json::Value> {
     let m = st.model();
-    Json(json!({ "status": "ok", "users": m.model.users.len(), "cohorts": m.k() }))
+    let (users, _) = st.live_sizes(&m);
+    Json(json!({ "status": "ok", "users": users, "cohorts": m.k() }))
 }
 
 async fn metrics(State(st): State<Arc<AppState>>) -> impl IntoResponse {
     let m = st.model();
     let age = SystemTime::now().duration_since(m.loaded_at).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+    let (users, _) = st.live_sizes(&m);
     let text = st.metrics.render(&[
         ("cohortcast_model_age_seconds", "Seconds since the model was loaded.", age),
-        ("cohortcast_users", "Users in the model.", m.model.users.len() as f64),
+        ("cohortcast_users", "Users served: the model's and those whose plays were posted since.", users as f64),
         ("cohortcast_cohorts", "Cohorts in the model.", m.k() as f64),
     ]);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
@@ -218,10 +251,10 @@ struct CohortView {
     sample_members: Option<Vec<String>>,
 }
 
-fn cohort_view(m: &Served, c: usize, sample: bool) -> CohortView {
+fn cohort_view(m: &Served, sizes: &[usize], c: usize, sample: bool) -> CohortView {
     CohortView {
         id: c,
-        size: m.sizes[c],
+        size: sizes[c],
         top_artists: m.top_artists[c].clone(),
         active_hours: m.cohort_hours.as_ref().map(|h| h.view(c, m.sizes[c])),
         sample_members: sample.then(|| m.members(c).take(20).map(|u| m.model.users[u].clone()).collect()),
@@ -230,7 +263,8 @@ fn cohort_view(m: &Served, c: usize, sample: bool) -> CohortView {
 
 async fn cohorts(State(st): State<Arc<AppState>>) -> Json<serde_json::Value> {
     let m = st.model();
-    let list: Vec<CohortView> = (0..m.k()).map(|c| cohort_view(&m, c, false)).collect();
+    let (_, sizes) = st.live_sizes(&m);
+    let list: Vec<CohortView> = (0..m.k()).map(|c| cohort_view(&m, &sizes, c, false)).collect();
     Json(json!({ "cohorts": list }))
 }
 
@@ -240,7 +274,8 @@ async fn cohort(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Resu
     if c >= m.k() {
         return Err(err(StatusCode::NOT_FOUND, format!("no cohort {c}: the model has cohorts 0 to {}", m.k() - 1)));
     }
-    Ok(Json(cohort_view(&m, c, true)))
+    let (_, sizes) = st.live_sizes(&m);
+    Ok(Json(cohort_view(&m, &sizes, c, true)))
 }
 
 async fn user(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
@@ -298,8 +333,11 @@ async fn add_plays(
     if r.plays.is_empty() || r.plays.len() > MAX_PLAYS {
         return Err(unprocessable(format!("plays: send 1 to {MAX_PLAYS} plays, not {}", r.plays.len())));
     }
-    if let Some((i, p)) = r.plays.iter().enumerate().find(|(_, p)| p.timestamp <= 0) {
-        return Err(unprocessable(format!("plays[{i}].timestamp: {} is not a Unix time in seconds", p.timestamp)));
+    if let Some((i, p)) = r.plays.iter().enumerate().find(|(_, p)| !cohortcast_core::saavn::is_timestamp(p.timestamp)) {
+        return Err(unprocessable(format!(
+            "plays[{i}].timestamp: {} is not a Unix time in seconds from 1970 to 9999",
+            p.timestamp
+        )));
     }
     let m = st.model();
     if !m.has_songs() {
@@ -414,16 +452,25 @@ async fn release(
     if r.artist_ids.is_empty() {
         return Err(unprocessable("artist_ids: name at least one artist".into()));
     }
+    let mut artist_ids = r.artist_ids.clone();
+    artist_ids.sort_unstable();
+    artist_ids.dedup();
+    if artist_ids.len() > MAX_ARTISTS {
+        return Err(unprocessable(format!(
+            "artist_ids: {} distinct artists; a notification names at most {MAX_ARTISTS}",
+            artist_ids.len()
+        )));
+    }
     let min = r.min_expected_ctr.unwrap_or(0.0);
     if !(0.0..=1.0).contains(&min) {
         return Err(unprocessable(format!("min_expected_ctr: {min} is not in [0, 1]")));
     }
     let m = st.model();
-    let (known, unknown): (Vec<&String>, Vec<&String>) = r.artist_ids.iter().partition(|a| m.artist(a).is_some());
+    let (known, unknown): (Vec<&String>, Vec<&String>) = artist_ids.iter().partition(|a| m.artist(a).is_some());
     if known.is_empty() {
         return Err(unprocessable(format!(
             "artist_ids: no artist of this notification is known to the model ({}); nobody has played them",
-            r.artist_ids.join(", ")
+            artist_ids.join(", ")
         )));
     }
     let ids: Vec<u32> = known.iter().filter_map(|a| m.artist(a)).collect();
@@ -555,7 +602,7 @@ fn decide(
 /// Page `page` of the pushed ids: the model's users, then the updated ones.
 fn page_of(m: &Served, users: &[u32], extra: &[String], page: usize) -> Vec<String> {
     let ids = users.iter().map(|&u| m.model.users[u as usize].as_str()).chain(extra.iter().map(String::as_str));
-    ids.skip(page * PAGE).take(PAGE).map(String::from).collect()
+    ids.skip(page.saturating_mul(PAGE)).take(PAGE).map(String::from).collect()
 }
 
 /// Percent-encodes what is not unreserved in a URL path segment.
@@ -586,6 +633,13 @@ async fn release_users(
         ));
     };
     let total = users.len() + extra.len();
+    let pages = total.div_ceil(PAGE).max(1);
+    if page >= pages {
+        return Err(err(
+            StatusCode::NOT_FOUND,
+            format!("page {page} is past the last page of `{id}` ({}): pages are 0 to {}", pages - 1, pages - 1),
+        ));
+    }
     let slice = page_of(&m, users, extra, page);
     let next = ((page + 1) * PAGE < total).then(|| format!("/v1/releases/{}/users?page={}", encode(&id), page + 1));
     Ok(Json(json!({ "notification_id": id, "page": page, "total": total, "users": slice, "next": next })))

@@ -463,3 +463,82 @@ async fn an_ingest_folder_without_hours_still_serves_and_says_null() {
     std::fs::write(dir.path().join("ingest/active_hours.npy"), b"not npy").unwrap();
     assert!(Served::load(&dir.path().join("model"), &dir.path().join("ingest")).is_err());
 }
+
+#[tokio::test]
+async fn hostile_requests_get_clear_answers() {
+    let dir = fixture(200);
+    let st = state(dir.path(), Some(TOKEN));
+    // Pages past the end, however large, are not found; none wraps to 0.
+    let body = r#"{"notification_id": "n-1", "artist_ids": ["a2"]}"#;
+    let (s, v) = call(&st, "POST", "/v1/releases", Some(body), Some(TOKEN)).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert!(v["next"].is_null(), "200 users fit one page");
+    let (s, v) = call(&st, "GET", "/v1/releases/n-1/users?page=0", None, None).await;
+    assert_eq!((s, v["users"].as_array().unwrap().len()), (StatusCode::OK, 200));
+    for page in ["1", "1152921504606846976", "18446744073709551615"] {
+        let (s, v) = call(&st, "GET", &format!("/v1/releases/n-1/users?page={page}"), None, None).await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "page {page}: {v}");
+        assert!(v["error"].as_str().unwrap().contains("past the last page"), "{v}");
+    }
+    // Repeated artists count once; too many distinct ones are refused.
+    let many = vec!["\"a2\""; 100_000].join(",");
+    let (s, v) = call(
+        &st,
+        "POST",
+        "/v1/releases",
+        Some(&format!(r#"{{"notification_id": "n-3", "artist_ids": [{many}]}}"#)),
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!((s, &v["pushed_users"]), (StatusCode::OK, &Value::from(200)), "{v}");
+    let distinct: Vec<String> = (0..101).map(|i| format!("\"x{i}\"")).collect();
+    let (s, v) = call(
+        &st,
+        "POST",
+        "/v1/releases",
+        Some(&format!(r#"{{"notification_id": "n-4", "artist_ids": [{}]}}"#, distinct.join(","))),
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(v["error"].as_str().unwrap().contains("at most 100"), "{v}");
+    // The scheme is case-insensitive; a 401 says which scheme to use.
+    let req = |auth: &str| {
+        Request::builder()
+            .method("POST")
+            .uri("/v1/model/reload")
+            .header(header::AUTHORIZATION, auth)
+            .body(Body::empty())
+            .unwrap()
+    };
+    let resp = app(st.clone()).oneshot(req(&format!("bearer {TOKEN}"))).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = app(st.clone()).oneshot(req(&format!("BEARER  {TOKEN}"))).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = app(st.clone()).oneshot(req("Bearer wrong")).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(resp.headers()[header::WWW_AUTHENTICATE], "Bearer realm=\"cohortcast\"");
+    // Times are those the ingest accepts: 1970 to 9999.
+    let user = "f".repeat(32);
+    for (t, ok) in [(-1i64, false), (i64::MAX, false), (253_402_300_800, false), (0, true), (1_485_000_000, true)] {
+        let body = format!(r#"{{"plays": [{{"song_id": "s1", "timestamp": {t}}}]}}"#);
+        let (s, v) = call(&st, "POST", &format!("/v1/users/{user}/plays"), Some(&body), Some(TOKEN)).await;
+        assert_eq!(s == StatusCode::OK, ok, "timestamp {t}: {v}");
+    }
+    // A user added by their plays counts everywhere.
+    let (_, h) = call(&st, "GET", "/healthz", None, None).await;
+    assert_eq!(h["users"], 201);
+    let (_, m) = call(&st, "GET", "/metrics", None, None).await;
+    assert!(m.as_str().unwrap().contains("cohortcast_users 201"), "{m}");
+    let (_, c) = call(&st, "GET", "/v1/cohorts", None, None).await;
+    let sizes: u64 = c["cohorts"].as_array().unwrap().iter().map(|c| c["size"].as_u64().unwrap()).sum();
+    assert_eq!(sizes, 201);
+    // A model user who moves leaves the old cohort's size.
+    let moved = format!("{:032x}", 0);
+    let body = r#"{"plays": [{"song_id": "s7", "timestamp": 1485000000}]}"#;
+    let (s, v) = call(&st, "POST", &format!("/v1/users/{moved}/plays"), Some(body), Some(TOKEN)).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (_, c) = call(&st, "GET", "/v1/cohorts", None, None).await;
+    let sizes: u64 = c["cohorts"].as_array().unwrap().iter().map(|c| c["size"].as_u64().unwrap()).sum();
+    assert_eq!(sizes, 201);
+}

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use cohortcast_core::targeting::TargetingParams;
-use cohortcast_server::{serve, AppState, Config, Served};
+use cohortcast_server::{serve, AppState, Config, Limits, Served};
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -30,6 +30,14 @@ pub struct ServeArgs {
     /// `run --history-weight`).
     #[arg(long, default_value_t = TargetingParams::default().history_weight)]
     history_weight: f32,
+    /// Open connections at most; over it, a new connection replaces the
+    /// one idle longest.
+    #[arg(long, default_value_t = Limits::default().max_connections)]
+    max_connections: usize,
+    /// Seconds a connection may wait without a request (and a request's
+    /// headers may take) before it is closed.
+    #[arg(long, default_value_t = Limits::default().idle_timeout.as_secs_f64())]
+    idle_timeout: f64,
 }
 
 pub fn run(a: ServeArgs) -> Result<()> {
@@ -48,6 +56,12 @@ pub fn run(a: ServeArgs) -> Result<()> {
     }
     let targeting = TargetingParams { history_weight: a.history_weight };
     targeting.check()?;
+    if a.max_connections == 0 || !(a.idle_timeout > 0.0 && a.idle_timeout <= 3600.0) {
+        bail!("--max-connections must be at least 1 and --idle-timeout in (0, 3600] seconds");
+    }
+    let limits =
+        Limits { max_connections: a.max_connections, idle_timeout: std::time::Duration::from_secs_f64(a.idle_timeout) };
+    raise_file_limit(a.max_connections);
     let ingest_dir = a.ingest.clone().unwrap_or_else(|| a.model.with_file_name("ingest"));
     let model = Served::load(&a.model, &ingest_dir)
         .with_context(|| format!("loading {} and {}", a.model.display(), ingest_dir.display()))?;
@@ -64,6 +78,28 @@ pub fn run(a: ServeArgs) -> Result<()> {
         let stop = async {
             let _ = tokio::signal::ctrl_c().await;
         };
-        serve(listener, state, stop).await.context("serving")
+        serve(listener, state, limits, stop).await.context("serving")
     })
+}
+
+/// Raises the soft limit on open files toward the hard one, so the
+/// connection limit, not the descriptor limit, is what binds.
+fn raise_file_limit(connections: usize) {
+    #[cfg(target_os = "linux")]
+    {
+        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: `lim` is a valid rlimit that getrlimit fills and
+        // setrlimit reads; neither keeps the pointer.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+                let want = (connections as libc::rlim_t).saturating_add(256).min(lim.rlim_max);
+                if lim.rlim_cur < want {
+                    lim.rlim_cur = want;
+                    libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+                }
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = connections;
 }

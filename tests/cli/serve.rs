@@ -196,3 +196,46 @@ fn chromium() -> Option<std::path::PathBuf> {
     }
     found
 }
+
+#[test]
+fn idle_connections_cannot_starve_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = synth(dir.path());
+    let out = dir.path().join("out");
+    run_small_with(&data, &out, &[]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cohortcast"))
+        .args(["serve", "--model", s(&out.join("model")), "--addr", "127.0.0.1:0"])
+        .args(["--max-connections", "50", "--idle-timeout", "2"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let stderr = child.stderr.take().unwrap();
+    let _guard = Kill(child);
+    let line = BufReader::new(stderr)
+        .lines()
+        .map(|l| l.unwrap())
+        .find(|l| l.starts_with("serving on http://"))
+        .expect("the server announces its address");
+    let port: u16 = line.rsplit(':').next().unwrap().parse().unwrap();
+    // Ten times the limit of connections that never send a byte.
+    let idle: Vec<TcpStream> = (0..500).map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap()).collect();
+    let start = std::time::Instant::now();
+    let (status, v) = http(port, "GET", "/healthz", None, "");
+    assert_eq!((status, &v["status"]), (200, &serde_json::Value::from("ok")));
+    assert!(start.elapsed() < std::time::Duration::from_secs(1), "/healthz took {:?}", start.elapsed());
+    // An idle connection is closed after the idle timeout.
+    let mut last = idle.into_iter().last().unwrap();
+    last.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    let waited = std::time::Instant::now();
+    let mut buf = [0u8; 16];
+    let n = last.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "the idle connection got bytes");
+    assert!(waited.elapsed() < std::time::Duration::from_secs(5), "closed after {:?}", waited.elapsed());
+}

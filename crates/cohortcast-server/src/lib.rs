@@ -10,12 +10,12 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! use cohortcast_server::{app, serve, AppState, Config, Served};
+//! use cohortcast_server::{app, serve, AppState, Config, Limits, Served};
 //! let dir = std::path::Path::new("out");
 //! let model = Served::load(&dir.join("model"), &dir.join("ingest"))?;
 //! let config = Config { model_dir: dir.join("model"), ingest_dir: dir.join("ingest"), ..Config::default() };
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
-//! serve(listener, AppState::new(config, model), std::future::pending()).await?;
+//! serve(listener, AppState::new(config, model), Limits::default(), std::future::pending()).await?;
 //! # Ok(()) }
 //! ```
 
@@ -23,6 +23,7 @@
 
 mod api;
 pub mod dashboard;
+mod listen;
 mod metrics;
 pub mod model;
 mod openapi;
@@ -31,13 +32,16 @@ pub use api::{
     app, ApiError, AppState, Config, PlayIn, PlaysRequest, ReleaseRequest, BODY_LIMIT, MAX_PLAYS, MAX_UPDATED_USERS,
     PAGE,
 };
+pub use listen::Limits;
 pub use model::{LoadError, Served};
 
-/// Serves the API on `listener` until `shutdown` completes.
+/// Serves the API on `listener` within `limits` until `shutdown`
+/// completes.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: std::sync::Arc<AppState>,
+    limits: Limits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app(state)).with_graceful_shutdown(shutdown).await
+    listen::serve_limited(listener, app(state), limits, shutdown).await
 }

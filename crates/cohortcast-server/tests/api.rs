@@ -542,3 +542,89 @@ async fn hostile_requests_get_clear_answers() {
     let sizes: u64 = c["cohorts"].as_array().unwrap().iter().map(|c| c["size"].as_u64().unwrap()).sum();
     assert_eq!(sizes, 201);
 }
+
+/// A random JSON value, small or extreme.
+fn fuzz_value(rng: &mut cohortcast_core::rng::Rng, depth: usize) -> Value {
+    match rng.below(if depth > 2 { 8 } else { 10 }) {
+        0 => Value::Null,
+        1 => Value::Bool(rng.chance(0.5)),
+        2 => [
+            Value::from(-1),
+            Value::from(0),
+            Value::from(1),
+            Value::from(i64::MAX),
+            Value::from(i64::MIN),
+            Value::from(u64::MAX),
+        ][rng.below(6)]
+        .clone(),
+        3 => Value::from([1e308, -1e-308, 0.5, -0.0, 1.0000001][rng.below(5)]),
+        4 => Value::String(String::new()),
+        5 => Value::String("a2".into()),
+        6 => Value::String(String::from_utf8_lossy(&cohortcast_core::fuzz::line(rng, 6)).into_owned()),
+        7 => Value::String("x".repeat(rng.below(5000))),
+        8 => Value::Array((0..rng.below(4)).map(|_| fuzz_value(rng, depth + 1)).collect()),
+        _ => Value::Object(
+            (0..rng.below(4))
+                .map(|i| {
+                    (["song_id", "timestamp", "notification_id", "z"][i % 4].to_string(), fuzz_value(rng, depth + 1))
+                })
+                .collect(),
+        ),
+    }
+}
+
+/// Fuzz: the JSON handlers answer any body with a 2xx or a 4xx that
+/// carries a JSON error, never a 5xx or a panic.
+#[tokio::test]
+async fn fuzzed_json_bodies_get_a_clear_answer() {
+    let dir = fixture(200);
+    let st = state(dir.path(), Some(TOKEN));
+    let mut rng = cohortcast_core::rng::Rng::new(99);
+    let release = serde_json::json!({
+        "notification_id": "n-1", "artist_ids": ["a2", "a7"], "max_users": 50,
+        "min_expected_ctr": 0.1, "grouping": "user"
+    });
+    let plays = serde_json::json!({"plays": [{"song_id": "s1", "timestamp": 1485000000}]});
+    let keys = ["notification_id", "artist_ids", "max_users", "min_expected_ctr", "grouping", "plays", "extra"];
+    for case in 0..(cohortcast_core::fuzz::cases() / 100).max(50) {
+        let (uri, base) = if case % 2 == 0 {
+            ("/v1/releases".to_string(), release.clone())
+        } else {
+            (
+                format!("/v1/users/{}/plays", ["f".repeat(32), format!("{:032x}", 3), "zz".into()][rng.below(3)]),
+                plays.clone(),
+            )
+        };
+        let mut v = base;
+        for _ in 0..1 + rng.below(3) {
+            let obj = v.as_object_mut().unwrap();
+            let key = keys[rng.below(keys.len())].to_string();
+            match rng.below(3) {
+                0 => {
+                    obj.remove(&key);
+                }
+                1 => {
+                    obj.insert(key, fuzz_value(&mut rng, 0));
+                }
+                _ => {
+                    if let Some(Value::Array(a)) = obj.get_mut("plays") {
+                        a.push(fuzz_value(&mut rng, 1));
+                    }
+                }
+            }
+        }
+        let mut body = v.to_string();
+        if rng.below(10) == 0 {
+            let mut cut = rng.below(body.len() + 1);
+            while !body.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            body.truncate(cut);
+        }
+        let (s, answer) = call(&st, "POST", &uri, Some(&body), Some(TOKEN)).await;
+        assert!(!s.is_server_error(), "{s} for {uri} {body}: {answer}");
+        if !s.is_success() {
+            assert!(answer["error"].is_string(), "{s} for {uri} {body}: {answer}");
+        }
+    }
+}

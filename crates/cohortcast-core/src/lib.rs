@@ -36,6 +36,8 @@ pub mod confidence;
 pub mod counts;
 pub mod ctr;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod grouping;
 pub mod hours;
 pub mod kmeans;

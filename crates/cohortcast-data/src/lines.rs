@@ -311,19 +311,18 @@ impl Decoder for LinesDecoder {
         let mut values = std::mem::replace(&mut self.values, rest);
         values.truncate(end);
         let offsets = std::mem::replace(&mut self.offsets, vec![0]);
-        // The usual batch has no quote, no byte-order mark, no header and
-        // only UTF-8 (checked by the array: a line end is never inside a
-        // character, so each line is UTF-8 too); any other is read line by
-        // line (`saavn::raw_line`).
-        let unusual = memchr::memchr(b'"', &values).is_some()
+        // The usual batch has no quote, no second `\r`, no byte-order mark, no header and
+        // only UTF-8; any other is read line by line (`saavn::raw_line`).
+        let unusual = memchr::memchr2(b'"', b'\r', &values).is_some()
             || memchr::memmem::find(&values, b"\xEF\xBB\xBF").is_some()
             || memchr::memmem::find(&values, b"_id").is_some()
             || memchr::memmem::find(&values, b"_ID").is_some();
-        let (offsets, values) = if unusual || std::str::from_utf8(&values).is_err() {
-            raw_lines(&offsets, &values)?
-        } else {
-            (offsets, values)
-        };
+        // Lines are stored without their `\n`, so text valid as a whole
+        // can still cut a character between two lines: each line must
+        // start on a character boundary too.
+        let utf8 = std::str::from_utf8(&values).is_ok()
+            && offsets.iter().all(|&o| values.get(o as usize).is_none_or(|&b| (b as i8) >= -0x40));
+        let (offsets, values) = if unusual || !utf8 { raw_lines(&offsets, &values)? } else { (offsets, values) };
         let lines =
             StringArray::try_new(OffsetBuffer::new(ScalarBuffer::from(offsets)), Buffer::from_vec(values), None)?;
         RecordBatch::try_new(lines_schema(), vec![Arc::new(lines)]).map(Some)
@@ -401,6 +400,49 @@ mod tests {
         assert!(decoded(b"", 1, 4).is_empty());
     }
 
+    /// Fuzz: any bytes, cut into any pieces and batches, give the lines
+    /// that reading each line on its own gives.
+    #[test]
+    fn fuzzed_text_reads_the_same_however_it_is_cut() {
+        let mut rng = cohortcast_core::rng::Rng::new(7);
+        for _ in 0..cohortcast_core::fuzz::cases() / 20 {
+            let lines: Vec<Vec<u8>> = (0..1 + rng.below(8)).map(|_| cohortcast_core::fuzz::line(&mut rng, 6)).collect();
+            let text = lines.join(&b'\n');
+            let want: Vec<String> = text
+                .split(|&b| b == b'\n')
+                .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+                .filter(|l| !l.is_empty())
+                .filter_map(|l| match saavn::raw_line(l) {
+                    RawLine::Header => None,
+                    RawLine::Data(t) if t.is_empty() => None,
+                    RawLine::Data(t) => Some(t.into_owned()),
+                    RawLine::Bad(r) => Some(saavn::marked(r)),
+                })
+                .collect();
+            let (piece, batch) = (1 + rng.below(40), 1 + rng.below(5));
+            let mut d = LinesDecoder::new(batch);
+            let mut got: Vec<String> = Vec::new();
+            let mut drain = |d: &mut LinesDecoder| {
+                while let Some(b) = d.flush().unwrap() {
+                    got.extend(b.column(0).as_string::<i32>().iter().map(|s| s.unwrap().to_string()));
+                }
+            };
+            for chunk in text.chunks(piece) {
+                let mut rest = chunk;
+                while !rest.is_empty() {
+                    let used = d.decode(rest).unwrap();
+                    rest = &rest[used..];
+                    if used == 0 || d.can_flush_early() {
+                        drain(&mut d);
+                    }
+                }
+            }
+            d.decode(b"").unwrap();
+            drain(&mut d);
+            assert_eq!(got, want, "{:?}", String::from_utf8_lossy(&text));
+        }
+    }
+
     #[test]
     fn lines_that_are_not_utf8_are_marked_and_headers_marks_and_quotes_go() {
         let mut d = LinesDecoder::new(8);
@@ -410,6 +452,13 @@ mod tests {
         let got: Vec<&str> = batch.column(0).as_string::<i32>().iter().map(Option::unwrap).collect();
         let (utf8, quoting) = (saavn::marked(saavn::Reject::NotUtf8), saavn::marked(saavn::Reject::BadQuoting));
         assert_eq!(got, ["ok", utf8.as_str(), "S1,A1", quoting.as_str()]);
+        // Valid as a whole once the line end is gone, but a character cut
+        // between two lines: neither line is text.
+        let mut d = LinesDecoder::new(8);
+        d.decode(b"\xC3\n\xA9\n").unwrap();
+        let batch = d.flush().unwrap().unwrap();
+        let got: Vec<&str> = batch.column(0).as_string::<i32>().iter().map(Option::unwrap).collect();
+        assert_eq!(got, [utf8.as_str(), utf8.as_str()]);
     }
 
     async fn query(ctx: &SessionContext, files: &[String], sql: &str) -> Vec<RecordBatch> {

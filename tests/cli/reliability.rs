@@ -2,6 +2,7 @@
 //! outputs, an `--out` that cannot be a folder.
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -230,12 +231,35 @@ fn hostile_inputs_give_the_clean_inputs_result_and_name_what_was_wrong() {
     assert_eq!(b["inputs"]["inputs"]["metadata"]["rejected"]["bad_quoting"], 1);
     assert!(b["inputs"]["inputs"]["notification_actor"]["rejected"].as_object().unwrap().values().all(|n| n == 0));
 
-    // A compressed file is named as such.
+    // Gzip files are read, several members in a row as one text.
     let gz = dir.path().join("gz");
     copy_dir(&data, &gz);
     let part = gz.join("clickstream/part-00000.csv");
-    std::fs::write(&part, [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3]).unwrap();
-    let o = cohortcast(&["run", "--data", s(&gz), "--out", s(&dir.path().join("gz-out"))]);
+    let text = std::fs::read(&part).unwrap();
+    let cut = text.len() / 2 + text[text.len() / 2..].iter().position(|&b| b == b'\n').unwrap() + 1;
+    let mut packed = Vec::new();
+    for half in [&text[..cut], &text[cut..]] {
+        let mut child = Command::new("gzip").arg("-c").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+        child.stdin.take().unwrap().write_all(half).unwrap();
+        packed.extend(child.wait_with_output().unwrap().stdout);
+    }
+    std::fs::remove_file(&part).unwrap();
+    std::fs::write(gz.join("clickstream/part-00000.csv.gz"), &packed).unwrap();
+    let gz_out = dir.path().join("gz-out");
+    run_small(&gz, &gz_out);
+    super::same_outputs(&clean, &gz_out, "between plain and gzip inputs");
+    // The rejected rows' examples are found inside the compressed file.
+    let examples = |out: &Path| -> Vec<(u64, String)> {
+        let sum = super::summary(out);
+        let list = sum["inputs"]["inputs"]["clickstream"]["examples"].as_array().unwrap().clone();
+        list.iter().map(|e| (e["line"].as_u64().unwrap(), e["text"].as_str().unwrap().to_string())).collect()
+    };
+    assert!(!examples(&clean).is_empty());
+    assert_eq!(examples(&clean), examples(&gz_out));
+    // A gzip file not named so is refused, saying what to do.
+    std::fs::rename(gz.join("clickstream/part-00000.csv.gz"), gz.join("clickstream/part-00000.csv")).unwrap();
+    let o = cohortcast(&["run", "--data", s(&gz), "--out", s(&dir.path().join("gz-out2"))]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("gzip") && err.contains("part-00000.csv"), "{err}");
+    assert!(err.contains("name it *.gz"), "{err}");
 }

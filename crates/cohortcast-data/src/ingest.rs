@@ -1225,6 +1225,18 @@ async fn ingest_async(paths: &InputPaths, opts: &IngestOptions, joined: bool) ->
     let lap = |what: &str| tracing::info!(seconds = clock.elapsed().as_secs_f64(), "ingest: {what}");
     let stores = Arc::new(Stores::new(opts.s3.clone()));
     let all = resolve_all(paths, &stores).await?;
+    if opts.cluster.is_some() {
+        if let Some((f, path)) =
+            all.iter().find_map(|f| f.files.iter().find(|p| crate::lines::is_gzip(p)).map(|p| (f, p)))
+        {
+            return Err(IoError::NotTheLayout {
+                input: f.input.name().into(),
+                path: path.into(),
+                layout: f.input.layout().into(),
+                detail: "gzip files are read by the embedded engine only; decompress them for a cluster".into(),
+            });
+        }
+    }
     // Errors name the input and where it was read from.
     let meta = |what: &str| format!("metadata ({}): {what}", paths.metadata.as_deref().unwrap_or_default());
     let partitions = opts.effective_partitions();

@@ -235,19 +235,34 @@ pub async fn sniff(files: &InputFiles, stores: &Stores) -> Result<()> {
     let Some((first, size)) = files.files.iter().zip(&files.sizes).find(|(_, s)| **s > 0) else {
         return Ok(());
     };
-    let buf = stores.read_head(first, *size, HEAD).await?;
-    if buf.starts_with(&[0x1f, 0x8b]) {
+    let head = stores.read_head(first, *size, HEAD).await?;
+    let gzip = crate::lines::is_gzip(first);
+    if head.starts_with(&[0x1f, 0x8b]) != gzip {
+        let detail = if gzip {
+            "its name ends in .gz but it is not gzip-compressed; rename it"
+        } else {
+            "it is gzip-compressed; name it *.gz to have it read as gzip"
+        };
         return Err(IoError::NotTheLayout {
             input: files.input.name().into(),
             path: PathBuf::from(first),
             layout: files.input.layout().into(),
-            detail: "it is gzip-compressed; cohortcast reads plain CSV and Parquet: decompress it first \
-                     (`gunzip`, or write the Spark output uncompressed)"
-                .into(),
+            detail: detail.into(),
         });
     }
+    let (buf, cut) = if gzip {
+        // As much text as the head's compressed bytes give.
+        use std::io::Read;
+        let mut text = Vec::new();
+        let ended = flate2::read::MultiGzDecoder::new(&head[..]).take(HEAD).read_to_end(&mut text).is_ok();
+        let cut = !ended || text.len() as u64 == HEAD;
+        (text, cut)
+    } else {
+        let cut = head.len() as u64 == HEAD;
+        (head.to_vec(), cut)
+    };
     let mut lines: Vec<&[u8]> = buf.split(|&b| b == b'\n').collect();
-    if buf.len() as u64 == HEAD {
+    if cut {
         lines.pop(); // the last line may be cut
     }
     let lines: Vec<(usize, &[u8])> =

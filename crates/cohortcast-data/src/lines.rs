@@ -11,9 +11,10 @@
 //! Files are split across partitions by byte ranges like DataFusion's own
 //! CSV and JSON scans: a partition reads the lines that start in its
 //! range ([`AlignedBoundaryStream`]), so local files and `s3://` objects
-//! go through the same object-store reads. Compressed files are not read
-//! (the CSV path did not read them either). A cluster's plans keep
-//! DataFusion's CSV reader, which Ballista knows how to ship.
+//! go through the same object-store reads. A file whose name ends in `.gz`
+//! is read whole by one partition through a gzip decoder (several gzip
+//! members in a row, as `cat a.gz b.gz` makes, are one text). A cluster's
+//! plans keep DataFusion's CSV reader, which Ballista knows how to ship.
 
 use std::fmt;
 use std::io::Read;
@@ -45,6 +46,11 @@ use datafusion_datasource::decoder::{deserialize_stream, Decoder, DecoderDeseria
 use datafusion_datasource::projection::{ProjectionOpener, SplitProjection};
 use futures::{StreamExt, TryStreamExt};
 use object_store::{GetOptions, GetResultPayload, ObjectMeta, ObjectStore};
+
+/// Whether a file is read as gzip: its name ends in `.gz`.
+pub fn is_gzip(path: &str) -> bool {
+    path.ends_with(".gz")
+}
 
 /// Bytes read at a time from a local file.
 const READ_CHUNK: usize = 1 << 20;
@@ -195,7 +201,22 @@ impl FileOpener for LinesOpener {
         let (store, batch_size, columns) = (self.store.clone(), self.batch_size, self.columns.clone());
         Ok(Box::pin(async move {
             let (size, location) = (file.object_meta.size, file.object_meta.location.clone());
-            let bytes = if let Some(range) = &file.range {
+            let bytes = if is_gzip(location.as_ref()) {
+                // A compressed file cannot be cut: the partition whose
+                // range starts it reads it all, the others nothing.
+                if file.range.as_ref().is_some_and(|r| r.start != 0) {
+                    futures::stream::empty().boxed()
+                } else {
+                    let raw = store.get_opts(&location, GetOptions::default()).await?.into_stream();
+                    let reader = tokio_util::io::StreamReader::new(raw.map_err(std::io::Error::other));
+                    let mut gz = async_compression::tokio::bufread::GzipDecoder::new(reader);
+                    gz.multiple_members(true);
+                    let name = location.to_string();
+                    tokio_util::io::ReaderStream::with_capacity(gz, READ_CHUNK)
+                        .map_err(move |e| DataFusionError::External(format!("reading {name} as gzip: {e}").into()))
+                        .boxed()
+                }
+            } else if let Some(range) = &file.range {
                 let bad = |v: i64| DataFusionError::Execution(format!("byte range bound {v} is negative"));
                 let start = u64::try_from(range.start).map_err(|_| bad(range.start))?;
                 let end = u64::try_from(range.end).map_err(|_| bad(range.end))?;

@@ -1,5 +1,6 @@
 //! Finding the first rejected rows with their file and line, for messages.
 
+use std::io::Write;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -103,6 +104,23 @@ impl Scanner<'_> {
     }
 }
 
+/// A writer that hands what it is given to a function, which answers
+/// whether to go on.
+struct Sink<F: FnMut(&[u8]) -> bool>(F);
+
+impl<F: FnMut(&[u8]) -> bool> std::io::Write for Sink<F> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if (self.0)(buf) {
+            Ok(buf.len())
+        } else {
+            Err(std::io::Error::other("enough examples"))
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Scans the CSV files in order (local or `s3://`, streamed), stopping at
 /// the `max`-th rejected row; the rules are the same functions the ingest
 /// plan runs.
@@ -113,7 +131,29 @@ pub async fn find_examples(files: &InputFiles, max: usize, stores: &Stores) -> R
     }
     for path in &files.files {
         let mut sc = Scanner { files, file: path, line_no: 0, carry: Vec::new(), max, out: &mut out };
-        let whole = stores.read_chunks(path, |c| sc.chunk(c)).await?;
+        let whole = if crate::lines::is_gzip(path) {
+            // Decompressed as the chunks come; a stop is a `false` from the
+            // sink, told apart from a broken file by `stopped`.
+            let mut stopped = false;
+            let mut gz = flate2::write::MultiGzDecoder::new(Sink(|c: &[u8]| {
+                // Once stopped, nothing more (the decoder flushes on drop).
+                stopped = stopped || !sc.chunk(c);
+                !stopped
+            }));
+            let read = stores.read_chunks(path, |c| gz.write_all(c).is_ok()).await?;
+            let ended = read && gz.try_finish().is_ok();
+            drop(gz);
+            if !ended && !stopped {
+                return Err(crate::error::IoError::Malformed {
+                    path: path.into(),
+                    line: 0,
+                    detail: "is not valid gzip (the name ends in .gz)".into(),
+                });
+            }
+            ended
+        } else {
+            stores.read_chunks(path, |c| sc.chunk(c)).await?
+        };
         let go = whole && sc.finish();
         if !go {
             break;

@@ -3,20 +3,41 @@
 //! `main` is only the error boundary: parse, run, print the error chain
 //! once, map to an exit code (a closed pipe is success).
 
-#[cfg(target_os = "linux")]
-mod alloc;
 mod cli;
 
-/// Large blocks on transparent huge pages (see `alloc`).
-#[cfg(target_os = "linux")]
+/// mimalloc (Leijen, Zorn & de Moura 2019), tuned in [`tune_allocator`].
 #[global_allocator]
-static ALLOC: alloc::HugePages = alloc::HugePages;
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// mimalloc's `purge_delay` option (its `mimalloc.h`, version 2), which
+/// `libmimalloc-sys` does not name.
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Large blocks on huge pages (transparent ones where none are reserved),
+/// and freed memory kept for the next blocks instead of handed back: a run
+/// allocates its big buffers stage after stage, and pages first touched
+/// cost a fault each (BENCHMARKS.md, "Allocator"). `MIMALLOC_*` variables
+/// set by the user win.
+fn tune_allocator() {
+    use libmimalloc_sys::{mi_option_large_os_pages, mi_option_set};
+    for (var, option, value) in [
+        ("MIMALLOC_ALLOW_LARGE_OS_PAGES", mi_option_large_os_pages, 1),
+        ("MIMALLOC_PURGE_DELAY", MI_OPTION_PURGE_DELAY, -1),
+    ] {
+        if std::env::var_os(var).is_none() {
+            // SAFETY: mi_option_set takes two plain values and only stores
+            // the option; any value is valid for these two.
+            unsafe { mi_option_set(option, value) };
+        }
+    }
+}
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
 fn main() -> ExitCode {
+    tune_allocator();
     let args = cli::Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))

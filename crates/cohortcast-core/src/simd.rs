@@ -27,6 +27,29 @@ pub fn has_avx2_fma() -> bool {
     }
 }
 
+/// For tests: whether the kernels named `name` (`avx2` or `avx512`) can
+/// run here. A test that cannot run them says so on stderr; where
+/// `COHORTCAST_REQUIRE_SIMD` names them (`avx2,avx512`), a machine
+/// without them fails instead, so a machine that has them cannot skip
+/// them by mistake.
+#[cfg(test)]
+pub(crate) fn kernels_run(name: &str) -> bool {
+    let available = match name {
+        "avx2" => has_avx2_fma(),
+        "avx512" => has_avx512(),
+        other => panic!("no kernels named {other}"),
+    };
+    let required = std::env::var("COHORTCAST_REQUIRE_SIMD").unwrap_or_default();
+    if !available {
+        assert!(
+            !required.split(',').any(|r| r.trim() == name),
+            "COHORTCAST_REQUIRE_SIMD names {name}, but this CPU cannot run those kernels"
+        );
+        eprintln!("skipped: this CPU cannot run the {name} kernels, so only the portable path was tested");
+    }
+    available
+}
+
 /// A dot product over two equal-length slices.
 pub type DotFn = fn(&[f32], &[f32]) -> f32;
 /// `y += a · x` over two equal-length slices.
@@ -739,7 +762,7 @@ mod tests {
 
     #[test]
     fn avx2_kernels_match_the_portable_ones() {
-        if !has_avx2_fma() {
+        if !kernels_run("avx2") {
             return;
         }
         for n in [0, 1, 7, 8, 31, 32, 33, 64, 100] {

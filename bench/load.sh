@@ -7,7 +7,8 @@
 #
 # Usage: bench/load.sh [users] [seconds] [connections]   (default 500000 20 64)
 # LOAD_KEEP=1 keeps the generated data and model (in $LOAD_WORK or a
-# temporary folder under /var/tmp); otherwise they are deleted.
+# temporary folder under /var/tmp); otherwise they are deleted. LOAD_BIN
+# serves with another binary (to compare two builds on one model).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 users=${1:-500000} secs=${2:-20} conns=${3:-64}
@@ -20,8 +21,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
-cargo build --release --quiet --bin cohortcast
-bin=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release/cohortcast
+if [ -n "${LOAD_BIN:-}" ]; then
+  bin=$LOAD_BIN
+else
+  cargo build --release --quiet --bin cohortcast
+  bin=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release/cohortcast
+fi
 
 if [ ! -f "$work/out/model/params.json" ]; then
   "$bin" synth --out "$work/data" --users "$users" --plays-per-user 60 --seed 11 >/dev/null

@@ -12,6 +12,7 @@ use cohortcast_core::ctr::{
 use cohortcast_core::grouping::{limit_reach, BatchScores, Grouping};
 use cohortcast_core::hours;
 use cohortcast_core::kmeans::{normalize_rows, Cohorts, KMeansParams};
+use cohortcast_core::policy::Policy;
 use cohortcast_core::saavn::UserIndex;
 use cohortcast_core::scores::Scorer;
 use cohortcast_core::targeting::{self, Notification, PushPlan};
@@ -185,7 +186,7 @@ fn write_pushes(out: &Path, model: &StoredModel, ing: &Ingested, notes: &[Notifi
         }
         Ok(())
     })?;
-    write_lines(&out.join("target.txt"), None, [plan.policy])?;
+    write_lines(&out.join("target.txt"), None, [plan.policy.name()])?;
     Ok(())
 }
 
@@ -276,11 +277,8 @@ fn read_pushes(out: &Path, model: &StoredModel, notes: &[Notification]) -> Resul
         user_push[ui] = Some(ni);
     }
     let policy = read_lines(&out.join("target.txt"), None)?.first().cloned().unwrap_or_default();
-    let policy = Grouping::ALL
-        .iter()
-        .map(|g| g.policy())
-        .chain(["top-artist"])
-        .find(|p| *p == policy)
+    let policy = Policy::from_name(&policy)
+        .filter(|p| Grouping::ALL.iter().any(|g| g.policy() == *p) || *p == Policy::TopArtist)
         .with_context(|| format!("{}: unknown policy `{policy}`", out.join("target.txt").display()))?;
     // The groups the pushes were decided for, from cohorts.csv.
     let path = out.join("cohorts.csv");
@@ -330,7 +328,7 @@ fn truth_pass(
     let mut expected = vec![Expected::new(nn); plans.len()];
     let mut of_push = vec![vec![f32::NAN; model.users.len()]; plans.len()];
     let mut oracle =
-        PushPlan { policy: "oracle", user_push: vec![None; model.users.len()], cohort_push: None, groups: None };
+        PushPlan { policy: Policy::Oracle, user_push: vec![None; model.users.len()], cohort_push: None, groups: None };
     let mut oracle_expected = Expected::new(nn);
     let mut oracle_of_push = vec![f32::NAN; model.users.len()];
     let path = dir.join("click_probability.npy");
@@ -421,7 +419,7 @@ fn evaluate_all(
         }
     }
     let modelled = plans.len();
-    if chosen.policy != "top-artist" {
+    if chosen.policy != Policy::TopArtist {
         plans.push(targeting::top_artist_plan(&ing.plays, &model.labels, k, notes));
     }
     plans.push(targeting::single_plan(users, targeting::best_single(&clicks)));
@@ -430,9 +428,9 @@ fn evaluate_all(
     // notification: its CTR is over a chosen subset. Measure the default
     // policy on exactly those users too, so the two compare like for like.
     let ours = plans.iter().find(|p| p.policy == Grouping::Release.policy()).expect("always planned");
-    let top = plans.iter().find(|p| p.policy == "top-artist").expect("always planned");
+    let top = plans.iter().find(|p| p.policy == Policy::TopArtist).expect("always planned");
     let matched = PushPlan {
-        policy: "expected-ctr@top-artist-users",
+        policy: Policy::ExpectedCtrOnTopArtistUsers,
         user_push: ours.user_push.iter().zip(&top.user_push).map(|(o, t)| t.and(*o)).collect(),
         cohort_push: None,
         groups: None,
@@ -447,7 +445,7 @@ fn evaluate_all(
     for (i, p) in plans.iter().enumerate().skip(modelled) {
         let mut rng = cohortcast_core::rng::Rng::stream(seed, i as u64);
         ranks.push(match p.policy {
-            "expected-ctr@top-artist-users" => {
+            Policy::ExpectedCtrOnTopArtistUsers => {
                 let release = plans.iter().position(|q| q.policy == Grouping::Release.policy()).expect("planned");
                 ranks[release].clone()
             }

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use anyhow::Result;
 use cohortcast_core::ctr::{CtrReport, GroupCtr, ReachPoint};
+use cohortcast_core::policy::Policy;
 use cohortcast_core::targeting::Notification;
 use cohortcast_data::files::{write_json, write_lines};
 use cohortcast_data::ingest::{IngestReport, Ingested};
@@ -70,7 +71,7 @@ pub fn print_table(ing: &Ingested, model: &StoredModel, notifications: usize, ev
         notifications,
         ing.report.clicks
     );
-    let oracle = ev.reports.iter().find(|r| r.policy == "oracle").and_then(|r| r.expected_ctr);
+    let oracle = ev.reports.iter().find(|r| r.policy == Policy::Oracle).and_then(|r| r.expected_ctr);
     // `of oracle` compares expected CTR over the pushed users with the
     // oracle's over all users; `clicks/user` counts unpushed users as
     // non-clicks (what a campaign gains in opens).
@@ -104,7 +105,7 @@ pub fn print_table(ing: &Ingested, model: &StoredModel, notifications: usize, ev
             println!("{}: {} users not pushed", r.policy, r.users_not_pushed);
         }
     }
-    if let Some(t) = ev.reports.iter().find(|r| r.policy == "top-artist") {
+    if let Some(t) = ev.reports.iter().find(|r| r.policy == Policy::TopArtist) {
         if t.users_not_pushed > 0 {
             println!(
                 "top-artist: {} users in cohorts whose top artist has no notification were not pushed; \
@@ -155,7 +156,7 @@ fn print_reach_table(ev: &Evaluation, truth: bool) {
         return;
     }
     // The oracle's expected CTR at each reach, for `of oracle`.
-    let oracle = ev.reports.iter().zip(&ev.reach).find(|(r, _)| r.policy == "oracle").map(|(_, c)| &c.0);
+    let oracle = ev.reports.iter().zip(&ev.reach).find(|(r, _)| r.policy == Policy::Oracle).map(|(_, c)| &c.0);
     println!(
         "CTR at reach (share of users pushed: the expected-CTR plans' best-scored users first, a random share of \
          the baselines'{})",
@@ -239,7 +240,7 @@ pub fn write_ctr_by_cohort_csv(path: &Path, notes: &[Notification], groups: &[Gr
 
 #[derive(Serialize)]
 struct CtrSummary<'a> {
-    policy: &'a str,
+    policy: Policy,
     overall_ctr: f64,
     mean_ctr: f64,
     expected_ctr: Option<f64>,
@@ -255,7 +256,7 @@ impl<'a> CtrSummary<'a> {
     fn new(r: &'a CtrReport, reach: Option<&'a (Vec<Option<ReachPoint>>, ReachPoint)>) -> Self {
         CtrSummary {
             at_reach: reach.map(|(p, own)| p.iter().flatten().chain([own]).collect()).unwrap_or_default(),
-            policy: &r.policy,
+            policy: r.policy,
             overall_ctr: r.overall_ctr,
             mean_ctr: r.mean_ctr,
             expected_ctr: r.expected_ctr,
@@ -277,7 +278,7 @@ struct Summary<'a> {
     notifications: usize,
     params: &'a cohortcast_data::stages::ModelParams,
     targeting: TargetingSummary,
-    policy: &'a str,
+    policy: Policy,
     timings_s: &'a Timings,
     ctr: Vec<CtrSummary<'a>>,
     clicks_outside_model: usize,
@@ -302,7 +303,7 @@ pub fn write_summary(
     ev: &Evaluation,
     t: &Timings,
     tc: &Targeting,
-    policy: &str,
+    policy: Policy,
 ) -> Result<()> {
     let s = Summary {
         inputs: &ing.report,

@@ -9,6 +9,7 @@
 //! ground truth is known, the expected CTR is the mean true click
 //! probability over the pushes: the figure the realised CTR estimates.
 
+use crate::policy::Policy;
 use serde::Serialize;
 
 use crate::targeting::PushPlan;
@@ -70,8 +71,8 @@ pub struct NotificationCtr {
 /// The CTR figures of one plan.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CtrReport {
-    /// Policy name.
-    pub policy: String,
+    /// The policy.
+    pub policy: Policy,
     /// One row per notification pushed to at least one user, by index.
     pub per_notification: Vec<NotificationCtr>,
     /// Users pushed (each at most once).
@@ -174,7 +175,7 @@ pub fn evaluate_expected(plan: &PushPlan, labels: &[u32], clicks: &Clicks, expec
     let clicks_total: usize = clicked.iter().sum();
     let ratio = |a: f64, b: usize| if b > 0 { a / b as f64 } else { 0.0 };
     CtrReport {
-        policy: plan.policy.to_string(),
+        policy: plan.policy,
         mean_ctr: ratio(per_notification.iter().map(|r| r.ctr).sum(), per_notification.len()),
         per_notification,
         pushes,
@@ -330,7 +331,7 @@ mod tests {
         // 6 users in 3 cohorts; cohorts 0 and 2 are both pushed notification 1.
         let labels = [0, 0, 1, 1, 2, 2];
         let plan = PushPlan {
-            policy: "expected-ctr",
+            policy: Policy::ExpectedCtr,
             user_push: vec![Some(1), Some(1), Some(0), Some(0), Some(1), Some(1)],
             cohort_push: Some(vec![Some(1), Some(0), Some(1)]),
             groups: Some(labels.to_vec()),
@@ -360,8 +361,12 @@ mod tests {
     fn expected_sums_streamed_in_any_user_order_match_the_matrix() {
         // 4 users × 3 notifications; user 2's probability of n0 is unknown.
         let truth = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, f32::NAN, 0.8, 0.9, 0.25, 0.35, 0.45];
-        let plan =
-            PushPlan { policy: "x", user_push: vec![Some(2), Some(0), Some(0), None], cohort_push: None, groups: None };
+        let plan = PushPlan {
+            policy: Policy::Random,
+            user_push: vec![Some(2), Some(0), Some(0), None],
+            cohort_push: None,
+            groups: None,
+        };
         let whole = Expected::of_matrix(&plan, &truth, 3);
         let mut streamed = Expected::new(3);
         for u in [3, 1, 2, 0] {
@@ -383,7 +388,7 @@ mod tests {
     fn reach_cuts_the_ranked_pushes_and_groups_sum_their_members() {
         // 5 users; user 4 not pushed. Ranked: 2 (0.9), 0 (0.5), 3 (0.5), 1 (NaN).
         let plan = PushPlan {
-            policy: "x",
+            policy: Policy::Random,
             user_push: vec![Some(0), Some(1), Some(0), Some(1), None],
             cohort_push: Some(vec![Some(0), Some(1)]),
             groups: Some(vec![0, 1, 0, 1, 1]),
@@ -415,7 +420,7 @@ mod tests {
     #[test]
     fn unequal_notifications_separate_overall_and_mean() {
         let plan = PushPlan {
-            policy: "x",
+            policy: Policy::Random,
             user_push: vec![Some(0), Some(0), Some(0), Some(1), None],
             cohort_push: None,
             groups: None,

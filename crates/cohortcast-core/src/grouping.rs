@@ -25,6 +25,7 @@
 //! [`TOP`] notifications are kept between passes; a user none of whose
 //! best are chosen is scored again in full, so the assignment is exact.
 
+use crate::policy::Policy;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::fmt;
@@ -52,11 +53,11 @@ impl Grouping {
 
     /// The name of the expected-CTR plan grouped this way, as the reports
     /// print it.
-    pub fn policy(self) -> &'static str {
+    pub fn policy(self) -> Policy {
         match self {
-            Grouping::Release => "expected-ctr",
-            Grouping::Taste => "expected-ctr:taste",
-            Grouping::User => "expected-ctr:user",
+            Grouping::Release => Policy::ExpectedCtr,
+            Grouping::Taste => Policy::ExpectedCtrTaste,
+            Grouping::User => Policy::ExpectedCtrUser,
         }
     }
 }
@@ -652,8 +653,12 @@ mod tests {
 
     #[test]
     fn reach_keeps_the_highest_scores() {
-        let mut plan =
-            PushPlan { policy: "x", user_push: vec![Some(0), Some(1), None, Some(0)], cohort_push: None, groups: None };
+        let mut plan = PushPlan {
+            policy: Policy::Random,
+            user_push: vec![Some(0), Some(1), None, Some(0)],
+            cohort_push: None,
+            groups: None,
+        };
         limit_reach(&mut plan, &[0.2, 0.9, f32::NAN, 0.2], 0.5);
         assert_eq!(plan.user_push, vec![Some(0), Some(1), None, None]);
         let mut all = plan.clone();

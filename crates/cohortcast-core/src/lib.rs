@@ -42,6 +42,7 @@ pub mod grouping;
 pub mod hours;
 pub mod kmeans;
 pub mod linalg;
+pub mod policy;
 pub mod rng;
 pub mod saavn;
 pub mod scores;

@@ -31,6 +31,7 @@
 //!   generator's ground truth (synthetic data only).
 
 use crate::als::AlsModel;
+use crate::policy::Policy;
 use crate::rng::Rng;
 use crate::scores::Scorer;
 use crate::sparse::Csr;
@@ -47,8 +48,8 @@ pub struct Notification {
 /// Who gets what: the notification index pushed to each user, if any.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PushPlan {
-    /// Name of the policy that made it.
-    pub policy: &'static str,
+    /// The policy that made it.
+    pub policy: Policy,
     /// Per user (model index): the notification index pushed, or none.
     pub user_push: Vec<Option<u32>>,
     /// Per group, for group-level policies: the notification chosen.
@@ -60,7 +61,7 @@ pub struct PushPlan {
 }
 
 impl PushPlan {
-    fn from_cohorts(policy: &'static str, labels: &[u32], cohort_push: Vec<Option<u32>>) -> Self {
+    fn from_cohorts(policy: Policy, labels: &[u32], cohort_push: Vec<Option<u32>>) -> Self {
         let user_push = labels.iter().map(|&l| cohort_push[l as usize]).collect();
         PushPlan { policy, user_push, cohort_push: Some(cohort_push), groups: Some(labels.to_vec()) }
     }
@@ -178,19 +179,19 @@ pub fn top_artist_plan(plays: &Csr, labels: &[u32], k: usize, notifications: &[N
             notifications.iter().position(|n| n.artists.contains(&(top as u32))).map(|n| n as u32)
         })
         .collect();
-    PushPlan::from_cohorts("top-artist", labels, choice)
+    PushPlan::from_cohorts(Policy::TopArtist, labels, choice)
 }
 
 /// A uniformly random notification for each user.
 pub fn random_plan(users: usize, notifications: usize, seed: u64) -> PushPlan {
     let mut rng = Rng::new(seed);
     let user_push = (0..users).map(|_| (notifications > 0).then(|| rng.below(notifications) as u32)).collect();
-    PushPlan { policy: "random", user_push, cohort_push: None, groups: None }
+    PushPlan { policy: Policy::Random, user_push, cohort_push: None, groups: None }
 }
 
 /// The same notification for everyone.
 pub fn single_plan(users: usize, notification: Option<u32>) -> PushPlan {
-    PushPlan { policy: "best-single", user_push: vec![notification; users], cohort_push: None, groups: None }
+    PushPlan { policy: Policy::BestSingle, user_push: vec![notification; users], cohort_push: None, groups: None }
 }
 
 /// The notification with the most distinct clickers (ties to the lower index).
@@ -204,7 +205,7 @@ pub fn best_single(clicks: &crate::ctr::Clicks) -> Option<u32> {
 /// `users × notifications` matrix of click probabilities (NaN where unknown).
 pub fn oracle_plan(truth: &[f32], notifications: usize) -> PushPlan {
     let user_push = truth.chunks(notifications.max(1)).map(oracle_choice).collect();
-    PushPlan { policy: "oracle", user_push, cohort_push: None, groups: None }
+    PushPlan { policy: Policy::Oracle, user_push, cohort_push: None, groups: None }
 }
 
 /// The oracle's choice for one user: the notification of highest true

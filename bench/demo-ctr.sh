@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Expected CTR of the default policy against the per-user oracle and the
 # baselines on `cohortcast demo` data (50k users, 100 cohorts), over several
-# seeds; the figures BENCHMARKS.md records. Usage: bench/demo-ctr.sh [SEED...]
+# seeds. Usage: bench/demo-ctr.sh [SEED...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --quiet

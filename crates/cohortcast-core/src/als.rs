@@ -81,10 +81,10 @@ pub struct AlsParams {
     /// MLlib's default (`implicit`'s is 15): on the demo's data over 18
     /// seeds and on the 500 000-user benchmark set, 15 iterations lowered
     /// the loss by 0.8% but did not raise the targeting's share of the
-    /// oracle, and cost half as much ALS again (BENCHMARKS.md).
+    /// oracle, and cost half as much ALS again (the history of BENCHMARKS.md).
     pub iterations: usize,
     /// L2 penalty `λ` on every factor vector. Default 5.0 (the confidence
-    /// sums it competes with are large: see BENCHMARKS.md for the sweep).
+    /// sums it competes with are large: see the history of BENCHMARKS.md for the sweep).
     pub regularization: f32,
     /// Confidence scale `alpha` in `c = 1 + alpha * w(plays)`. Default 10.0.
     pub alpha: f32,

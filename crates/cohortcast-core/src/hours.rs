@@ -5,7 +5,7 @@
 //! on any day). It costs four bytes a user and one `bit_or` per
 //! (user, artist) group of the aggregation that already runs, where a
 //! histogram of plays per hour would need a second grouping of every play
-//! (measured: +25% ingest time, +31% peak memory; see BENCHMARKS.md).
+//! (measured: +25% ingest time, +31% peak memory; see the history of BENCHMARKS.md).
 //!
 //! A cohort's activity at hour `h` is then the number of its members who
 //! listen at that hour, on some day: what a push scheduler needs to know

@@ -77,7 +77,7 @@ impl PushPlan {
 pub struct TargetingParams {
     /// Weight of the user's own listening share beside the ALS preference.
     /// Default 4.0 (measured: expected CTR rises from 0 to about 4 and is
-    /// flat from 4 to 10; BENCHMARKS.md); 0 scores by the factors alone.
+    /// flat from 4 to 10; the history of BENCHMARKS.md); 0 scores by the factors alone.
     pub history_weight: f32,
 }
 

@@ -20,7 +20,7 @@
 //! input's distinct keys whenever they come no faster later than they did
 //! so far (new pairs thin out as the same users replay the same artists).
 //! On the medium set `cohortcast ingest` took 5.9–6.6 s against 6.6–7.7 s
-//! with the table doubling (alternating, BENCHMARKS.md).
+//! with the table doubling (alternating; the history of BENCHMARKS.md).
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Seek, SeekFrom, Write};

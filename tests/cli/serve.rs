@@ -239,3 +239,51 @@ fn idle_connections_cannot_starve_the_server() {
     assert_eq!(n, 0, "the idle connection got bytes");
     assert!(waited.elapsed() < std::time::Duration::from_secs(5), "closed after {:?}", waited.elapsed());
 }
+
+/// Schemathesis (`COHORTCAST_SCHEMATHESIS`: its `schemathesis` program;
+/// CI installs it and sets `COHORTCAST_REQUIRE_SCHEMATHESIS`) against a
+/// served model: every check, a fixed seed, and any finding fails.
+#[test]
+fn the_openapi_document_agrees_with_the_server() {
+    let Some(st) = std::env::var_os("COHORTCAST_SCHEMATHESIS") else {
+        assert!(
+            std::env::var_os("COHORTCAST_REQUIRE_SCHEMATHESIS").is_none(),
+            "COHORTCAST_REQUIRE_SCHEMATHESIS is set but COHORTCAST_SCHEMATHESIS is not"
+        );
+        eprintln!("skipped: set COHORTCAST_SCHEMATHESIS to the schemathesis program to check the OpenAPI document");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let data = synth(dir.path());
+    let out = dir.path().join("out");
+    run_small_with(&data, &out, &[]);
+    let token = "a-token-of-at-least-16-chars";
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cohortcast"))
+        .args(["serve", "--model", s(&out.join("model")), "--addr", "127.0.0.1:0"])
+        .env("COHORTCAST_TOKEN", token)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let stderr = child.stderr.take().unwrap();
+    let _guard = Kill(child);
+    let line = BufReader::new(stderr)
+        .lines()
+        .map(|l| l.unwrap())
+        .find(|l| l.starts_with("serving on http://"))
+        .expect("the server announces its address");
+    let url = line.trim_start_matches("serving on ").to_string();
+    let o = Command::new(st)
+        .args(["run", &format!("{url}/openapi.json"), "--checks", "all", "--seed", "42", "--max-examples", "150"])
+        .args(["--no-color", "-H", &format!("Authorization: Bearer {token}")])
+        .output()
+        .expect("schemathesis runs");
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "schemathesis found disagreements:\n{text}\n{}", String::from_utf8_lossy(&o.stderr));
+}

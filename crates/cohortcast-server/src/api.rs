@@ -362,15 +362,22 @@ async fn add_plays(
             *added.entry(a).or_default() += 1.0;
         }
     }
-    if added.is_empty() {
-        return Err(unprocessable(format!(
-            "plays: none of the songs is known to the model (e.g. `{}`)",
-            unknown.first().copied().unwrap_or_default()
-        )));
-    }
     let before = st.updates.read().expect("poisoned").get(&key).cloned();
     let in_model = m.user(&key);
     let previous = before.as_ref().map(|b| b.cohort).or_else(|| in_model.map(|u| m.model.labels[u]));
+    if added.is_empty() {
+        // Songs the catalogue does not know yet are counted and skipped:
+        // the user stays where they are (a user the model has never seen
+        // stays unknown, `cohort` null).
+        return Ok(Json(json!({
+            "user_id": key,
+            "cohort": previous,
+            "previous_cohort": previous,
+            "new_user": false,
+            "plays_added": 0,
+            "unknown_songs": unknown.len(),
+        })));
+    }
     let mut merged: HashMap<u32, f32> = match (&before, in_model) {
         (Some(b), _) => b.plays.iter().copied().collect(),
         (None, Some(u)) => m.user_plays(u).into_iter().collect(),
@@ -446,7 +453,7 @@ async fn release(
 ) -> Result<Json<ReleaseAnswer>, ApiError> {
     let r = json_body(body)?;
     let unprocessable = |m: String| err(StatusCode::UNPROCESSABLE_ENTITY, m);
-    if r.notification_id.trim().is_empty() {
+    if r.notification_id.trim_ascii().is_empty() {
         return Err(unprocessable("notification_id: must not be empty".into()));
     }
     if r.artist_ids.is_empty() {
@@ -461,6 +468,10 @@ async fn release(
             artist_ids.len()
         )));
     }
+    // The largest integer every JSON client reads exactly (2^53 - 1).
+    if r.max_users.is_some_and(|n| n as u64 > 9_007_199_254_740_991) {
+        return Err(unprocessable("max_users: at most 9007199254740991".into()));
+    }
     let min = r.min_expected_ctr.unwrap_or(0.0);
     if !(0.0..=1.0).contains(&min) {
         return Err(unprocessable(format!("min_expected_ctr: {min} is not in [0, 1]")));
@@ -468,10 +479,18 @@ async fn release(
     let m = st.model();
     let (known, unknown): (Vec<&String>, Vec<&String>) = artist_ids.iter().partition(|a| m.artist(a).is_some());
     if known.is_empty() {
-        return Err(unprocessable(format!(
-            "artist_ids: no artist of this notification is known to the model ({}); nobody has played them",
-            artist_ids.join(", ")
-        )));
+        // Nobody has played any of them: nobody to push.
+        return Ok(Json(ReleaseAnswer {
+            notification_id: r.notification_id.clone(),
+            known_artists: Vec::new(),
+            unknown_artists: artist_ids.clone(),
+            cohorts: Vec::new(),
+            pushed_users: 0,
+            expected_clicks: 0.0,
+            expected_ctr: None,
+            users: Vec::new(),
+            next: None,
+        }));
     }
     let ids: Vec<u32> = known.iter().filter_map(|a| m.artist(a)).collect();
     let tp = st.config.targeting.clone();

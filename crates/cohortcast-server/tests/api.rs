@@ -210,12 +210,13 @@ async fn a_release_goes_to_the_cohorts_of_its_artist_and_respects_the_limits() {
     assert_eq!(s, StatusCode::OK);
     assert_eq!(page["total"].as_u64().unwrap(), n);
 
-    // Only unknown artists: 422 that says so.
+    // Only unknown artists: nobody has played them, so nobody is pushed.
     let (s, v) =
         call(&st, "POST", "/v1/releases", Some(r#"{"notification_id": "n-3", "artist_ids": ["zz"]}"#), Some(TOKEN))
             .await;
-    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
-    assert!(v["error"].as_str().unwrap().contains("no artist of this notification is known"), "{v}");
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!((&v["pushed_users"], &v["unknown_artists"][0]), (&Value::from(0), &Value::from("zz")), "{v}");
+    assert!(v["cohorts"].as_array().unwrap().is_empty() && v["users"].as_array().unwrap().is_empty());
 }
 
 #[tokio::test]
@@ -406,7 +407,6 @@ async fn new_plays_move_a_user_and_add_new_users_without_retraining() {
         ("nothex", r#"{"plays": [{"song_id": "s1", "timestamp": 1}]}"#, "32 hexadecimal"),
         (user0.as_str(), r#"{"plays": []}"#, "plays: send 1 to"),
         (user0.as_str(), r#"{"plays": [{"song_id": "s1", "timestamp": -5}]}"#, "plays[0].timestamp"),
-        (user0.as_str(), r#"{"plays": [{"song_id": "nope", "timestamp": 5}]}"#, "none of the songs is known"),
         (user0.as_str(), r#"{"plays": [{"song": "s1"}]}"#, "unknown field"),
     ];
     for (user, body, needle) in bad {
@@ -414,6 +414,18 @@ async fn new_plays_move_a_user_and_add_new_users_without_retraining() {
         assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {v}");
         assert!(v["error"].as_str().unwrap().contains(needle), "{body}: {v}");
     }
+    // Songs the catalogue does not know are counted and skipped: the user
+    // stays where they were, a user never seen stays unknown.
+    let (_, was) = call(&st, "GET", &format!("/v1/users/{user0}"), None, None).await;
+    let unknown = r#"{"plays": [{"song_id": "nope", "timestamp": 5}, {"song_id": "", "timestamp": 6}]}"#;
+    let (s, v) = call(&st, "POST", &format!("/v1/users/{user0}/plays"), Some(unknown), Some(TOKEN)).await;
+    assert_eq!((s, &v["plays_added"], &v["unknown_songs"]), (StatusCode::OK, &Value::from(0), &Value::from(2)), "{v}");
+    assert_eq!(v["cohort"], was["cohort"]);
+    let stranger = "d".repeat(32);
+    let (s, v) = call(&st, "POST", &format!("/v1/users/{stranger}/plays"), Some(unknown), Some(TOKEN)).await;
+    assert_eq!((s, v["cohort"].is_null()), (StatusCode::OK, true), "{v}");
+    let (s, _) = call(&st, "GET", &format!("/v1/users/{stranger}"), None, None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
     let (s, _) = call(
         &st,
         "POST",
@@ -502,6 +514,10 @@ async fn hostile_requests_get_clear_answers() {
     .await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(v["error"].as_str().unwrap().contains("at most 100"), "{v}");
+    // The limit is one every JSON client reads exactly.
+    let body = r#"{"notification_id": "n-5", "artist_ids": ["a2"], "max_users": 9007199254740992}"#;
+    let (s, v) = call(&st, "POST", "/v1/releases", Some(body), Some(TOKEN)).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
     // The scheme is case-insensitive; a 401 says which scheme to use.
     let req = |auth: &str| {
         Request::builder()

@@ -1,6 +1,7 @@
 //! Command-line arguments, parsed into validated parameters in one place.
 
 mod cluster;
+mod evaluation;
 mod outdir;
 mod pipeline;
 mod progress;

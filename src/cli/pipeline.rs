@@ -6,9 +6,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use cohortcast_core::als::{AlsModel, AlsParams};
-use cohortcast_core::ctr::{
-    ctr_by_group, evaluate_expected, reach_curve, Clicks, CtrReport, Expected, GroupCtr, ReachPoint,
-};
+use cohortcast_core::ctr::{ctr_by_group, evaluate_expected, reach_curve, Clicks, Expected};
 use cohortcast_core::grouping::{limit_reach, BatchScores, Grouping};
 use cohortcast_core::hours;
 use cohortcast_core::kmeans::{normalize_rows, Cohorts, KMeansParams};
@@ -23,14 +21,12 @@ use cohortcast_data::stages::{load_ingested, load_model, save_ingested, save_mod
 use cohortcast_server::model::{CohortHours, PEAK_HOURS};
 use rayon::prelude::*;
 
+use super::evaluation::{Evaluation, REACHES};
 use super::report::{
     print_ingest, print_table, write_ctr_at_reach_csv, write_ctr_by_cohort_csv, write_ctr_by_policy_csv, write_ctr_csv,
     write_summary, Timings,
 };
 use super::{progress, DemoArgs, PolicyArg, Targeting};
-
-/// The shares of users every plan is measured at.
-pub const REACHES: [f64; 4] = [0.10, 0.25, 0.50, 1.0];
 
 /// Reads and checks the inputs.
 fn read_inputs(paths: &InputPaths, opts: &IngestOptions) -> Result<Ingested> {
@@ -374,17 +370,6 @@ struct TruthPass {
     oracle: PushPlan,
     oracle_expected: Expected,
     oracle_of_push: Vec<f32>,
-}
-
-/// The chosen plan and every baseline, measured on the same click log.
-pub struct Evaluation {
-    pub reports: Vec<CtrReport>,
-    /// Per report: its CTR at [`REACHES`] (none where it pushes fewer
-    /// users), and at its own reach.
-    pub reach: Vec<(Vec<Option<ReachPoint>>, ReachPoint)>,
-    /// The chosen plan's CTR per push group.
-    pub by_group: Vec<GroupCtr>,
-    pub clicks_outside_model: usize,
 }
 
 #[allow(clippy::too_many_arguments)]

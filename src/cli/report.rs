@@ -12,7 +12,7 @@ use cohortcast_data::ingest::{IngestReport, Ingested};
 use cohortcast_data::stages::StoredModel;
 use serde::Serialize;
 
-use super::pipeline::{Evaluation, REACHES};
+use super::evaluation::{Evaluation, REACHES};
 use super::Targeting;
 
 /// Seconds spent per stage.

@@ -12,7 +12,7 @@
 use crate::policy::Policy;
 use serde::Serialize;
 
-use crate::targeting::PushPlan;
+use crate::policy::PushPlan;
 
 /// The click log, by notification: sorted, distinct user indices.
 #[derive(Debug, Clone, PartialEq, Default)]

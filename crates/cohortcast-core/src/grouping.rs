@@ -31,8 +31,8 @@ use std::collections::BinaryHeap;
 use std::fmt;
 use std::str::FromStr;
 
+use crate::policy::PushPlan;
 use crate::scores::Scorer;
-use crate::targeting::PushPlan;
 
 /// How the users of a batch are grouped for pushing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]

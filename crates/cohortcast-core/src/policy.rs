@@ -79,6 +79,33 @@ impl<'de> serde::Deserialize<'de> for Policy {
     }
 }
 
+/// Who gets what: the notification index pushed to each user, if any.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PushPlan {
+    /// The policy that made it.
+    pub policy: Policy,
+    /// Per user (model index): the notification index pushed, or none.
+    pub user_push: Vec<Option<u32>>,
+    /// Per group, for group-level policies: the notification chosen.
+    pub cohort_push: Option<Vec<Option<u32>>>,
+    /// Per user, for group-level policies: the group (taste cohort or
+    /// release group) their push was decided for, an index into
+    /// `cohort_push`.
+    pub groups: Option<Vec<u32>>,
+}
+
+impl PushPlan {
+    pub(crate) fn from_cohorts(policy: Policy, labels: &[u32], cohort_push: Vec<Option<u32>>) -> Self {
+        let user_push = labels.iter().map(|&l| cohort_push[l as usize]).collect();
+        PushPlan { policy, user_push, cohort_push: Some(cohort_push), groups: Some(labels.to_vec()) }
+    }
+
+    /// Users left without a push.
+    pub fn users_not_pushed(&self) -> usize {
+        self.user_push.iter().filter(|p| p.is_none()).count()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

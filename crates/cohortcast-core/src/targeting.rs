@@ -36,63 +36,8 @@ use crate::rng::Rng;
 use crate::scores::Scorer;
 use crate::sparse::Csr;
 
-/// A notification, with the model's indices of the artists it names.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Notification {
-    /// Identifier as in the input (`notification_id`).
-    pub id: String,
-    /// Indices of its artists known to the model (possibly empty).
-    pub artists: Vec<u32>,
-}
-
-/// Who gets what: the notification index pushed to each user, if any.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PushPlan {
-    /// The policy that made it.
-    pub policy: Policy,
-    /// Per user (model index): the notification index pushed, or none.
-    pub user_push: Vec<Option<u32>>,
-    /// Per group, for group-level policies: the notification chosen.
-    pub cohort_push: Option<Vec<Option<u32>>>,
-    /// Per user, for group-level policies: the group (taste cohort or
-    /// release group) their push was decided for, an index into
-    /// `cohort_push`.
-    pub groups: Option<Vec<u32>>,
-}
-
-impl PushPlan {
-    fn from_cohorts(policy: Policy, labels: &[u32], cohort_push: Vec<Option<u32>>) -> Self {
-        let user_push = labels.iter().map(|&l| cohort_push[l as usize]).collect();
-        PushPlan { policy, user_push, cohort_push: Some(cohort_push), groups: Some(labels.to_vec()) }
-    }
-
-    /// Users left without a push.
-    pub fn users_not_pushed(&self) -> usize {
-        self.user_push.iter().filter(|p| p.is_none()).count()
-    }
-}
-
-/// Parameters of the expected-CTR policy.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct TargetingParams {
-    /// Weight of the user's own listening share beside the ALS preference.
-    /// Default 4.0 (measured: expected CTR rises from 0 to about 4 and is
-    /// flat from 4 to 10; the history of BENCHMARKS.md); 0 scores by the factors alone.
-    pub history_weight: f32,
-}
-
-impl Default for TargetingParams {
-    fn default() -> Self {
-        TargetingParams { history_weight: 4.0 }
-    }
-}
-
-impl TargetingParams {
-    /// Validates every field.
-    pub fn check(&self) -> Result<(), crate::ParamError> {
-        crate::error::check_range("history-weight", self.history_weight as f64, 0.0, 1e6)
-    }
-}
+pub use crate::policy::PushPlan;
+pub use crate::scores::{Notification, TargetingParams};
 
 /// Mean predicted affinity of each cohort to each notification, row-major
 /// `k × notifications`. Notifications with no known artist score 0.
@@ -158,7 +103,7 @@ pub fn plan_from_affinity(aff: &[f64], labels: &[u32], k: usize, nn: usize) -> P
     let choice = (0..k)
         .map(|c| (0..nn).max_by(|&a, &b| aff[c * nn + a].total_cmp(&aff[c * nn + b]).then(b.cmp(&a))).map(|n| n as u32))
         .collect();
-    PushPlan::from_cohorts(crate::grouping::Grouping::Taste.policy(), labels, choice)
+    PushPlan::from_cohorts(Policy::ExpectedCtrTaste, labels, choice)
 }
 
 /// The classic rule: each cohort's most played artist (summing raw plays of

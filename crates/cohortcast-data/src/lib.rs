@@ -8,7 +8,6 @@
 
 #![warn(missing_docs)]
 
-pub mod cluster;
 pub mod error;
 pub mod files;
 pub mod ingest;
@@ -20,3 +19,4 @@ pub mod stages;
 pub mod store;
 
 pub use error::{IoError, Result};
+pub use ingest::cluster;

@@ -218,7 +218,7 @@ pub fn app(state: Arc<AppState>) -> Router {
 
 async fn dashboard(State(st): State<Arc<AppState>>) -> Result<axum::response::Html<String>, ApiError> {
     let m = st.model();
-    let page = blocking("drawing the dashboard", move || m.dashboard().to_string()).await?;
+    let page = blocking("drawing the dashboard", move || crate::dashboard::of_served(&m).to_string()).await?;
     Ok(axum::response::Html(page))
 }
 

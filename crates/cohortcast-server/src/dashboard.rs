@@ -698,6 +698,16 @@ table{{border-collapse:collapse;font-size:12px}}td,th{{padding:2px 8px;text-alig
     s
 }
 
+/// The dashboard of a served model, with the run's evaluation when its
+/// folder (the model folder's parent) holds `summary.json` and `ctr.csv`.
+/// Drawn once per loaded model: a reload draws it anew.
+pub fn of_served(m: &crate::model::Served) -> &str {
+    m.page().get_or_init(|| {
+        let run = m.model_dir.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
+        render_run("cohortcast", &m.model, &m.sizes, &m.top_artists, m.cohort_hours.as_ref(), &run)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

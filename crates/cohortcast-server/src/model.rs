@@ -256,21 +256,10 @@ impl Served {
         self.model.labels.iter().enumerate().filter(move |(_, &c)| c as usize == cohort).map(|(u, _)| u)
     }
 
-    /// The dashboard of this model, with the run's evaluation when its
-    /// folder (the model folder's parent) holds `summary.json` and `ctr.csv`.
-    /// Drawn once per loaded model: a reload draws it anew.
-    pub fn dashboard(&self) -> &str {
-        self.page.get_or_init(|| {
-            let run = self.model_dir.parent().map(Path::to_path_buf).unwrap_or_default();
-            crate::dashboard::render_run(
-                "cohortcast",
-                &self.model,
-                &self.sizes,
-                &self.top_artists,
-                self.cohort_hours.as_ref(),
-                &run,
-            )
-        })
+    /// Where the dashboard of this model is kept once drawn
+    /// ([`crate::dashboard::of_served`]); a reload starts a new one.
+    pub(crate) fn page(&self) -> &std::sync::OnceLock<String> {
+        &self.page
     }
 
     /// Each cohort's predicted affinity to a notification naming `artists`:

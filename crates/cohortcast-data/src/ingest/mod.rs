@@ -42,368 +42,38 @@
 //! missing from the metadata is counted per user and left out. Parquet
 //! inputs with the layout's column names are turned into the same lines,
 //! so one plan serves both.
+//!
+//! The parts: [`report`] (what an ingest hands on), [`udf`] (the UDFs a
+//! cluster runs too), [`embedded`] (the embedded engine's aggregation) and
+//! [`cluster`] (Ballista); this file reads the inputs and runs the plan.
 
-use std::collections::{BTreeMap, HashMap};
+pub mod cluster;
+mod embedded;
+mod plan;
+mod report;
+mod udf;
+
+use embedded::*;
+use plan::{stream_sql, Plan};
+pub use report::*;
+pub use udf::udfs;
+
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use cohortcast_core::counts::PackedCounts;
-use cohortcast_core::hours;
 use cohortcast_core::saavn::{self, Input, KeyHash, Reject};
-use cohortcast_core::sparse::{Cells, Csr};
-use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, Int64Array, RecordBatch, StringArray, StructArray, UInt32Builder, UInt64Array,
-    UInt64Builder, UInt8Array,
-};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, StringArray};
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, Field, Fields, Schema, UInt32Type, UInt64Type};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, UInt64Type};
 use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
-use datafusion::logical_expr::{create_udf, ColumnarValue, Volatility};
 use datafusion::prelude::{CsvReadOptions, ParquetReadOptions, SessionConfig, SessionContext};
-use datafusion::scalar::ScalarValue;
-use futures::StreamExt;
-use serde::{Deserialize, Serialize};
 
 use crate::error::{IoError, Result};
 use crate::inputs::{resolve, sniff, Encoding, InputFiles, InputPaths};
-use crate::pair_sums::{PairSums, Spilled};
-use crate::samples::{find_examples, RejectExample};
-use crate::store::{S3Options, Stores};
-
-/// Rejected rows of one input, by reason code, and the first examples.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct InputReport {
-    /// Files read.
-    pub files: usize,
-    /// Rows read (good and bad).
-    pub rows: u64,
-    /// Rows rejected, by reason code.
-    pub rejected: BTreeMap<String, u64>,
-    /// The first few rejected rows, with file and line.
-    pub examples: Vec<RejectExample>,
-}
-
-impl InputReport {
-    /// Total rejected rows.
-    pub fn rejected_total(&self) -> u64 {
-        self.rejected.values().sum()
-    }
-}
-
-/// What ingest read, for `summary.json`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct IngestReport {
-    /// Per input name.
-    pub inputs: BTreeMap<String, InputReport>,
-    /// Well-formed plays.
-    pub plays: u64,
-    /// Well-formed plays of songs missing from the metadata.
-    pub plays_unknown_song: u64,
-    /// Distinct users with at least one well-formed play.
-    pub users_seen: usize,
-    /// Users whose every play was of an unknown song (no usable plays).
-    pub users_without_usable_plays: usize,
-    /// Distinct songs in the metadata.
-    pub songs: u64,
-    /// Distinct (user, artist) pairs.
-    pub user_artist_pairs: usize,
-    /// Notifications named in notification_actor.
-    pub notifications: usize,
-    /// Notification artists unknown to the plays (no user played them).
-    pub notification_artists_unplayed: usize,
-    /// Distinct (notification, user) clicks.
-    pub clicks: usize,
-    /// How the engine ran the clickstream query.
-    #[serde(default)]
-    pub engine: EngineReport,
-    /// Minutes east of UTC of the users' hours of the day.
-    #[serde(default)]
-    pub utc_offset_minutes: i32,
-}
-
-/// How the engine ran the clickstream query: its parallelism, its memory
-/// pool and what its operators spilled to disk.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct EngineReport {
-    /// Partitions the query ran with (see [`IngestOptions::effective_partitions`]).
-    pub partitions: usize,
-    /// Bytes of the memory pool.
-    pub memory_limit: usize,
-    /// Spill files written by the aggregation (the embedded engine's
-    /// [`PairSums`], DataFusion's join, aggregation and sort operators).
-    pub spill_files: usize,
-    /// Bytes written to those files.
-    pub spilled_bytes: u64,
-    /// The Ballista cluster it ran on (`None`: embedded; spills are then
-    /// the executors' and not counted here).
-    #[serde(default)]
-    pub cluster: Option<String>,
-}
-
-/// A notification as read: its id and artist ids.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RawNotification {
-    /// `notification_id`.
-    pub id: String,
-    /// Its `artist_id`s, in input order, distinct.
-    pub artists: Vec<String>,
-}
-
-impl RawNotification {
-    /// Groups `(notification_id, artist_id)` rows sorted by notification
-    /// into notifications, keeping the artists in row order.
-    pub fn group(rows: impl IntoIterator<Item = (String, String)>) -> Vec<RawNotification> {
-        let mut out: Vec<RawNotification> = Vec::new();
-        for (n, a) in rows {
-            match out.last_mut() {
-                Some(last) if last.id == n => last.artists.push(a),
-                _ => out.push(RawNotification { id: n, artists: vec![a] }),
-            }
-        }
-        out
-    }
-}
-
-/// Everything the model needs, with ids mapped to dense indices (sorted ids,
-/// so the mapping repeats exactly).
-#[derive(Debug, Clone)]
-pub struct Ingested {
-    /// Users (rows of `plays`), sorted.
-    pub users: Vec<String>,
-    /// Artists (columns of `plays`), sorted.
-    pub artists: Vec<String>,
-    /// Play counts, users × artists.
-    pub plays: Csr,
-    /// Each user's hours of the day with plays ([`hours`] masks, at the
-    /// report's `utc_offset_minutes`); empty for folders written before
-    /// hours were kept.
-    pub active_hours: Vec<u32>,
-    /// Notifications, sorted by id.
-    pub notifications: Vec<RawNotification>,
-    /// Distinct (notification_id, user_id) clicks, when clicks were given.
-    pub clicks: Option<Vec<(String, String)>>,
-    /// The metadata's (song_id, artist_id) pairs, sorted: what the serve
-    /// API folds new plays in with.
-    pub songs: Vec<(String, String)>,
-    /// Counts for the summary.
-    pub report: IngestReport,
-}
-
-/// Options of the ingest.
-#[derive(Debug, Clone)]
-pub struct IngestOptions {
-    /// Parallel partitions (default: the machine's cores).
-    pub partitions: usize,
-    /// Example rejected rows to show per input. Default 5.
-    pub max_examples: usize,
-    /// Bytes the embedded engine's play counts, and DataFusion's operators,
-    /// may each hold; beyond it the counts spill to the temporary folder
-    /// (DataFusion's as sorted runs). Default: a quarter of the machine's
-    /// memory, at most 8 GiB.
-    pub memory_limit: usize,
-    /// How to reach `s3://` inputs.
-    pub s3: S3Options,
-    /// A Ballista cluster (`ballista://HOST:PORT`) to run the ingest on;
-    /// `None`: the embedded engine.
-    pub cluster: Option<String>,
-    /// Minutes east of UTC that hours of the day are counted at (330 for
-    /// India). Default 0.
-    pub utc_offset_minutes: i32,
-}
-
-/// A quarter of the machine's memory (Linux `/proc/meminfo`), at most 8 GiB;
-/// 2 GiB where it cannot be read.
-fn default_memory_limit() -> usize {
-    let total_kb = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| m.lines().find(|l| l.starts_with("MemTotal:"))?.split_whitespace().nth(1)?.parse::<usize>().ok());
-    total_kb.map(|kb| (kb << 10) / 4).unwrap_or(2 << 30).min(8 << 30)
-}
-
-/// The least share of the memory pool a partition gets. Every partition's
-/// aggregation, join and sort must hold a few 16 k-row batches before it
-/// can spill; below about 2 MiB a partition fails rather than spills
-/// (measured: 8 partitions in 12 MiB fail, 8 in 16 MiB do not).
-pub const MIN_PARTITION_MEMORY: usize = 8 << 20;
-
-impl IngestOptions {
-    /// The partitions the engine runs with: those asked for, fewer when the
-    /// memory pool cannot give each [`MIN_PARTITION_MEMORY`], and at least one.
-    pub fn effective_partitions(&self) -> usize {
-        self.partitions.min(self.memory_limit / MIN_PARTITION_MEMORY).max(1)
-    }
-}
-
-impl Default for IngestOptions {
-    fn default() -> Self {
-        IngestOptions {
-            partitions: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
-            max_examples: 5,
-            memory_limit: default_memory_limit(),
-            s3: S3Options::default(),
-            cluster: None,
-            utc_offset_minutes: 0,
-        }
-    }
-}
-
-/// The UDF `cc_reject_<input>(line)`: the reject code, or NULL for a good row.
-fn reject_udf(input: Input) -> datafusion::logical_expr::ScalarUDF {
-    let fun = move |args: &[ColumnarValue]| -> datafusion::error::Result<ColumnarValue> {
-        let arrays = ColumnarValue::values_to_arrays(args)?;
-        let lines = cast(&arrays[0], &DataType::Utf8)?;
-        let out: StringArray = lines
-            .as_string::<i32>()
-            .iter()
-            .map(|l| match l {
-                None => Some(Reject::WrongFieldCount.code()),
-                Some(l) => input.check(l).err().map(|r| r.code()),
-            })
-            .collect();
-        Ok(ColumnarValue::Array(Arc::new(out) as ArrayRef))
-    };
-    create_udf(
-        &format!("cc_reject_{}", input.name()),
-        vec![DataType::Utf8],
-        DataType::Utf8,
-        Volatility::Immutable,
-        Arc::new(fun),
-    )
-}
-
-/// The fields `cc_play` returns: the reject code (0 for a good row, else
-/// 1 + its index in [`Reject::ALL`]), the user key's high and low halves,
-/// the song key ([`saavn::song_key`]) and the bit of the play's hour of the
-/// day ([`hours::hour_bit`]; all but the first NULL on a rejected row).
-fn play_fields() -> Fields {
-    Fields::from(vec![
-        Field::new("reject", DataType::UInt8, false),
-        Field::new("user_hi", DataType::UInt64, true),
-        Field::new("user_lo", DataType::UInt64, true),
-        Field::new("song_key", DataType::UInt64, true),
-        Field::new("hour_bit", DataType::UInt32, true),
-    ])
-}
-
-/// The reject code `cc_play` uses for `r`.
-fn reject_number(r: Reject) -> u8 {
-    1 + Reject::ALL.iter().position(|x| *x == r).expect("every reject is listed") as u8
-}
-
-/// A clickstream line's play, or why it is rejected (a NULL line has no
-/// fields at all).
-fn play_of(line: Option<&str>) -> std::result::Result<saavn::Play<'_>, Reject> {
-    line.map_or(Err(Reject::WrongFieldCount), saavn::parse_play)
-}
-
-/// Parses a batch of clickstream lines into the [`play_fields`] struct.
-/// Hours are of the day at `offset_minutes` east of UTC.
-fn parse_plays(lines: &ArrayRef, offset_minutes: i32) -> datafusion::error::Result<ArrayRef> {
-    let lines = cast(lines, &DataType::Utf8)?;
-    let lines = lines.as_string::<i32>();
-    let n = lines.len();
-    let mut reject = Vec::with_capacity(n);
-    let mut hi = UInt64Builder::with_capacity(n);
-    let mut lo = UInt64Builder::with_capacity(n);
-    let mut song = UInt64Builder::with_capacity(n);
-    let mut hour = UInt32Builder::with_capacity(n);
-    for line in lines.iter() {
-        match play_of(line) {
-            Ok(p) => {
-                reject.push(0u8);
-                hi.append_value((p.user >> 64) as u64);
-                lo.append_value(p.user as u64);
-                song.append_value(saavn::song_key(p.song));
-                hour.append_value(hours::hour_bit(p.timestamp, offset_minutes));
-            }
-            Err(r) => {
-                reject.push(reject_number(r));
-                hi.append_null();
-                lo.append_null();
-                song.append_null();
-                hour.append_null();
-            }
-        }
-    }
-    let columns: Vec<ArrayRef> = vec![
-        Arc::new(UInt8Array::from(reject)),
-        Arc::new(hi.finish()),
-        Arc::new(lo.finish()),
-        Arc::new(song.finish()),
-        Arc::new(hour.finish()),
-    ];
-    Ok(Arc::new(StructArray::try_new(play_fields(), columns, None)?))
-}
-
-/// A thread's last (input, output) batch of a struct-valued UDF.
-type LastBatch = std::thread::LocalKey<std::cell::RefCell<Option<(ArrayRef, ArrayRef)>>>;
-
-/// `parse(input)`, or the output kept in `last` when `input` is the batch
-/// it was computed from: the kept input holds its buffers alive, so equal
-/// pointers mean equal contents.
-fn memoized(
-    last: &'static LastBatch,
-    input: &ArrayRef,
-    parse: impl FnOnce(&ArrayRef) -> datafusion::error::Result<ArrayRef>,
-) -> datafusion::error::Result<ArrayRef> {
-    let hit = last
-        .with(|l| l.borrow().as_ref().filter(|(i, _)| i.to_data().ptr_eq(&input.to_data())).map(|(_, o)| o.clone()));
-    if let Some(out) = hit {
-        return Ok(out);
-    }
-    let out = parse(input)?;
-    last.with(|l| *l.borrow_mut() = Some((input.clone(), out.clone())));
-    Ok(out)
-}
-
-thread_local! {
-    /// The last batch `cc_play` parsed on this thread: (input, output).
-    static LAST_PLAYS: std::cell::RefCell<Option<(ArrayRef, ArrayRef)>> = const { std::cell::RefCell::new(None) };
-}
-
-/// The UDF `cc_play(line, offset_minutes)`: one parse of a clickstream
-/// line into the [`play_fields`] struct, so the plan groups by integers (the
-/// user id as two 64-bit halves, see [`saavn::user_key`]) and never copies
-/// the line. The offset (a literal) sets the day the hour bit is of.
-///
-/// DataFusion 55 pushes each `p['field']` access down into the scan as its
-/// own `get_field(cc_play(raw), field)`, so the function is called once per
-/// field on the same batch (even when declared volatile). The last batch's
-/// result is kept per thread and returned when the same input buffers come
-/// again: the kept input holds its buffers alive, so equal pointers mean
-/// equal contents, and each line is parsed once.
-fn play_udf() -> datafusion::logical_expr::ScalarUDF {
-    let fun = move |args: &[ColumnarValue]| -> datafusion::error::Result<ColumnarValue> {
-        let offset = match args.get(1) {
-            Some(ColumnarValue::Scalar(ScalarValue::Int32(Some(m)))) if hours::check_offset(*m).is_ok() => *m,
-            other => {
-                return Err(datafusion::error::DataFusionError::Execution(format!(
-                    "cc_play: the second argument must be a UTC offset in minutes (-840 to 840), got {other:?}"
-                )))
-            }
-        };
-        let arrays = ColumnarValue::values_to_arrays(&args[..1])?;
-        Ok(ColumnarValue::Array(memoized(&LAST_PLAYS, &arrays[0], |input| parse_plays(input, offset))?))
-    };
-    create_udf(
-        "cc_play",
-        vec![DataType::Utf8, DataType::Int32],
-        DataType::Struct(play_fields()),
-        Volatility::Immutable,
-        Arc::new(fun),
-    )
-}
-
-/// The UDF `cc_song_key(song_id)`: [`saavn::song_key`].
-fn song_key_udf() -> datafusion::logical_expr::ScalarUDF {
-    let fun = move |args: &[ColumnarValue]| -> datafusion::error::Result<ColumnarValue> {
-        let arrays = ColumnarValue::values_to_arrays(args)?;
-        let ids = cast(&arrays[0], &DataType::Utf8)?;
-        let keys: UInt64Array = ids.as_string::<i32>().iter().map(|s| s.map(saavn::song_key)).collect();
-        Ok(ColumnarValue::Array(Arc::new(keys) as ArrayRef))
-    };
-    create_udf("cc_song_key", vec![DataType::Utf8], DataType::UInt64, Volatility::Immutable, Arc::new(fun))
-}
+use crate::pair_sums::Spilled;
+use crate::samples::find_examples;
+use crate::store::Stores;
 
 /// A session with the UDFs registered, its operators held to
 /// `memory_limit` bytes (they spill beyond it), `s3://` read through `stores`.
@@ -421,7 +91,7 @@ pub fn session(partitions: usize, memory_limit: usize, stores: Arc<Stores>) -> R
     *reserve = (*reserve).min(memory_limit / 8);
     let runtime = RuntimeEnvBuilder::new()
         .with_memory_pool(Arc::new(FairSpillPool::new(memory_limit)))
-        .with_object_store_registry(Arc::new(crate::cluster::Registry::new(stores)))
+        .with_object_store_registry(Arc::new(cluster::Registry::new(stores)))
         .build_arc()
         .map_err(|e| IoError::engine("starting the ingest engine", e))?;
     let ctx = SessionContext::new_with_config_rt(config, runtime);
@@ -431,15 +101,7 @@ pub fn session(partitions: usize, memory_limit: usize, stores: Arc<Stores>) -> R
     Ok(ctx)
 }
 
-/// The scalar UDFs of the ingest plan: `cc_reject_<input>`, `cc_play`,
-/// `cc_song_key`. A cluster must have them registered too.
-pub fn udfs() -> Vec<datafusion::logical_expr::ScalarUDF> {
-    let mut out: Vec<_> = Input::ALL.into_iter().map(reject_udf).collect();
-    out.extend([play_udf(), song_key_udf()]);
-    out
-}
-
-fn parquet_columns(input: Input) -> &'static [&'static str] {
+pub(crate) fn parquet_columns(input: Input) -> &'static [&'static str] {
     match input {
         Input::Clickstream => &["user_id", "timestamp", "song_id", "date"],
         Input::Metadata => &["song_id", "artist_id"],
@@ -451,7 +113,7 @@ fn parquet_columns(input: Input) -> &'static [&'static str] {
 /// Registers `<input>_lines(line)` for an input's files: CSV through
 /// [`crate::lines::LinesFormat`] on the embedded engine, through
 /// DataFusion's CSV reader for a cluster (`embedded` false).
-async fn register_lines(ctx: &SessionContext, files: &InputFiles, embedded: bool) -> Result<()> {
+pub(crate) async fn register_lines(ctx: &SessionContext, files: &InputFiles, embedded: bool) -> Result<()> {
     let name = format!("{}_lines", files.input.name());
     let paths: Vec<String> = files.files.clone();
     let context = || format!("{}: reading {}", files.input.name(), paths.first().cloned().unwrap_or_default());
@@ -493,24 +155,24 @@ async fn register_lines(ctx: &SessionContext, files: &InputFiles, embedded: bool
     Ok(())
 }
 
-async fn collect(ctx: &SessionContext, sql: &str, context: &str) -> Result<Vec<RecordBatch>> {
+pub(crate) async fn collect(ctx: &SessionContext, sql: &str, context: &str) -> Result<Vec<RecordBatch>> {
     let df = ctx.sql(sql).await.map_err(|e| IoError::engine(context, e))?;
     df.collect().await.map_err(|e| IoError::engine(context, e))
 }
 
-fn strings(col: &ArrayRef) -> Result<StringArray> {
+pub(crate) fn strings(col: &ArrayRef) -> Result<StringArray> {
     let c = cast(col, &DataType::Utf8).map_err(|e| IoError::engine("reading a result column", e.into()))?;
     Ok(c.as_string::<i32>().clone())
 }
 
-fn ints(col: &ArrayRef) -> Result<Int64Array> {
+pub(crate) fn ints(col: &ArrayRef) -> Result<Int64Array> {
     let c = cast(col, &DataType::Int64).map_err(|e| IoError::engine("reading a result column", e.into()))?;
     Ok(c.as_primitive::<datafusion::arrow::datatypes::Int64Type>().clone())
 }
 
 /// Counts rows by reject code for a small input and hands the good lines'
 /// first two fields to `keep`.
-async fn small_input(
+pub(crate) async fn small_input(
     ctx: &SessionContext,
     input: Input,
     location: &str,
@@ -542,7 +204,11 @@ async fn small_input(
 /// without repeats. Sorted as (rank of the notification id, user key), which
 /// is the strings' order (the key is the fixed-width lowercase hex number),
 /// without comparing strings: 1.2 M clicks took 1.5 s as string pairs.
-async fn read_clicks(ctx: &SessionContext, location: &str, report: &mut InputReport) -> Result<Vec<(String, String)>> {
+pub(crate) async fn read_clicks(
+    ctx: &SessionContext,
+    location: &str,
+    report: &mut InputReport,
+) -> Result<Vec<(String, String)>> {
     let mut index: HashMap<String, u32> = HashMap::new();
     let mut names: Vec<String> = Vec::new();
     let mut keyed: Vec<(u32, u128)> = Vec::new();
@@ -584,11 +250,11 @@ async fn read_clicks(ctx: &SessionContext, location: &str, report: &mut InputRep
 /// report and good (notification, artist) rows, sorted and without
 /// repeats, and notification_clicks' report and clicks (see
 /// [`read_clicks`]) when `clicks` names them.
-type SideInputs = (InputReport, Vec<(String, String)>, Option<(InputReport, Vec<(String, String)>)>);
+pub(crate) type SideInputs = (InputReport, Vec<(String, String)>, Option<(InputReport, Vec<(String, String)>)>);
 
 /// Reads notification_actor at `actor` and notification_clicks at
 /// `clicks` (owned arguments, so it can run as a task of its own).
-async fn read_side_inputs(ctx: SessionContext, actor: String, clicks: Option<String>) -> Result<SideInputs> {
+pub(crate) async fn read_side_inputs(ctx: SessionContext, actor: String, clicks: Option<String>) -> Result<SideInputs> {
     let mut actor_report = InputReport::default();
     let mut rows: Vec<(String, String)> = Vec::new();
     small_input(&ctx, Input::NotificationActor, &actor, &mut actor_report, |n, a| {
@@ -607,524 +273,6 @@ async fn read_side_inputs(ctx: SessionContext, actor: String, clicks: Option<Str
         None => None,
     };
     Ok((actor_report, rows, clicks))
-}
-
-/// What the clickstream aggregation leaves for the client, users by
-/// provisional number (renumbered in id order afterwards).
-#[derive(Default)]
-struct Aggregate {
-    /// Every user with a well-formed row, by provisional number.
-    users: Vec<u128>,
-    /// Whether the user played a song of the metadata.
-    usable: Vec<bool>,
-    /// Hours of the day with such plays ([`hours`] masks).
-    masks: Vec<u32>,
-    /// The plays per (provisional user, artist rank).
-    pairs: Pairs,
-    /// Rows read, good and bad.
-    rows_read: u64,
-    /// Rejected rows by [`Reject::ALL`] index.
-    rejected: [u64; Reject::ALL.len()],
-    /// Well-formed plays of songs missing from the metadata.
-    unknown_plays: u64,
-}
-
-/// The summed plays per (provisional user, artist rank), as the
-/// aggregation left them.
-enum Pairs {
-    /// (provisional user, artist rank, plays) triplets: a cluster's groups,
-    /// or sums read back from spill files.
-    Triplets(Vec<(u32, u32, f32)>),
-    /// The embedded engine's table of plays per (user, artist or group of a
-    /// song's artists) key, packed and read in place: writing it out as
-    /// triplets first took 291 MB more on the medium set (24.3 M triplets
-    /// for 17.4 M pairs), all of it touched for the first time.
-    Table {
-        counts: PackedCounts,
-        coder: Arc<PairCoder>,
-        /// Whether each artist rank has a play.
-        played: Vec<bool>,
-    },
-}
-
-impl Default for Pairs {
-    fn default() -> Self {
-        Pairs::Triplets(Vec::new())
-    }
-}
-
-impl Pairs {
-    /// Whether each of `artists` artist ranks has a play.
-    fn artists_played(&self, artists: usize) -> Vec<bool> {
-        match self {
-            Pairs::Triplets(triplets) => {
-                let mut played = vec![false; artists];
-                for t in triplets {
-                    played[t.1 as usize] = true;
-                }
-                played
-            }
-            Pairs::Table { played, .. } => played.clone(),
-        }
-    }
-
-    /// The `users × artists` play matrix, provisional users and artist
-    /// ranks renumbered through `user_remap` and `artist_remap`. A song
-    /// with several artists can reach an artist a second time for a user
-    /// (alone and with others): the matrix sums such cells.
-    fn into_matrix(self, users: usize, artists: usize, user_remap: &[u32], artist_remap: &[u32]) -> Result<Csr> {
-        let plays = match self {
-            Pairs::Triplets(mut triplets) => {
-                for t in triplets.iter_mut() {
-                    *t = (user_remap[t.0 as usize], artist_remap[t.1 as usize], t.2);
-                }
-                // Freed as soon as they are spread into rows.
-                Csr::from_triplets_owned(users, artists, triplets)?
-            }
-            Pairs::Table { counts, coder, .. } => {
-                // The table is freed once spread into rows.
-                Csr::from_cells(users, artists, TableCells { counts, coder, user_remap, artist_remap })?
-            }
-        };
-        Ok(plays)
-    }
-}
-
-/// A [`Pairs::Table`]'s keys as matrix cells: one for each artist of a
-/// key's code, users and artists renumbered.
-struct TableCells<'a> {
-    counts: PackedCounts,
-    coder: Arc<PairCoder>,
-    user_remap: &'a [u32],
-    artist_remap: &'a [u32],
-}
-
-impl Cells for TableCells<'_> {
-    fn part(&self, part: usize, parts: usize, mut each: impl FnMut(u32, u32, f32)) {
-        self.counts.each_in_part(part, parts, |key, count| {
-            let u = self.user_remap[(key >> 32) as usize];
-            for &a in self.coder.artists_of(&(key as u32)) {
-                each(u, self.artist_remap[a as usize], count as f32);
-            }
-        });
-    }
-}
-
-impl Aggregate {
-    /// Marks a usable play of user `u` at the hours of `mask`.
-    fn usable_at(&mut self, u: u32, mask: u32) {
-        let u = u as usize;
-        if self.usable.len() <= u {
-            self.usable.resize(u + 1, false);
-            self.masks.resize(u + 1, 0);
-        }
-        self.usable[u] = true;
-        self.masks[u] |= mask;
-    }
-}
-
-/// Song key → artist key, by open addressing with linear probing in one
-/// array of (key, code) slots at most half full, so that a batch's lookups
-/// can be prefetched a few plays ahead: with 80 k songs the table is larger
-/// than a core's L2, and the lookup's cache miss was most of the parse
-/// UDF's time.
-struct SongTable {
-    slots: Vec<(u64, u32)>,
-    mask: usize,
-}
-
-/// The code of an empty [`SongTable`] slot (also what a missing song gets).
-const EMPTY_SLOT: u32 = UNKNOWN_SONG;
-
-impl SongTable {
-    fn new(entries: &HashMap<u64, u32, KeyHash>) -> SongTable {
-        let size = (2 * entries.len()).next_power_of_two().max(16);
-        let mut t = SongTable { slots: vec![(0, EMPTY_SLOT); size], mask: size - 1 };
-        for (&key, &code) in entries {
-            let mut at = t.home(key);
-            while t.slots[at].1 != EMPTY_SLOT {
-                at = (at + 1) & t.mask;
-            }
-            t.slots[at] = (key, code);
-        }
-        t
-    }
-
-    fn home(&self, key: u64) -> usize {
-        saavn::mix64(key) as usize & self.mask
-    }
-
-    /// The artist key of a song, or [`UNKNOWN_SONG`].
-    fn get(&self, key: u64) -> u32 {
-        let mut at = self.home(key);
-        loop {
-            let (k, code) = self.slots[at];
-            if code == EMPTY_SLOT || k == key {
-                return code;
-            }
-            at = (at + 1) & self.mask;
-        }
-    }
-
-    /// Starts loading the slot where a lookup of `key` begins.
-    fn prefetch(&self, key: u64) {
-        cohortcast_core::simd::prefetch(&self.slots[self.home(key)]);
-    }
-}
-
-/// User key → number, numbered in order of first sight, by open
-/// addressing with linear probing in one array of (key, number) slots at
-/// most half full, so that a batch's lookups can be prefetched. With plays
-/// in time order (as real exports are) the last user's number is rarely
-/// the next row's, and the general map's cache miss per play, taken under
-/// the lock that serialises the partitions, put the parse UDF at 16% of
-/// the ingest's samples (4% with plays in user order).
-struct UserTable {
-    slots: Vec<(u128, u32)>,
-    len: usize,
-}
-
-/// The number of an empty [`UserTable`] slot (never a user's: see
-/// [`REJECTED`]).
-const NO_USER: u32 = u32::MAX;
-
-impl Default for UserTable {
-    fn default() -> Self {
-        UserTable { slots: vec![(0, NO_USER); 1024], len: 0 }
-    }
-}
-
-impl UserTable {
-    /// The first slot of `key`, by the client's [`KeyHash`] (as its maps).
-    fn home(&self, key: u128) -> usize {
-        use std::hash::BuildHasher;
-        KeyHash::default().hash_one(key) as usize & (self.slots.len() - 1)
-    }
-
-    /// Users numbered so far.
-    fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Starts loading the slot where a lookup of `key` begins.
-    fn prefetch(&self, key: u128) {
-        cohortcast_core::simd::prefetch(&self.slots[self.home(key)]);
-    }
-
-    /// The number of `key`, the next one if it is new.
-    fn number(&mut self, key: u128) -> u32 {
-        if (self.len + 1) * 2 > self.slots.len() {
-            let size = self.slots.len() * 2;
-            let old = std::mem::replace(&mut self.slots, vec![(0, NO_USER); size]);
-            for (k, n) in old.into_iter().filter(|s| s.1 != NO_USER) {
-                let mut at = self.home(k);
-                while self.slots[at].1 != NO_USER {
-                    at = (at + 1) & (self.slots.len() - 1);
-                }
-                self.slots[at] = (k, n);
-            }
-        }
-        let mut at = self.home(key);
-        loop {
-            let (k, n) = self.slots[at];
-            if n == NO_USER {
-                let n = self.len as u32;
-                self.slots[at] = (key, n);
-                self.len += 1;
-                return n;
-            }
-            if k == key {
-                return n;
-            }
-            at = (at + 1) & (self.slots.len() - 1);
-        }
-    }
-
-    /// The keys by number.
-    fn into_keys(self) -> Vec<u128> {
-        let mut keys = vec![0; self.len];
-        for (k, n) in self.slots {
-            if n != NO_USER {
-                keys[n as usize] = k;
-            }
-        }
-        keys
-    }
-}
-
-/// The embedded engine's parse: each play becomes one 64-bit key, the
-/// user's number (given as lines are parsed) over the song's artist key,
-/// so the aggregation groups by a single integer column and needs no join.
-///
-/// An artist key is the artist's rank for a song with one artist; a song
-/// with several artists gets the key of its artist set (numbered after the
-/// ranks), which the client expands. A cluster's executors cannot share
-/// the user numbering, so there the plan joins instead (see
-/// [`aggregate_joined`]); both give the same pairs (a test checks it).
-struct PairCoder {
-    /// Song key → artist key.
-    songs: SongTable,
-    /// Artist sets of the keys from `artists` on.
-    groups: Vec<Vec<u32>>,
-    /// Artist ranks.
-    artists: u32,
-    /// User key → number, in order of first sight.
-    users: std::sync::Mutex<UserTable>,
-    /// Minutes east of UTC of the hours.
-    offset_minutes: i32,
-    /// Bytes of the lines parsed so far (each line's newline counted).
-    bytes_parsed: std::sync::atomic::AtomicU64,
-}
-
-/// The user number of a rejected row; its artist key is the reject number.
-const REJECTED: u32 = u32::MAX;
-/// The artist key of a song missing from the metadata.
-const UNKNOWN_SONG: u32 = u32::MAX;
-
-impl PairCoder {
-    /// The artist ranks of a pair key's code: an artist, or a group of a
-    /// song's artists.
-    fn artists_of<'a>(&'a self, code: &'a u32) -> &'a [u32] {
-        if *code < self.artists {
-            std::slice::from_ref(code)
-        } else {
-            &self.groups[(*code - self.artists) as usize]
-        }
-    }
-
-    /// From the songs table's (song key, artist rank) rows and the number
-    /// of artists.
-    fn new(song_ranks: &[(u64, u32)], artists: usize, offset_minutes: i32) -> Arc<PairCoder> {
-        let mut sets: HashMap<u64, Vec<u32>, KeyHash> = HashMap::default();
-        for &(song, rank) in song_ranks {
-            sets.entry(song).or_default().push(rank);
-        }
-        let artists = artists as u32;
-        let mut group_of: HashMap<Vec<u32>, u32> = HashMap::new();
-        let mut groups = Vec::new();
-        let mut map: HashMap<u64, u32, KeyHash> = HashMap::default();
-        for (key, mut set) in sets {
-            set.sort_unstable();
-            set.dedup();
-            let code = if set.len() == 1 {
-                set[0]
-            } else {
-                *group_of.entry(set.clone()).or_insert_with(|| {
-                    groups.push(set);
-                    artists + groups.len() as u32 - 1
-                })
-            };
-            map.insert(key, code);
-        }
-        Arc::new(PairCoder {
-            songs: SongTable::new(&map),
-            groups,
-            artists,
-            users: Default::default(),
-            offset_minutes,
-            bytes_parsed: Default::default(),
-        })
-    }
-}
-
-/// The fields `cc_pair` returns: the 64-bit pair key and the play's hour
-/// bit (NULL on a rejected row).
-fn pair_fields() -> Fields {
-    Fields::from(vec![Field::new("pair", DataType::UInt64, false), Field::new("hour_bit", DataType::UInt32, true)])
-}
-
-/// Parses a batch of clickstream lines into [`pair_fields`]. Lines are
-/// parsed outside the lock; only the numbering of users holds it.
-fn parse_pairs(coder: &PairCoder, lines: &ArrayRef) -> datafusion::error::Result<ArrayRef> {
-    let lines = cast(lines, &DataType::Utf8)?;
-    let lines = lines.as_string::<i32>();
-    let n = lines.len();
-    let offsets = lines.value_offsets();
-    let bytes = (offsets[n] - offsets[0]) as u64 + n as u64;
-    coder.bytes_parsed.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
-    // (user, song key), or the reject number.
-    let mut parsed: Vec<std::result::Result<(u128, u64), u32>> = Vec::with_capacity(n);
-    let mut hour = UInt32Builder::with_capacity(n);
-    for line in lines.iter() {
-        match play_of(line) {
-            Ok(p) => {
-                parsed.push(Ok((p.user, saavn::song_key(p.song))));
-                hour.append_value(hours::hour_bit(p.timestamp, coder.offset_minutes));
-            }
-            Err(r) => {
-                parsed.push(Err(reject_number(r) as u32));
-                hour.append_null();
-            }
-        }
-    }
-    // Song keys to artist keys, each lookup's slot prefetched 8 plays before.
-    const AHEAD: usize = 8;
-    for p in parsed.iter().take(AHEAD).flatten() {
-        coder.songs.prefetch(p.1);
-    }
-    let codes: Vec<u32> = (0..n)
-        .map(|j| {
-            if let Some(Ok((_, song))) = parsed.get(j + AHEAD) {
-                coder.songs.prefetch(*song);
-            }
-            match parsed[j] {
-                Ok((_, song)) => coder.songs.get(song),
-                Err(_) => 0,
-            }
-        })
-        .collect();
-    let mut pairs = Vec::with_capacity(n);
-    {
-        let mut users = coder.users.lock().expect("a parse panicked");
-        // Plays come in sessions, a user's rows one after another: the last
-        // user's number is kept, so most rows need no table lookup (the
-        // table misses the cache, and the lock serialises the partitions).
-        // Otherwise each lookup's slot is prefetched 8 plays before.
-        let mut last: Option<(u128, u32)> = None;
-        for p in parsed.iter().take(AHEAD).flatten() {
-            users.prefetch(p.0);
-        }
-        for (j, code) in codes.into_iter().enumerate() {
-            if let Some(Ok((user, _))) = parsed.get(j + AHEAD) {
-                users.prefetch(*user);
-            }
-            pairs.push(match parsed[j] {
-                Ok((user, _)) => {
-                    let number = match last {
-                        Some((u, n)) if u == user => n,
-                        _ => {
-                            let n = users.number(user);
-                            last = Some((user, n));
-                            n
-                        }
-                    };
-                    ((number as u64) << 32) | code as u64
-                }
-                Err(reject) => ((REJECTED as u64) << 32) | reject as u64,
-            });
-        }
-        if users.len() as u64 >= REJECTED as u64 {
-            return Err(datafusion::error::DataFusionError::Execution(format!(
-                "more than {} distinct users: too many for one embedded ingest; use a cluster (--engine)",
-                REJECTED - 1
-            )));
-        }
-    }
-    let columns: Vec<ArrayRef> = vec![Arc::new(UInt64Array::from(pairs)), Arc::new(hour.finish())];
-    Ok(Arc::new(StructArray::try_new(pair_fields(), columns, None)?))
-}
-
-thread_local! {
-    /// The last batch `cc_pair` coded on this thread: (input, output).
-    static LAST_PAIRS: std::cell::RefCell<Option<(ArrayRef, ArrayRef)>> = const { std::cell::RefCell::new(None) };
-}
-
-/// The UDF `cc_pair(line)` of one embedded ingest (it holds that ingest's
-/// song map and user numbering), with `cc_play`'s per-thread reuse of the
-/// last batch (each struct field is pushed down as its own call).
-fn pair_udf(coder: Arc<PairCoder>) -> datafusion::logical_expr::ScalarUDF {
-    let fun = move |args: &[ColumnarValue]| -> datafusion::error::Result<ColumnarValue> {
-        let arrays = ColumnarValue::values_to_arrays(args)?;
-        Ok(ColumnarValue::Array(memoized(&LAST_PAIRS, &arrays[0], |input| parse_pairs(&coder, input))?))
-    };
-    create_udf("cc_pair", vec![DataType::Utf8], DataType::Struct(pair_fields()), Volatility::Immutable, Arc::new(fun))
-}
-
-type Plan = Arc<dyn datafusion::physical_plan::ExecutionPlan>;
-
-/// Runs `sql` and hands every result batch to `each`.
-async fn stream_sql(
-    ctx: &SessionContext,
-    sql: &str,
-    context: &str,
-    mut each: impl FnMut(&RecordBatch) -> Result<()>,
-) -> Result<Plan> {
-    let df = ctx.sql(sql).await.map_err(|e| IoError::engine(context, e))?;
-    let plan = df.create_physical_plan().await.map_err(|e| IoError::engine(context, e))?;
-    let mut stream = datafusion::physical_plan::execute_stream(plan.clone(), ctx.task_ctx())
-        .map_err(|e| IoError::engine(context, e))?;
-    while let Some(batch) = stream.next().await {
-        each(&batch.map_err(|e| IoError::engine(context, e))?)?;
-    }
-    Ok(plan)
-}
-
-/// The embedded plan: DataFusion scans and parses (`cc_pair`), and the
-/// client sums the plays per pair key in a [`PairSums`] within
-/// `memory_limit` bytes; also what it spilled. With the clickstream's
-/// `text_bytes` (CSV files), the sums are told the share of them parsed,
-/// so their table grows once to the size the whole input needs instead
-/// of doubling step by step.
-async fn aggregate_embedded(
-    ctx: &SessionContext,
-    coder: Arc<PairCoder>,
-    memory_limit: usize,
-    text_bytes: Option<u64>,
-    context: &str,
-) -> Result<(Aggregate, Plan, Spilled)> {
-    ctx.register_udf(pair_udf(coder.clone()));
-    let sql = "SELECT cc_pair(line) AS p FROM clickstream_lines";
-    let mut agg = Aggregate::default();
-    let mut sums = PairSums::new(memory_limit);
-    let mut keys: Vec<u64> = Vec::new();
-    // Which codes (artists or groups) have a usable play.
-    let mut codes = vec![false; coder.artists as usize + coder.groups.len()];
-    let plan = stream_sql(ctx, sql, context, |batch| {
-        let p = batch.column(0).as_struct();
-        let pair = cast(p.column(0), &DataType::UInt64).map_err(|e| IoError::engine(context, e.into()))?;
-        let pair = pair.as_primitive::<UInt64Type>();
-        let hour = cast(p.column(1), &DataType::UInt32).map_err(|e| IoError::engine(context, e.into()))?;
-        let hour = hour.as_primitive::<UInt32Type>();
-        keys.clear();
-        agg.rows_read += batch.num_rows() as u64;
-        if let Some(total) = text_bytes.filter(|&t| t > 0) {
-            // The partitions parse a batch or two ahead of this one.
-            let parsed = coder.bytes_parsed.load(std::sync::atomic::Ordering::Relaxed);
-            sums.set_read(parsed as f64 / total as f64);
-        }
-        for i in 0..batch.num_rows() {
-            let key = pair.value(i);
-            let (u, code) = ((key >> 32) as u32, key as u32);
-            if u == REJECTED {
-                agg.rejected[code as usize - 1] += 1;
-            } else if code == UNKNOWN_SONG {
-                agg.unknown_plays += 1;
-            } else {
-                agg.usable_at(u, hour.value(i));
-                codes[code as usize] = true;
-                keys.push(key);
-            }
-        }
-        sums.add_all(&keys)
-    })
-    .await?;
-    ctx.deregister_udf("cc_pair");
-    agg.users = std::mem::take(&mut *coder.users.lock().expect("a parse panicked")).into_keys();
-    let spilled = match sums.into_memory() {
-        Ok(counts) => {
-            let mut played = vec![false; coder.artists as usize];
-            for code in (0..codes.len() as u32).filter(|&c| codes[c as usize]) {
-                for &a in coder.artists_of(&code) {
-                    played[a as usize] = true;
-                }
-            }
-            // Packed first: what the empty slots held serves the matrix.
-            agg.pairs = Pairs::Table { counts: counts.into_packed(), coder, played };
-            Spilled::default()
-        }
-        // A key's code is an artist, or a group of a song's artists: one
-        // triplet for each.
-        Err(sums) => {
-            let mut triplets = Vec::new();
-            let spilled = sums.finish(|key, count| {
-                let u = (key >> 32) as u32;
-                triplets.extend(coder.artists_of(&(key as u32)).iter().map(|&a| (u, a, count as f32)));
-            })?;
-            agg.pairs = Pairs::Triplets(triplets);
-            spilled
-        }
-    };
-    Ok((agg, plan, spilled))
 }
 
 /// The plan a cluster runs: `cc_play` keys joined to the songs table and
@@ -1250,7 +398,7 @@ async fn ingest_async(paths: &InputPaths, opts: &IngestOptions, joined: bool) ->
     }
     let ctx = match &opts.cluster {
         None => session(partitions, opts.memory_limit, stores.clone())?,
-        Some(url) => crate::cluster::client_session(url, partitions, stores.clone()).await?,
+        Some(url) => cluster::client_session(url, partitions, stores.clone()).await?,
     };
     let mut report = IngestReport { utc_offset_minutes: opts.utc_offset_minutes, ..IngestReport::default() };
     report.engine.cluster = opts.cluster.clone();
@@ -1461,6 +609,8 @@ async fn ingest_async(paths: &InputPaths, opts: &IngestOptions, joined: bool) ->
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     const U1: &str = "0123456789abcdef0123456789abcdef";

@@ -28,8 +28,8 @@ use datafusion::prelude::SessionConfig;
 use object_store::ObjectStore;
 use url::Url;
 
+use super::udf::udfs;
 use crate::error::{IoError, Result};
-use crate::ingest::udfs;
 use crate::store::{S3Options, Stores};
 
 /// Object stores of a process: `s3://bucket` through our [`Stores`]

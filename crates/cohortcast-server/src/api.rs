@@ -18,7 +18,7 @@ use cohortcast_core::targeting::TargetingParams;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ModelGauges};
 use crate::model::{rank, ArtistShare, HoursView, RankedCohort, Served};
 
 /// Largest request body accepted.
@@ -232,12 +232,8 @@ async fn metrics(State(st): State<Arc<AppState>>) -> impl IntoResponse {
     let m = st.model();
     let age = SystemTime::now().duration_since(m.loaded_at).map(|d| d.as_secs_f64()).unwrap_or(0.0);
     let (users, _) = st.live_sizes(&m);
-    let text = st.metrics.render(&[
-        ("cohortcast_model_age_seconds", "Seconds since the model was loaded.", age),
-        ("cohortcast_users", "Users served: the model's and those whose plays were posted since.", users as f64),
-        ("cohortcast_cohorts", "Cohorts in the model.", m.k() as f64),
-    ]);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+    let text = st.metrics.render(ModelGauges { age_seconds: age, users: users as i64, cohorts: m.k() as i64 });
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text)
 }
 
 #[derive(Serialize)]

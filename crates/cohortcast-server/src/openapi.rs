@@ -32,7 +32,7 @@ pub fn document() -> Value {
         },
         "paths": {
             "/healthz": { "get": { "summary": "Liveness, with the model's size", "responses": { "200": ok("Up") } } },
-            "/metrics": { "get": { "summary": "Prometheus metrics", "responses": { "200": { "description": "text/plain exposition" } } } },
+            "/metrics": { "get": { "summary": "Metrics for Prometheus", "responses": { "200": { "description": "the OpenMetrics text exposition" } } } },
             "/v1/cohorts": { "get": { "summary": "Every cohort: size, top artists with play shares, and active hours (members who play at each hour of the day, the peak hours first)",
                                        "responses": { "200": ok("The cohorts") } } },
             "/v1/cohorts/{id}": { "get": {

@@ -132,7 +132,18 @@ impl Drop for Staged {
 fn resolve(out: &Path) -> Result<PathBuf> {
     let abs = std::path::absolute(out).with_context(|| format!("--out {}", out.display()))?;
     match std::fs::metadata(&abs) {
-        Ok(m) if m.is_dir() => Ok(std::fs::canonicalize(&abs).unwrap_or(abs)),
+        Ok(m) if m.is_dir() => {
+            let real = std::fs::canonicalize(&abs).unwrap_or(abs);
+            // The swap would leave the shell that ran us in the removed folder.
+            if std::env::current_dir().and_then(std::fs::canonicalize).is_ok_and(|cwd| cwd.starts_with(&real)) {
+                bail!(
+                    "--out {} is the current folder or holds it; the outputs replace the folder as a whole, \
+                     so give a folder below it (e.g. --out out)",
+                    out.display()
+                );
+            }
+            Ok(real)
+        }
         Ok(_) => bail!("--out {} is an existing file, not a folder: choose another path", out.display()),
         Err(_) if std::fs::symlink_metadata(&abs).is_ok() => {
             bail!("--out {} is a symbolic link to nothing: remove it or choose another path", out.display())

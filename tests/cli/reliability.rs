@@ -157,6 +157,15 @@ fn an_out_that_is_a_file_is_refused_before_the_ingest() {
     assert!(err.contains("is an existing file"), "{err}");
     assert!(!err.contains("ingest"), "refused only after the ingest: {err}");
     assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
+    // The current folder cannot be swapped from under the shell.
+    let o = Command::new(env!("CARGO_BIN_EXE_cohortcast"))
+        .args(["run", "--data", s(&data), "--out", "."])
+        .current_dir(&data)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("is the current folder"), "{err}");
+    assert!(data.join("clickstream").is_dir());
 }
 
 /// Copies a folder of plain files.

@@ -25,6 +25,41 @@ fn http(port: u16, method: &str, path: &str, token: Option<&str>, body: &str) ->
     (status, serde_json::from_str(body).unwrap_or(serde_json::Value::Null))
 }
 
+/// A `cohortcast serve` process on a free port, killed when dropped.
+struct Server {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Server {
+    /// Serves `model` with `token` (or none) and more flags; returns once
+    /// the bound address is announced on stderr (the model is loaded).
+    fn start(model: &std::path::Path, token: Option<&str>, flags: &[&str]) -> Server {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cohortcast"));
+        cmd.args(["serve", "--model", s(model), "--addr", "127.0.0.1:0"]).args(flags).stderr(Stdio::piped());
+        if let Some(t) = token {
+            cmd.env("COHORTCAST_TOKEN", t);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let mut server = Server { child, port: 0 };
+        let line = BufReader::new(stderr)
+            .lines()
+            .map(|l| l.unwrap())
+            .find(|l| l.starts_with("serving on http://"))
+            .expect("the server announces its address");
+        server.port = line.rsplit(':').next().unwrap().parse().unwrap();
+        server
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[test]
 fn serve_answers_from_the_model_a_run_wrote() {
     let dir = tempfile::tempdir().unwrap();
@@ -32,28 +67,8 @@ fn serve_answers_from_the_model_a_run_wrote() {
     let out = dir.path().join("out");
     run_small_with(&data, &out, &["--utc-offset", "+05:30"]);
     let token = "a-token-of-at-least-16-chars";
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cohortcast"))
-        .args(["serve", "--model", s(&out.join("model")), "--addr", "127.0.0.1:0"])
-        .env("COHORTCAST_TOKEN", token)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let stderr = child.stderr.take().unwrap();
-    let _guard = Kill(child);
-    // The bound address is announced on stderr once the model is loaded.
-    let line = BufReader::new(stderr)
-        .lines()
-        .map(|l| l.unwrap())
-        .find(|l| l.starts_with("serving on http://"))
-        .expect("the server announces its address");
-    let port: u16 = line.rsplit(':').next().unwrap().parse().unwrap();
+    let server = Server::start(&out.join("model"), Some(token), &[]);
+    let port = server.port;
 
     // Every user's cohort is the one cohorts.csv says.
     let cohorts = std::fs::read_to_string(out.join("cohorts.csv")).unwrap();
@@ -203,27 +218,8 @@ fn idle_connections_cannot_starve_the_server() {
     let data = synth(dir.path());
     let out = dir.path().join("out");
     run_small_with(&data, &out, &[]);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cohortcast"))
-        .args(["serve", "--model", s(&out.join("model")), "--addr", "127.0.0.1:0"])
-        .args(["--max-connections", "50", "--idle-timeout", "2"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let stderr = child.stderr.take().unwrap();
-    let _guard = Kill(child);
-    let line = BufReader::new(stderr)
-        .lines()
-        .map(|l| l.unwrap())
-        .find(|l| l.starts_with("serving on http://"))
-        .expect("the server announces its address");
-    let port: u16 = line.rsplit(':').next().unwrap().parse().unwrap();
+    let server = Server::start(&out.join("model"), None, &["--max-connections", "50", "--idle-timeout", "2"]);
+    let port = server.port;
     // Ten times the limit of connections that never send a byte.
     let idle: Vec<TcpStream> = (0..500).map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap()).collect();
     let start = std::time::Instant::now();
@@ -258,27 +254,8 @@ fn the_openapi_document_agrees_with_the_server() {
     let out = dir.path().join("out");
     run_small_with(&data, &out, &[]);
     let token = "a-token-of-at-least-16-chars";
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cohortcast"))
-        .args(["serve", "--model", s(&out.join("model")), "--addr", "127.0.0.1:0"])
-        .env("COHORTCAST_TOKEN", token)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let stderr = child.stderr.take().unwrap();
-    let _guard = Kill(child);
-    let line = BufReader::new(stderr)
-        .lines()
-        .map(|l| l.unwrap())
-        .find(|l| l.starts_with("serving on http://"))
-        .expect("the server announces its address");
-    let url = line.trim_start_matches("serving on ").to_string();
+    let server = Server::start(&out.join("model"), Some(token), &[]);
+    let url = format!("http://127.0.0.1:{}", server.port);
     let o = Command::new(st)
         .args(["run", &format!("{url}/openapi.json"), "--checks", "all", "--seed", "42", "--max-examples", "150"])
         .args(["--no-color", "-H", &format!("Authorization: Bearer {token}")])

@@ -336,8 +336,10 @@ impl Decoder for LinesDecoder {
         // only UTF-8; any other is read line by line (`saavn::raw_line`).
         let unusual = memchr::memchr2(b'"', b'\r', &values).is_some()
             || memchr::memmem::find(&values, b"\xEF\xBB\xBF").is_some()
-            || memchr::memmem::find(&values, b"_id").is_some()
-            || memchr::memmem::find(&values, b"_ID").is_some();
+            // Every header word but `timestamp` and `date` ends in `_id`,
+            // in any case (`saavn::is_header` compares ignoring case).
+            || memchr::memchr_iter(b'_', &values)
+                .any(|i| values.get(i + 1..i + 3).is_some_and(|w| w.eq_ignore_ascii_case(b"id")));
         // Lines are stored without their `\n`, so text valid as a whole
         // can still cut a character between two lines: each line must
         // start on a character boundary too.
@@ -473,6 +475,12 @@ mod tests {
         let got: Vec<&str> = batch.column(0).as_string::<i32>().iter().map(Option::unwrap).collect();
         let (utf8, quoting) = (saavn::marked(saavn::Reject::NotUtf8), saavn::marked(saavn::Reject::BadQuoting));
         assert_eq!(got, ["ok", utf8.as_str(), "S1,A1", quoting.as_str()]);
+        // A header in mixed case goes too, in a batch with nothing else unusual.
+        let mut d = LinesDecoder::new(8);
+        d.decode(b"Song_Id,Artist_Id\nS1,A1\n").unwrap();
+        let batch = d.flush().unwrap().unwrap();
+        let got: Vec<&str> = batch.column(0).as_string::<i32>().iter().map(Option::unwrap).collect();
+        assert_eq!(got, ["S1,A1"]);
         // Valid as a whole once the line end is gone, but a character cut
         // between two lines: neither line is text.
         let mut d = LinesDecoder::new(8);

@@ -196,11 +196,11 @@ impl KeyCounts {
         }
         let slots = self.slots.len();
         for j in 0..n.min(AHEAD) {
-            crate::simd::prefetch(&self.slots[Self::home(entry(j).0, slots)]);
+            crate::kernels::prefetch(&self.slots[Self::home(entry(j).0, slots)]);
         }
         for j in 0..n {
             if j + AHEAD < n {
-                crate::simd::prefetch(&self.slots[Self::home(entry(j + AHEAD).0, slots)]);
+                crate::kernels::prefetch(&self.slots[Self::home(entry(j + AHEAD).0, slots)]);
             }
             let (key, count) = entry(j);
             if count > 0 {
@@ -238,7 +238,7 @@ impl KeyCounts {
         self.len = 0;
         for (j, s) in old.iter().enumerate() {
             if let Some(next) = old.get(j + AHEAD) {
-                crate::simd::prefetch(&self.slots[Self::home(next.key, slots)]);
+                crate::kernels::prefetch(&self.slots[Self::home(next.key, slots)]);
             }
             if s.count != 0 {
                 self.add(s.key, s.count, slots);

@@ -29,6 +29,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{check_range, DataError, FitError, ParamError};
+use crate::kernels::{Avx512, Isa};
 use crate::linalg::{dot, matmul_t, part_rows, Floats, MAX_PARTS};
 use crate::rng::Rng;
 
@@ -281,8 +282,8 @@ fn distances_to_with(x: &[f32], norms: &[f32], dim: usize, cands: &[f32], allow_
     let cn: Vec<f32> = cands.chunks(dim).map(|r| dot(r, r)).collect();
     let mut out = vec![0f32; norms.len() * c];
     #[cfg(target_arch = "x86_64")]
-    if allow_simd && c <= crate::simd::avx512_nearest::CANDIDATES && crate::simd::has_avx512() {
-        use crate::simd::avx512_nearest::{distances16, CANDIDATES};
+    if let Some(v4) = crate::kernels::Isa::avx512().filter(|_| allow_simd && c <= crate::kernels::nearest::CANDIDATES) {
+        use crate::kernels::nearest::{distances16, CANDIDATES};
         // On cache lines, as the panel of `nearest`.
         let mut ct = Floats::zeroed(dim * CANDIDATES);
         let mut cn16 = [0f32; CANDIDATES];
@@ -292,11 +293,10 @@ fn distances_to_with(x: &[f32], norms: &[f32], dim: usize, cands: &[f32], allow_
             }
             cn16[j] = cn[j];
         }
-        out.par_chunks_mut(BLOCK * c).zip(x.par_chunks(BLOCK * dim)).zip(norms.par_chunks(BLOCK)).for_each(
-            // SAFETY: AVX-512F was checked; `ct` is dim × 16, and each block
-            // has one norm and `c` outputs per row.
-            |((o, xb), nb)| unsafe { distances16(xb, dim, nb, &ct, &cn16, c, o) },
-        );
+        out.par_chunks_mut(BLOCK * c)
+            .zip(x.par_chunks(BLOCK * dim))
+            .zip(norms.par_chunks(BLOCK))
+            .for_each(|((o, xb), nb)| distances16(v4, xb, dim, nb, &ct, &cn16, c, o));
         return out;
     }
     out.par_chunks_mut(BLOCK * c).zip(x.par_chunks(BLOCK * dim)).enumerate().for_each(|(b, (o, xb))| {
@@ -544,16 +544,16 @@ struct Pass {
 enum Nearest<'a> {
     /// A block's cross products by SGEMM, then a scan per row.
     Portable { centroids: &'a [f32], norms: &'a [f32], dim: usize },
-    /// The AVX-512 micro-kernel ([`crate::simd::avx512_nearest`]).
+    /// The AVX-512 micro-kernel ([`crate::kernels::nearest`]).
     #[cfg(target_arch = "x86_64")]
-    Avx512(crate::simd::avx512_nearest::Panel),
+    Avx512(crate::kernels::nearest::Panel),
 }
 
 impl<'a> Nearest<'a> {
     fn new(centroids: &'a [f32], norms: &'a [f32], dim: usize, allow_simd: bool) -> Self {
         #[cfg(target_arch = "x86_64")]
-        if allow_simd && crate::simd::has_avx512() {
-            return Nearest::Avx512(crate::simd::avx512_nearest::Panel::new(centroids, norms, dim));
+        if let Some(v4) = crate::kernels::Isa::avx512().filter(|_| allow_simd) {
+            return Nearest::Avx512(crate::kernels::nearest::Panel::new(v4, centroids, norms, dim));
         }
         let _ = allow_simd;
         Nearest::Portable { centroids, norms, dim }
@@ -577,10 +577,8 @@ impl<'a> Nearest<'a> {
                     *o = best;
                 }
             }
-            // SAFETY: the panel is built only when the CPU has AVX-512F, and
-            // `out` has a place for every row of `xb`.
             #[cfg(target_arch = "x86_64")]
-            Nearest::Avx512(panel) => unsafe { crate::simd::avx512_nearest::nearest(xb, panel, out) },
+            Nearest::Avx512(panel) => crate::kernels::nearest::nearest(xb, panel, out),
         }
     }
 }
@@ -753,7 +751,8 @@ struct Groups {
     /// Per group and panel: `dim × 16` transposed centroids, zeros past the
     /// members, then 16 squared norms, +∞ past the members.
     panels: Vec<Vec<Floats>>,
-    simd: bool,
+    /// The AVX-512 panel kernel's token, when it runs.
+    simd: Option<Avx512>,
 }
 
 impl Groups {
@@ -761,7 +760,7 @@ impl Groups {
     /// k-means: the lowest-numbered centroid not yet grouped, with its
     /// nearest ungrouped others (a deterministic stand-in for the paper's
     /// k-means over the centroids, with groups of equal size).
-    fn new(centroids: &[f32], dim: usize, simd: bool) -> Groups {
+    fn new(centroids: &[f32], dim: usize, simd: Option<Avx512>) -> Groups {
         let k = centroids.len() / dim;
         let size = k.div_ceil(MAX_GROUPS).div_ceil(PANEL).max(1) * PANEL;
         let row = |j: usize| &centroids[j * dim..(j + 1) * dim];
@@ -840,10 +839,8 @@ impl Groups {
     /// One panel of [`Groups::search`]: the least value, its lane, the second.
     fn panel(&self, x: &[f32], ct: &[f32], cn: &[f32; PANEL], used: usize) -> (f32, usize, f32) {
         #[cfg(target_arch = "x86_64")]
-        if self.simd {
-            // SAFETY: `simd` is set only when the CPU has AVX-512F, `x` is
-            // `dim` floats and `ct` is `dim × 16`.
-            return unsafe { crate::simd::avx512_nearest::panel_min2(x, ct, cn) };
+        if let Some(v4) = self.simd {
+            return crate::kernels::nearest::panel_min2(v4, x, ct, cn);
         }
         let (mut v1, mut lane, mut v2) = (f32::INFINITY, 0, f32::INFINITY);
         for l in 0..used {
@@ -897,14 +894,9 @@ fn yinyang(
     let n = norms.len();
     let k = centroids.len() / dim;
     let per = part_rows(n, MAX_PARTS, BLOCK);
-    #[cfg(target_arch = "x86_64")]
-    let simd = allow_simd && crate::simd::has_avx512();
-    #[cfg(not(target_arch = "x86_64"))]
-    let simd = {
-        let _ = allow_simd;
-        false
-    };
-    let mut groups = Groups::new(&centroids, dim, simd);
+    let avx512 = Isa::avx512().filter(|_| allow_simd);
+    let simd = avx512.is_some();
+    let mut groups = Groups::new(&centroids, dim, avx512);
     let gn = groups.count();
     let mut labels = vec![u32::MAX; n];
     let mut upper = vec![0f32; n];
@@ -913,7 +905,8 @@ fn yinyang(
     let mut counts = vec![0usize; k];
     let mut iterations = 0;
     let mut first = true;
-    let (fdot, _) = crate::simd::fast_kernels();
+    let isa = Isa::best();
+    let fdot = |a: &[f32], b: &[f32]| isa.dot(a, b);
     let mut moves = Moves::none(k, gn);
     // Full passes while many rows move; then bounds, set by one pass that
     // searches every group of every row.
@@ -958,7 +951,7 @@ fn yinyang(
                             let skip = least.max(moves.half_gap[a]) / SLACK;
                             up[i] = u;
                             if u > skip {
-                                crate::simd::prefetch_floats(x[(base + i) * dim..].as_ptr(), dim);
+                                crate::kernels::prefetch_floats(x[(base + i) * dim..].as_ptr(), dim);
                                 pending.push((i, u, skip));
                             }
                         }
@@ -1053,7 +1046,7 @@ fn yinyang(
 /// benchmark (100 000 rows, 64 factors, 20 iterations from the first `k`
 /// rows as centres), Yinyang searched 50–99% of the rows in every
 /// iteration at k = 20, one row at a time, where a full pass on the
-/// tiled kernel ([`crate::simd::avx512_nearest::nearest`], four rows
+/// tiled kernel ([`crate::kernels::nearest::nearest`], four rows
 /// against each loaded centroid) visits them all for less. Late in a fit,
 /// when few rows move, the bounds skip most of them. Milliseconds an
 /// iteration at k = 20 / 100 / 300 on that benchmark, and seconds for the
@@ -1199,7 +1192,7 @@ mod tests {
 
     #[test]
     fn the_simd_assignment_agrees_with_the_portable_one() {
-        if !crate::simd::kernels_run("avx512") {
+        if !crate::kernels::kernels_run("avx512") {
             return; // Nothing to compare on this CPU: only the portable path runs.
         }
         let mut rng = Rng::new(11);
@@ -1346,7 +1339,7 @@ mod tests {
                     - 2.0 * cj.iter().zip(&x).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>()
             };
             for simd in [false, true] {
-                let mut groups = Groups::new(&c, dim, simd && crate::simd::has_avx512());
+                let mut groups = Groups::new(&c, dim, Isa::avx512().filter(|_| simd));
                 let cn: Vec<f32> = c.chunks(dim).map(|r| dot(r, r)).collect();
                 groups.load(&c, &cn);
                 // Every centroid in exactly one group, no group too large.

@@ -30,6 +30,7 @@
 //! ```
 
 #![warn(missing_docs)]
+#![deny(unsafe_code)]
 
 pub mod als;
 pub mod confidence;
@@ -40,13 +41,13 @@ pub mod error;
 pub mod fuzz;
 pub mod grouping;
 pub mod hours;
+pub mod kernels;
 pub mod kmeans;
 pub mod linalg;
 pub mod policy;
 pub mod rng;
 pub mod saavn;
 pub mod scores;
-pub mod simd;
 pub mod sparse;
 pub mod synth;
 pub mod targeting;

@@ -1,150 +1,33 @@
 //! Small dense linear algebra: Gram matrices through a real GEMM, and the
 //! dense Cholesky solve used by the reference ALS solver and the fold-in.
 
-use std::mem::MaybeUninit;
-
-/// A float vector that starts on a 64-byte cache line, so that a factor
-/// row of a multiple of 16 floats fills whole lines and its vector loads
-/// never straddle two. (A large `Vec<f32>` starts 16 bytes past a page:
-/// every 64-float row then spans five lines, and every AVX-512 load of it
-/// is a split load.) Derefs to `[f32]`.
-#[derive(Clone, Debug, Default)]
-pub struct Floats {
-    lines: Vec<Line>,
-    len: usize,
-}
-
-/// One cache line of floats, the unit [`Floats`] is allocated in.
-#[derive(Clone, Copy, Debug)]
-#[repr(C, align(64))]
-struct Line([f32; 16]);
-
-impl Floats {
-    /// `len` zeros.
-    pub fn zeroed(len: usize) -> Self {
-        Floats { lines: par_filled(len.div_ceil(16), Line([0.0; 16])), len }
-    }
-
-    /// A copy of `v`.
-    pub fn from_slice(v: &[f32]) -> Self {
-        let lines = par_vec(v.len().div_ceil(16), |at, out| {
-            for (i, line) in out.iter_mut().enumerate() {
-                let from = ((at + i) * 16).min(v.len());
-                let src = &v[from..(from + 16).min(v.len())];
-                let mut l = Line([0.0; 16]);
-                l.0[..src.len()].copy_from_slice(src);
-                line.write(l);
-            }
-        });
-        Floats { lines, len: v.len() }
-    }
-}
-
-/// Elements a part of [`par_fill_with`] writes: 1 MiB of floats.
-const FILL_PART: usize = 1 << 18;
-
-/// Calls `write(start, part)` on parts of `out` in parallel when it is
-/// large, in one call otherwise; `start` is the part's first index.
-///
-/// Why in parallel: a large buffer is fresh memory, and its first write
-/// is a page fault that the kernel answers by zeroing the page. On the
-/// 2-core benchmark VM that zeroing was the slowest part of filling a
-/// buffer, and done on one thread it left the other core idle (0.3 s
-/// copying the medium set's 128 MB of user factors, 1 s growing its pair
-/// table); split over the threads, each faults in its own part.
-pub(crate) fn par_fill_with<T: Send>(out: &mut [T], write: impl Fn(usize, &mut [T]) + Sync) {
-    use rayon::prelude::*;
-    let per = (FILL_PART * 4 / std::mem::size_of::<T>().max(1)).max(1);
-    if out.len() <= per {
-        return write(0, out);
-    }
-    out.par_chunks_mut(per).enumerate().for_each(|(c, part)| write(c * per, part));
-}
-
-/// A vector of `n` elements, each written once by `write(start, part)`
-/// through [`par_fill_with`] (so in parallel parts when `n` is large);
-/// `write` must initialise every element of each part it is given.
-fn par_vec<T: Send>(n: usize, write: impl Fn(usize, &mut [MaybeUninit<T>]) + Sync) -> Vec<T> {
-    let mut v = Vec::with_capacity(n);
-    par_fill_with(&mut v.spare_capacity_mut()[..n], write);
-    // SAFETY: the parts cover the first `n` elements, and `write` set each.
-    unsafe { v.set_len(n) };
-    v
-}
-
-/// `n` copies of `value`, written in parallel parts when `n` is large
-/// (see [`par_fill_with`]).
-pub(crate) fn par_filled<T: Copy + Send + Sync>(n: usize, value: T) -> Vec<T> {
-    par_vec(n, |_, part| {
-        for x in part {
-            x.write(value);
-        }
-    })
-}
-
-impl PartialEq for Floats {
-    fn eq(&self, other: &Floats) -> bool {
-        self[..] == other[..]
-    }
-}
-
-impl std::ops::Deref for Floats {
-    type Target = [f32];
-    fn deref(&self) -> &[f32] {
-        // SAFETY: `lines` holds at least `len` initialised floats, laid out
-        // contiguously (`Line` is `repr(C)` of `[f32; 16]` with no padding).
-        unsafe { std::slice::from_raw_parts(self.lines.as_ptr() as *const f32, self.len) }
-    }
-}
-
-impl std::ops::DerefMut for Floats {
-    fn deref_mut(&mut self) -> &mut [f32] {
-        // SAFETY: as for `deref`, and `&mut self` makes the borrow unique.
-        unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr() as *mut f32, self.len) }
-    }
-}
+pub(crate) use crate::kernels::par_filled;
+pub use crate::kernels::Floats;
+#[cfg(test)]
+use crate::kernels::{par_fill_with, FILL_PART};
 
 /// `C = A · op(B)` for row-major `A` (`m × k`), with `op(B)` (`k × n`)
 /// addressed through the strides `(rsb, csb)`, by matrixmultiply's packed
 /// SGEMM kernels.
-fn sgemm(a: &[f32], b: &[f32], m: usize, k: usize, n: usize, rsb: isize, csb: isize) -> Vec<f32> {
+fn sgemm(a: &[f32], b: &[f32], m: usize, k: usize, n: usize, rsb: usize, csb: usize) -> Vec<f32> {
     assert_eq!(a.len(), m * k);
     assert_eq!(b.len(), k * n);
     let mut c = vec![0f32; m * n];
     if m == 0 || n == 0 || k == 0 {
         return c;
     }
-    // SAFETY: the callers' strides address exactly the k × n elements of `b`;
-    // `a` and `c` are dense row-major of the asserted sizes.
-    unsafe {
-        matrixmultiply::sgemm(
-            m,
-            k,
-            n,
-            1.0,
-            a.as_ptr(),
-            k as isize,
-            1,
-            b.as_ptr(),
-            rsb,
-            csb,
-            0.0,
-            c.as_mut_ptr(),
-            n as isize,
-            1,
-        );
-    }
+    crate::kernels::sgemm(m, k, n, 1.0, a, (k, 1), b, (rsb, csb), 0.0, &mut c, n);
     c
 }
 
 /// `C = A · B` for row-major `A` (`m × k`) and `B` (`k × n`).
 pub fn matmul(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
-    sgemm(a, b, m, k, n, n as isize, 1)
+    sgemm(a, b, m, k, n, n, 1)
 }
 
 /// `C = A · Bᵀ` for row-major `A` (`m × k`) and `B` (`n × k`).
 pub fn matmul_t(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
-    sgemm(a, b, m, k, n, 1, k as isize)
+    sgemm(a, b, m, k, n, 1, k)
 }
 
 /// `C += α · A · B` for row-major `A` (`m × k`), `B` (`k × n`) and `C`
@@ -176,26 +59,7 @@ fn gemm_blocks(alpha: f32, a: &[f32], b: &[f32], beta: f32, c: &mut [f32], m: us
     const BLOCK: usize = 512;
     c.par_chunks_mut(BLOCK * n).zip(a.par_chunks(BLOCK * k)).for_each(|(cb, ab)| {
         let rows = cb.len() / n;
-        // SAFETY: `ab` is a dense row-major rows × k block of `a`, `b` is
-        // k × n and `cb` the matching rows × n block of `c`.
-        unsafe {
-            matrixmultiply::sgemm(
-                rows,
-                k,
-                n,
-                alpha,
-                ab.as_ptr(),
-                k as isize,
-                1,
-                b.as_ptr(),
-                n as isize,
-                1,
-                beta,
-                cb.as_mut_ptr(),
-                n as isize,
-                1,
-            );
-        }
+        crate::kernels::sgemm(rows, k, n, alpha, ab, (k, 1), b, (n, 1), beta, cb, n);
     });
 }
 
@@ -237,25 +101,8 @@ pub fn gram(y: &[f32], rows: usize, f: usize) -> Vec<f32> {
         .map(|part| {
             let r = part.len() / f;
             let mut c = vec![0f32; f * f];
-            // SAFETY: Aᵀ of a row-major r × f block: row stride 1, col stride f.
-            unsafe {
-                matrixmultiply::sgemm(
-                    f,
-                    r,
-                    f,
-                    1.0,
-                    part.as_ptr(),
-                    1,
-                    f as isize,
-                    part.as_ptr(),
-                    f as isize,
-                    1,
-                    0.0,
-                    c.as_mut_ptr(),
-                    f as isize,
-                    1,
-                );
-            }
+            // Aᵀ of a row-major r × f block: row stride 1, column stride f.
+            crate::kernels::sgemm(f, r, f, 1.0, part, (1, f), part, (f, 1), 0.0, &mut c, f);
             c
         })
         .collect();

@@ -10,22 +10,6 @@ type Spread = (Vec<usize>, Vec<(u32, f32)>);
 /// Most parts of the cells [`spread`] counts and places in parallel.
 const SPREAD_PARTS: usize = 8;
 
-/// `cells`' buffer, written by several threads at positions that
-/// [`spread`] hands out disjoint.
-struct SharedCells(*mut (u32, f32));
-
-// SAFETY: the pointer is only written through `put`, whose callers write
-// disjoint positions inside the buffer, which outlives them.
-unsafe impl Sync for SharedCells {}
-
-impl SharedCells {
-    /// # Safety
-    /// `i` is inside the buffer and no other thread writes or reads it.
-    unsafe fn put(&self, i: usize, cell: (u32, f32)) {
-        unsafe { self.0.add(i).write(cell) }
-    }
-}
-
 /// Cells of a matrix to build, handed out in parts that are read in
 /// parallel: [`Csr::from_cells`] reads every part twice (once to count each
 /// row's cells, once to place them), so a source held in some other form
@@ -105,21 +89,18 @@ fn spread(rows: usize, cols: usize, cells: &impl Cells) -> Result<Spread, DataEr
     }
     bounds[rows] = at;
     let mut placed = vec![(0u32, 0f32); at];
-    let out = SharedCells(placed.as_mut_ptr());
-    next.par_iter_mut().zip(&ends).enumerate().for_each(|(part, (next, ends))| {
+    let mut writers = crate::kernels::Places::split(&mut placed, next, ends);
+    writers.par_iter_mut().enumerate().for_each(|(part, out)| {
         cells.part(part, parts, |r, c, v| {
-            let (i, end) = (&mut next[r as usize], ends[r as usize]);
+            // Part k owns, in row r, the places from its start up to its
+            // start plus its count there.
             assert!(
-                *i < end && (c as usize) < cols && v.is_finite(),
+                (c as usize) < cols && v.is_finite() && out.put(r as usize, (c, v)),
                 "part {part} of the cells handed out other cells than when they were counted (row {r})"
             );
-            // SAFETY: part k owns, in row r, the positions from its start
-            // up to its start plus its count there (`ends`): inside
-            // `placed` and disjoint from every other part's.
-            unsafe { out.put(*i, (c, v)) };
-            *i += 1;
         });
     });
+    drop(writers);
     Ok((bounds, placed))
 }
 

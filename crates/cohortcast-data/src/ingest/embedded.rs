@@ -186,7 +186,7 @@ impl SongTable {
 
     /// Starts loading the slot where a lookup of `key` begins.
     pub(crate) fn prefetch(&self, key: u64) {
-        cohortcast_core::simd::prefetch(&self.slots[self.home(key)]);
+        cohortcast_core::kernels::prefetch(&self.slots[self.home(key)]);
     }
 }
 
@@ -226,7 +226,7 @@ impl UserTable {
 
     /// Starts loading the slot where a lookup of `key` begins.
     pub(crate) fn prefetch(&self, key: u128) {
-        cohortcast_core::simd::prefetch(&self.slots[self.home(key)]);
+        cohortcast_core::kernels::prefetch(&self.slots[self.home(key)]);
     }
 
     /// The number of `key`, the next one if it is new.

@@ -36,7 +36,7 @@
 //! CG steps, but the large user matrix is read in order instead of one
 //! scattered row per nonzero. docs/design.md gives the figures.
 //!
-//! On the AVX-512 kernel the user half-step works in the eigenbasis of
+//! On the register-held kernels (AVX2 or AVX-512, `cg`) the user half-step works in the eigenbasis of
 //! `YᵀY` (`rotate_to_eigenbasis`): `YᵀY = QΛQᵀ` by Jacobi rotations, `Y`
 //! and each user's row turned by the orthogonal `Q`, so that the shared
 //! product `(YᵀY + λI) p` of every CG step is `f` multiplications instead
@@ -57,9 +57,20 @@ use serde::{Deserialize, Serialize};
 
 use crate::confidence::{confidence, Weighting};
 use crate::error::{check_range, DataError, FitError, ParamError};
-use crate::linalg::{axpy, cholesky_solve, dot, gemm_acc, gram, split_lengths, Floats};
+use crate::linalg::{dot, gram, Floats};
 use crate::rng::Rng;
 use crate::sparse::Csr;
+
+mod cg;
+mod exact;
+mod scatter;
+
+use cg::{solve_row_cg, CgKernel};
+pub use exact::loss;
+use exact::solve_row_cholesky;
+#[cfg(test)]
+use scatter::scatter_pass;
+use scatter::{half_step_scatter, scatter_block, scatter_fits, ArtistSide, ScatterWork, UserBlocks};
 
 /// How each row's least-squares system is solved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -429,7 +440,7 @@ fn half_step(x: &mut [f32], y: &[f32], c: &Csr, params: &AlsParams, eigen: Optio
                     || vec![0f32; 3 * f],
                     |scratch, (u, xu)| {
                         if u + 2 < rows {
-                            crate::simd::prefetch_floats((base as *const f32).wrapping_add((u + 2) * f), f);
+                            crate::kernels::prefetch_floats((base as *const f32).wrapping_add((u + 2) * f), f);
                         }
                         let (idx, val) = c.row(u);
                         solve_row_cg(&yty, y, idx, val, f, params.cg_steps, xu, scratch, kernel, diag);
@@ -457,11 +468,11 @@ fn half_step(x: &mut [f32], y: &[f32], c: &Csr, params: &AlsParams, eigen: Optio
 }
 
 /// Whether the user half-step runs in the eigenbasis of `YᵀY`: with
-/// conjugate gradient on the AVX-512 kernel, where `(YᵀY + λI) p` (a
+/// conjugate gradient on a register-held kernel, where `(YᵀY + λI) p` (a
 /// `f × f` product, 39% of that kernel's samples on the medium benchmark
 /// set, run four times a user) becomes `f` products.
 fn rotates(work: &AlsParams) -> bool {
-    work.solver == Solver::ConjugateGradient && CgKernel::best(work.factors) == CgKernel::Avx512Rows
+    work.solver == Solver::ConjugateGradient && CgKernel::best(work.factors).register_blocked()
 }
 
 /// Turns the artist factors (`f` columns) to the eigenbasis of `YᵀY`, so
@@ -484,603 +495,6 @@ fn rotate_to_eigenbasis(y: &mut Floats, spare: &mut Floats, f: usize) -> Vec<f32
     crate::linalg::gemm_into(y, &q, spare, y.len() / f, f, f);
     std::mem::swap(y, spare);
     w.iter().map(|&v| v as f32).chain(q).collect()
-}
-
-/// Fixed parts of the user blocks in a scatter pass, each with its own
-/// artist accumulators, summed in order: the result repeats bit for bit
-/// whatever the thread count.
-const SCATTER_PARTS: usize = 8;
-
-/// Whether the artist half-step runs as scatter passes: while one part's
-/// accumulators (`items × f` floats) fit in 32 MiB.
-fn scatter_fits(items: usize, f: usize) -> bool {
-    items.saturating_mul(f).saturating_mul(4) <= 32 << 20
-}
-
-/// The artist half-step with the same conjugate-gradient steps as
-/// [`half_step`], run for all artists in lock step, so that each pass
-/// visits the nonzeros block of users by block of users (`ub`) instead of
-/// artist by artist.
-///
-/// Each artist's CG needs `Σ_u (c_ui − 1) x_u x_uᵀ p_i` per step. By
-/// artist rows that is a visit to a scattered 256-byte user row per
-/// nonzero, out of a user matrix far larger than the caches (83% of an
-/// iteration on 500 k users × 4 000 artists). By blocks of users, the
-/// block's rows of `X` are read in order into the cache, and within the
-/// block the nonzeros are visited artist by artist: `p_i` and the run's
-/// sum stay in registers and the artist's accumulator is touched once a
-/// block. (Visiting each user's nonzeros in turn instead read and wrote a
-/// 256-byte accumulator row per nonzero, out of 1 MiB of accumulators and
-/// 1 MiB of `p`, more than a core's L2.) Same arithmetic, summed in
-/// another order.
-fn half_step_scatter(y: &mut [f32], x: &[f32], ub: &UserBlocks, params: &AlsParams, work: &mut ScatterWork) {
-    let f = params.factors;
-    let mut xtx = gram(x, ub.users, f);
-    for d in 0..f {
-        xtx[d * f + d] += params.regularization;
-    }
-    let kernel = CgKernel::best(f);
-    // r = b − A y: the pass gives Σ_u (c − (c − 1) x_uᵀ y_i) x_u.
-    // (XᵀX + λI is symmetric, so the rows' products are one GEMM.)
-    let items = ub.items;
-    let ScatterWork { parts, r, p, ap } = work;
-    scatter_pass::<true>(x, ub, y, f, kernel, parts, r);
-    gemm_acc(-1.0, y, &xtx, r, items, f, f);
-    p.copy_from_slice(r);
-    let mut rsold: Vec<f32> = r.par_chunks(f).map(|ri| dot(ri, ri)).collect();
-    let mut active: Vec<bool> = rsold.iter().map(|&v| v >= 1e-20).collect();
-    for _ in 0..params.cg_steps {
-        if !active.contains(&true) {
-            break;
-        }
-        scatter_pass::<false>(x, ub, p, f, kernel, parts, ap);
-        gemm_acc(1.0, p, &xtx, ap, items, f, f);
-        y.par_chunks_mut(f)
-            .zip(r.par_chunks_mut(f))
-            .zip(p.par_chunks_mut(f))
-            .zip(ap.par_chunks_mut(f))
-            .zip(rsold.par_iter_mut())
-            .zip(active.par_iter_mut())
-            .for_each(|(((((yi, ri), pi), api), rs), on)| {
-                if !*on {
-                    return;
-                }
-                let pap = dot(pi, api);
-                if pap <= 0.0 {
-                    *on = false;
-                    return;
-                }
-                let a = *rs / pap;
-                axpy(a, pi, yi);
-                axpy(-a, api, ri);
-                let rsnew = dot(ri, ri);
-                if rsnew < 1e-20 {
-                    *on = false;
-                    return;
-                }
-                let beta = rsnew / *rs;
-                for d in 0..f {
-                    pi[d] = ri[d] + beta * pi[d];
-                }
-                *rs = rsnew;
-            });
-    }
-}
-
-/// How the artist half-step reads the confidences: by artist rows (the
-/// transpose) or by the scatter passes' blocks of users.
-enum ArtistSide {
-    Rows(Csr),
-    Blocks(UserBlocks),
-}
-
-/// Users per block of a scatter pass at `f` factors: as many as have
-/// 1 MiB of rows (4 096 at 64 factors), at least 1 024 and at most the
-/// 65 536 a 16-bit index numbers. The block's rows stay in the core's
-/// 2 MiB L2 while each artist's run of nonzeros in the block is summed
-/// in registers, and the larger the block, the longer the runs: every run
-/// also reads the artist's `p_i` and adds to its accumulator, which with
-/// many artists come from beyond the L2. On the kernel benchmark (100 000
-/// users × 20 000 artists, 3.8 M nonzeros, runs of about two nonzeros in
-/// blocks of 1 024) blocks of 4 096 took an iteration from 0.25–0.28 s to
-/// 0.18–0.22 s; 8 192 gave 0.19–0.21 s and 16 384 0.22–0.24 s. On the
-/// medium shape (500 000 × 4 000) the block size moved nothing beyond the
-/// noise (0.74–0.76 s).
-fn scatter_block(f: usize) -> usize {
-    ((1 << 20) / (4 * f.max(1))).clamp(1024, 1 << 16)
-}
-
-/// The nonzeros of the users × artists matrix in fixed blocks of users,
-/// artist-major within each block: for each block, one run of
-/// (user in the block, confidence) per artist it played, users in order.
-/// Built once per fit; the scatter passes read it instead of the rows.
-#[derive(Debug, Clone)]
-struct UserBlocks {
-    users: usize,
-    items: usize,
-    block: usize,
-    /// Runs of block `b`: `block_runs[b]..block_runs[b + 1]`.
-    block_runs: Vec<usize>,
-    run_artist: Vec<u32>,
-    /// Run `r` is `run_bounds[r]..run_bounds[r + 1]` of `user` and `conf`.
-    run_bounds: Vec<usize>,
-    user: Vec<u16>,
-    conf: Vec<f32>,
-}
-
-impl UserBlocks {
-    fn new(cu: &Csr, block: usize) -> Self {
-        assert!((1..=1 << 16).contains(&block), "a block's users are numbered in 16 bits");
-        let (users, items) = (cu.rows(), cu.cols());
-        // Each block's nonzeros go to their place in `user` and `conf` (the
-        // block's span of the CSR), in parallel, by a counting sort on the
-        // artist: users stay in order within each run.
-        let nb = users.div_ceil(block);
-        let indptr: Vec<usize> = (0..=nb).map(|b| cu.row_start((b * block).min(users))).collect();
-        let mut user = vec![0u16; cu.nnz()];
-        let mut conf = vec![0f32; cu.nnz()];
-        let lens = || indptr.windows(2).map(|w| w[1] - w[0]);
-        let spans: Vec<(&mut [u16], &mut [f32])> =
-            split_lengths(&mut user, lens()).into_iter().zip(split_lengths(&mut conf, lens())).collect();
-        // Per block: the artists it played, in order, and where each run ends
-        // within the block.
-        let runs: Vec<(Vec<u32>, Vec<u32>)> = spans
-            .into_par_iter()
-            .enumerate()
-            .map_init(
-                || vec![0u32; items + 1],
-                |at, (b, (us, cs))| {
-                    let (lo, hi) = (b * block, ((b + 1) * block).min(users));
-                    at.fill(0);
-                    for u in lo..hi {
-                        for &i in cu.row(u).0 {
-                            at[i as usize + 1] += 1;
-                        }
-                    }
-                    let mut artists = Vec::new();
-                    let mut ends = Vec::new();
-                    for i in 0..items {
-                        if at[i + 1] > 0 {
-                            artists.push(i as u32);
-                            ends.push(at[i] + at[i + 1]);
-                        }
-                        at[i + 1] += at[i];
-                    }
-                    for u in lo..hi {
-                        let (idx, vals) = cu.row(u);
-                        for (&i, &c) in idx.iter().zip(vals) {
-                            let k = at[i as usize] as usize;
-                            us[k] = (u - lo) as u16;
-                            cs[k] = c;
-                            at[i as usize] += 1;
-                        }
-                    }
-                    (artists, ends)
-                },
-            )
-            .collect();
-        let (mut block_runs, mut run_artist, mut run_bounds) = (vec![0], Vec::new(), vec![0]);
-        for (b, (artists, ends)) in runs.into_iter().enumerate() {
-            run_artist.extend_from_slice(&artists);
-            run_bounds.extend(ends.iter().map(|&e| indptr[b] + e as usize));
-            block_runs.push(run_artist.len());
-        }
-        UserBlocks { users, items, block, block_runs, run_artist, run_bounds, user, conf }
-    }
-
-    fn blocks(&self) -> usize {
-        self.block_runs.len() - 1
-    }
-}
-
-/// The artist half-step's buffers, made once per fit and reused by every
-/// iteration: the scatter passes' part accumulators, which each pass's sum
-/// leaves zeroed for the next, and the CG vectors `r`, `p` and `Ap`
-/// (`items × f` each). Made fresh for each pass instead, they were 160 MiB
-/// of new pages an iteration on the kernel benchmark's 20 000 artists
-/// (eight parts of 5 MiB, four passes), all zeroed by page faults: system
-/// time was a sixth to a quarter of a fit's CPU time there.
-struct ScatterWork {
-    parts: Vec<Floats>,
-    r: Floats,
-    p: Floats,
-    ap: Floats,
-}
-
-impl ScatterWork {
-    fn new(ub: &UserBlocks, f: usize) -> Self {
-        let n = ub.items * f;
-        ScatterWork {
-            parts: (0..scatter_parts(ub.blocks()).1.len()).map(|_| Floats::zeroed(n)).collect(),
-            r: Floats::zeroed(n),
-            p: Floats::zeroed(n),
-            ap: Floats::zeroed(n),
-        }
-    }
-}
-
-/// The blocks a part of a scatter pass over `blocks` blocks takes, and the
-/// first block of each part.
-fn scatter_parts(blocks: usize) -> (usize, Vec<usize>) {
-    let per = crate::linalg::part_rows(blocks, SCATTER_PARTS, 1);
-    (per, (0..blocks).step_by(per.max(1)).collect())
-}
-
-/// Floats a task of a scatter pass's sum adds up.
-const SUM_CHUNK: usize = 4096;
-
-/// One pass over every nonzero, block by block of users, into `out`
-/// (`items × f`): for artist `i`, `Σ_u t_ui x_u` with
-/// `t = c − (c − 1) x_uᵀ v_i` when `RESIDUAL`, else `t = (c − 1) x_uᵀ v_i`.
-/// Fixed parts of the blocks in parallel, each into its own accumulators
-/// in `parts` (zeros on entry, at least one per part), summed in order;
-/// the sum leaves them zeroed again.
-fn scatter_pass<const RESIDUAL: bool>(
-    x: &[f32],
-    ub: &UserBlocks,
-    v: &[f32],
-    f: usize,
-    kernel: CgKernel,
-    parts: &mut [Floats],
-    out: &mut [f32],
-) {
-    let (nb, items, bs) = (ub.blocks(), ub.items, ub.block);
-    let (per, starts) = scatter_parts(nb);
-    assert!(parts.len() >= starts.len(), "one accumulator per part");
-    assert_eq!(out.len(), items * f, "the pass writes items × f floats");
-    let parts = &mut parts[..starts.len()];
-    parts.par_iter_mut().zip(&starts).for_each(|(acc, &start)| {
-        debug_assert_eq!(acc.len(), items * f);
-        let mut sum = vec![0f32; f];
-        for b in start..(start + per).min(nb) {
-            let xb = &x[b * bs * f..((b + 1) * bs).min(ub.users) * f];
-            // Fetch the next block's rows while this one is summed.
-            if b + 1 < nb {
-                let next = &x[(b + 1) * bs * f..((b + 2) * bs).min(ub.users) * f];
-                for row in next.chunks(f) {
-                    crate::simd::prefetch_floats(row.as_ptr(), row.len());
-                }
-            }
-            let (first, last) = (ub.block_runs[b], ub.block_runs[b + 1]);
-            let block_end = ub.run_bounds[last];
-            for r in first..last {
-                if r + 2 < last {
-                    let next = ub.run_artist[r + 2] as usize * f;
-                    crate::simd::prefetch_floats(v[next..].as_ptr(), f);
-                    crate::simd::prefetch_floats(acc[next..].as_ptr(), f);
-                }
-                let (i, from, to) = (ub.run_artist[r] as usize * f, ub.run_bounds[r], ub.run_bounds[r + 1]);
-                // The kernel reads `to − from` users and fetches ahead
-                // into the block's next runs.
-                let (users, conf) = (&ub.user[from..block_end], &ub.conf[from..to]);
-                scatter_run::<RESIDUAL>(xb, users, conf, &v[i..i + f], &mut acc[i..i + f], &mut sum, kernel);
-            }
-        }
-    });
-    // Chunk `c` of every part, in part order, for the chunk's task.
-    let mut chunks: Vec<Vec<&mut [f32]>> = (0..out.len().div_ceil(SUM_CHUNK)).map(|_| Vec::new()).collect();
-    for part in parts.iter_mut() {
-        for (c, chunk) in part.chunks_mut(SUM_CHUNK).enumerate() {
-            chunks[c].push(chunk);
-        }
-    }
-    out.par_chunks_mut(SUM_CHUNK).zip(chunks.par_iter_mut()).for_each(|(o, from)| {
-        let (first, rest) = from.split_first_mut().expect("a pass has a part");
-        o.copy_from_slice(first);
-        first.fill(0.0);
-        for part in rest {
-            for (o, a) in o.iter_mut().zip(part.iter_mut()) {
-                *o += *a;
-                *a = 0.0;
-            }
-        }
-    });
-}
-
-/// One artist's run in a block of a scatter pass, on the kernel
-/// `CgKernel::best` chose; `sum` is `f` floats of scratch.
-#[allow(clippy::too_many_arguments)]
-fn scatter_run<const RESIDUAL: bool>(
-    xb: &[f32],
-    users: &[u16],
-    conf: &[f32],
-    v: &[f32],
-    acc: &mut [f32],
-    sum: &mut [f32],
-    kernel: CgKernel,
-) {
-    let f = v.len();
-    #[cfg(target_arch = "x86_64")]
-    {
-        use crate::simd::avx512_rows::scatter_run as s5;
-        // SAFETY: `CgKernel::best` chose the AVX-512 kernel only on a CPU
-        // with AVX-512F and for these factor counts; every user is a row
-        // of the block `xb`, and `v`, `acc` and `sum` are `f` floats.
-        unsafe {
-            match (kernel, f) {
-                (CgKernel::Avx512Rows, 16) => return s5::<1, RESIDUAL>(xb, users, conf, v, acc),
-                (CgKernel::Avx512Rows, 32) => return s5::<2, RESIDUAL>(xb, users, conf, v, acc),
-                (CgKernel::Avx512Rows, 48) => return s5::<3, RESIDUAL>(xb, users, conf, v, acc),
-                (CgKernel::Avx512Rows, 64) => return s5::<4, RESIDUAL>(xb, users, conf, v, acc),
-                (CgKernel::Avx512Rows, 80) => return s5::<5, RESIDUAL>(xb, users, conf, v, acc),
-                (CgKernel::Avx512Rows, 96) => return s5::<6, RESIDUAL>(xb, users, conf, v, acc),
-                (CgKernel::Avx512Rows, 112) => return s5::<7, RESIDUAL>(xb, users, conf, v, acc),
-                (CgKernel::Avx512Rows, 128) => return s5::<8, RESIDUAL>(xb, users, conf, v, acc),
-                (CgKernel::Avx2Rows | CgKernel::Avx2, _) => {
-                    return scatter_run_avx2::<RESIDUAL>(xb, users, conf, v, acc, sum);
-                }
-                _ => {}
-            }
-        }
-    }
-    let _ = kernel;
-    // SAFETY: the portable body calls only safe functions.
-    unsafe { scatter_run_portable::<RESIDUAL>(xb, users, conf, v, acc, sum) }
-}
-
-/// Defines one [`scatter_run`] body over the given `dot` and `axpy`
-/// kernels (the body is shared; the kernels and target features differ).
-macro_rules! define_scatter {
-    ($(#[$attr:meta])* $name:ident, $dot:path, $axpy:path) => {
-        $(#[$attr])*
-        #[allow(unused_unsafe)]
-        unsafe fn $name<const RESIDUAL: bool>(
-            xb: &[f32],
-            users: &[u16],
-            conf: &[f32],
-            v: &[f32],
-            acc: &mut [f32],
-            sum: &mut [f32],
-        ) {
-            let f = v.len();
-            sum.fill(0.0);
-            for (&u, &c) in users.iter().zip(conf) {
-                let xu = &xb[u as usize * f..(u as usize + 1) * f];
-                let d = unsafe { $dot(xu, v) };
-                let t = if RESIDUAL { c - (c - 1.0) * d } else { (c - 1.0) * d };
-                unsafe { $axpy(t, xu, sum) };
-            }
-            unsafe { $axpy(1.0, sum, acc) };
-        }
-    };
-}
-
-define_scatter!(scatter_run_portable, crate::linalg::dot, crate::linalg::axpy);
-#[cfg(target_arch = "x86_64")]
-define_scatter!(
-    /// # Safety
-    /// The CPU must support AVX2 and FMA.
-    #[target_feature(enable = "avx2,fma")]
-    scatter_run_avx2,
-    crate::simd::avx2::dot,
-    crate::simd::avx2::axpy
-);
-
-/// Which conjugate-gradient row kernel runs, chosen once per half-step
-/// from the CPU's features and the factor count.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum CgKernel {
-    /// Portable loops.
-    Portable,
-    /// AVX2 + FMA dot/axpy, any factor count.
-    Avx2,
-    /// AVX2 + FMA, CG vectors in registers: 16, 32, 48 or 64 factors.
-    Avx2Rows,
-    /// AVX-512, CG vectors in registers: a multiple of 16 up to 128 factors.
-    Avx512Rows,
-}
-
-impl CgKernel {
-    /// Whether it holds the CG vectors in registers (a kernel instantiated
-    /// for the factor count).
-    fn register_blocked(self) -> bool {
-        matches!(self, CgKernel::Avx2Rows | CgKernel::Avx512Rows)
-    }
-
-    /// The fastest kernel this CPU can run for `f` factors.
-    fn best(f: usize) -> Self {
-        let avx2 = crate::simd::has_avx2_fma();
-        if f.is_multiple_of(16) && (16..=128).contains(&f) && crate::simd::has_avx512() {
-            CgKernel::Avx512Rows
-        } else if avx2 && matches!(f, 16 | 32 | 48 | 64) {
-            CgKernel::Avx2Rows
-        } else if avx2 {
-            CgKernel::Avx2
-        } else {
-            CgKernel::Portable
-        }
-    }
-}
-
-/// `cg_steps` conjugate-gradient steps on
-/// `(YᵀY + λI + Σ_i (c_i − 1) y_i y_iᵀ) x = Σ_i c_i y_i`, from the current `x`.
-/// `ytyr` is `YᵀY + λI`, or when `diag` its eigenvalues plus `λ` and its
-/// eigenvectors, with `y` in that basis and `x` turned to it (the AVX-512
-/// kernel only: see [`rotates`] and `simd::avx512_rows::cg`); `kernel`
-/// must come from [`CgKernel::best`] (or be `Portable`).
-#[allow(clippy::too_many_arguments)]
-fn solve_row_cg(
-    ytyr: &[f32],
-    y: &[f32],
-    idx: &[u32],
-    conf: &[f32],
-    f: usize,
-    steps: usize,
-    x: &mut [f32],
-    scratch: &mut [f32],
-    kernel: CgKernel,
-    diag: bool,
-) {
-    assert!(!diag || kernel == CgKernel::Avx512Rows, "a diagonal YᵀY needs the AVX-512 kernel");
-    // SAFETY: every SIMD kernel is only chosen by `CgKernel::best`, which
-    // checked the CPU features and that `f` is one the register-blocked
-    // kernels are instantiated for; the portable body calls only safe
-    // functions.
-    unsafe {
-        #[cfg(target_arch = "x86_64")]
-        {
-            use crate::simd::{avx2_rows as a2, avx512_rows as a5};
-            // The AVX-512 kernel for 16·N factors, with YᵀY whole or diagonal.
-            macro_rules! avx512 {
-                ($n:literal) => {
-                    return if diag {
-                        a5::cg::<$n, true>(ytyr, y, idx, conf, steps, x, scratch)
-                    } else {
-                        a5::cg::<$n, false>(ytyr, y, idx, conf, steps, x, scratch)
-                    }
-                };
-            }
-            match (kernel, f) {
-                (CgKernel::Avx512Rows, 16) => avx512!(1),
-                (CgKernel::Avx512Rows, 32) => avx512!(2),
-                (CgKernel::Avx512Rows, 48) => avx512!(3),
-                (CgKernel::Avx512Rows, 64) => avx512!(4),
-                (CgKernel::Avx512Rows, 80) => avx512!(5),
-                (CgKernel::Avx512Rows, 96) => avx512!(6),
-                (CgKernel::Avx512Rows, 112) => avx512!(7),
-                (CgKernel::Avx512Rows, 128) => avx512!(8),
-                (CgKernel::Avx2Rows, 16) => return a2::cg::<2>(ytyr, y, idx, conf, steps, x, scratch),
-                (CgKernel::Avx2Rows, 32) => return a2::cg::<4>(ytyr, y, idx, conf, steps, x, scratch),
-                (CgKernel::Avx2Rows, 48) => return a2::cg::<6>(ytyr, y, idx, conf, steps, x, scratch),
-                (CgKernel::Avx2Rows, 64) => return a2::cg::<8>(ytyr, y, idx, conf, steps, x, scratch),
-                (CgKernel::Avx2Rows | CgKernel::Avx512Rows, _) => unreachable!("no {kernel:?} kernel for {f} factors"),
-                (CgKernel::Avx2, _) => return cg_avx2(ytyr, y, idx, conf, f, steps, x, scratch),
-                (CgKernel::Portable, _) => {}
-            }
-        }
-        cg_portable(ytyr, y, idx, conf, f, steps, x, scratch)
-    }
-}
-
-/// Defines one conjugate-gradient row solver over the given `dot` and
-/// `axpy` kernels (the body is shared; the kernels and target features
-/// differ).
-macro_rules! define_cg {
-    ($(#[$attr:meta])* $name:ident, $dot:path, $axpy:path) => {
-        $(#[$attr])*
-        #[allow(clippy::too_many_arguments, unused_unsafe)]
-        unsafe fn $name(
-            ytyr: &[f32],
-            y: &[f32],
-            idx: &[u32],
-            conf: &[f32],
-            f: usize,
-            steps: usize,
-            x: &mut [f32],
-            scratch: &mut [f32],
-        ) {
-            let (r, rest) = scratch.split_at_mut(f);
-            let (p, ap) = rest.split_at_mut(f);
-            // r = b − A x
-            for d in 0..f {
-                r[d] = -unsafe { $dot(&ytyr[d * f..(d + 1) * f], x) };
-            }
-            for (&i, &c) in idx.iter().zip(conf) {
-                let yi = &y[i as usize * f..(i as usize + 1) * f];
-                let t = c - (c - 1.0) * unsafe { $dot(yi, x) };
-                unsafe { $axpy(t, yi, r) };
-            }
-            p.copy_from_slice(r);
-            let mut rsold = unsafe { $dot(r, r) };
-            if rsold < 1e-20 {
-                return;
-            }
-            for _ in 0..steps {
-                for d in 0..f {
-                    ap[d] = unsafe { $dot(&ytyr[d * f..(d + 1) * f], p) };
-                }
-                for (&i, &c) in idx.iter().zip(conf) {
-                    let yi = &y[i as usize * f..(i as usize + 1) * f];
-                    unsafe { $axpy((c - 1.0) * $dot(yi, p), yi, ap) };
-                }
-                let pap = unsafe { $dot(p, ap) };
-                if pap <= 0.0 {
-                    break;
-                }
-                let a = rsold / pap;
-                unsafe { $axpy(a, p, x) };
-                unsafe { $axpy(-a, ap, r) };
-                let rsnew = unsafe { $dot(r, r) };
-                if rsnew < 1e-20 {
-                    break;
-                }
-                let beta = rsnew / rsold;
-                for d in 0..f {
-                    p[d] = r[d] + beta * p[d];
-                }
-                rsold = rsnew;
-            }
-        }
-    };
-}
-
-define_cg!(cg_portable, crate::linalg::dot, crate::linalg::axpy);
-
-#[cfg(target_arch = "x86_64")]
-define_cg!(
-    #[target_feature(enable = "avx2,fma")]
-    cg_avx2,
-    crate::simd::avx2::dot,
-    crate::simd::avx2::axpy
-);
-
-/// Exact solve of one row's system in f64. `yty` is `YᵀY` without `λ`.
-fn solve_row_cholesky(yty: &[f32], y: &[f32], idx: &[u32], conf: &[f32], f: usize, reg: f32) -> Vec<f32> {
-    let mut a: Vec<f64> = yty.iter().map(|&v| v as f64).collect();
-    let mut b = vec![0f64; f];
-    for d in 0..f {
-        a[d * f + d] += reg as f64;
-    }
-    for (&i, &c) in idx.iter().zip(conf) {
-        let yi = &y[i as usize * f..(i as usize + 1) * f];
-        let (c, w) = (c as f64, c as f64 - 1.0);
-        for r in 0..f {
-            b[r] += c * yi[r] as f64;
-            let wr = w * yi[r] as f64;
-            for s in 0..f {
-                a[r * f + s] += wr * yi[s] as f64;
-            }
-        }
-    }
-    // λ > 0 makes A positive definite; a failure here means NaN crept in,
-    // which the caller's finiteness check reports.
-    if !cholesky_solve(&mut a, &mut b, f) {
-        return vec![f32::NAN; f];
-    }
-    b.into_iter().map(|v| v as f32).collect()
-}
-
-/// The full objective `Σ c (p − xᵀy)² + λ(‖X‖² + ‖Y‖²)` over all cells,
-/// computed in `O(nnz f + (U + I) f²)` by splitting off the unobserved cells:
-/// `Σ_all (xᵀy)² = Σ_u x_uᵀ (YᵀY) x_u`.
-pub fn loss(x: &[f32], y: &[f32], c: &Csr, f: usize, reg: f32) -> f64 {
-    let yty = gram(y, c.cols(), f);
-    let (fdot, faxpy) = crate::simd::fast_kernels();
-    let per_user: Vec<f64> = x
-        .par_chunks(f)
-        .enumerate()
-        .map_init(
-            || vec![0f32; f],
-            |gx, (u, xu)| {
-                // x_uᵀ (YᵀY) x_u as Σ_d x_ud · row_d, then one dot: no
-                // horizontal sum per row of YᵀY.
-                gx.iter_mut().for_each(|v| *v = 0.0);
-                for d in 0..f {
-                    faxpy(xu[d], &yty[d * f..(d + 1) * f], gx);
-                }
-                let mut s = fdot(xu, gx) as f64;
-                let (idx, val) = c.row(u);
-                for (&i, &cv) in idx.iter().zip(val) {
-                    let pred = fdot(xu, &y[i as usize * f..(i as usize + 1) * f]) as f64;
-                    s += cv as f64 * (1.0 - pred).powi(2) - pred * pred;
-                }
-                s + reg as f64 * dot(xu, xu) as f64
-            },
-        )
-        .collect();
-    // Summed in order, so the figure repeats exactly.
-    let item_reg: f64 = y.chunks(f).map(|yi| dot(yi, yi) as f64).sum();
-    per_user.iter().sum::<f64>() + reg as f64 * item_reg
 }
 
 #[cfg(test)]
@@ -1123,7 +537,7 @@ mod tests {
             ytyr[d * f + d] += reg;
         }
         let mut scratch = vec![0f32; 3 * f];
-        for kernel in [CgKernel::Portable, CgKernel::best(f)] {
+        for kernel in [CgKernel::PLAIN, CgKernel::best(f)] {
             let mut x = vec![0f32; f];
             solve_row_cg(&ytyr, &y, &idx, &conf, f, 2 * f, &mut x, &mut scratch, kernel, false);
             for d in 0..f {
@@ -1134,8 +548,15 @@ mod tests {
 
     #[test]
     fn register_blocked_kernels_match_the_portable_solver() {
-        // `CgKernel::best` is the AVX-512 kernel where it runs.
-        crate::simd::kernels_run("avx512");
+        // Each instruction set this CPU runs gets its register-held body.
+        let mut isas = Vec::new();
+        if crate::kernels::kernels_run("avx2") {
+            isas.extend(crate::kernels::Isa::avx2());
+        }
+        #[cfg(target_arch = "x86_64")]
+        if crate::kernels::kernels_run("avx512") {
+            isas.extend(crate::kernels::Isa::avx512().map(crate::kernels::Isa::Avx512));
+        }
         // Multiples of 16 factors take a register-blocked path (AVX-512 or
         // AVX2); each must do the same arithmetic as the portable one, step
         // for step, up to summation order.
@@ -1152,13 +573,10 @@ mod tests {
             let x0: Vec<f32> = (0..f).map(|_| rng.normal() as f32 * 0.01).collect();
             let mut scratch = vec![0f32; 3 * f];
             let mut portable = x0.clone();
-            solve_row_cg(&ytyr, &y, &idx, &conf, f, 3, &mut portable, &mut scratch, CgKernel::Portable, false);
+            solve_row_cg(&ytyr, &y, &idx, &conf, f, 3, &mut portable, &mut scratch, CgKernel::PLAIN, false);
             assert_ne!(portable, x0, "the solve moved x");
-            let mut kernels = vec![CgKernel::best(f)];
-            if matches!(f, 16 | 32 | 48 | 64) && crate::simd::kernels_run("avx2") {
-                kernels.push(CgKernel::Avx2Rows); // whichever path the CPU picks
-            }
-            for kernel in kernels {
+            for kernel in isas.iter().map(|&isa| CgKernel::on(isa, f)) {
+                assert!(kernel.register_blocked());
                 let mut fast = x0.clone();
                 solve_row_cg(&ytyr, &y, &idx, &conf, f, 3, &mut fast, &mut scratch, kernel, false);
                 for d in 0..f {
@@ -1170,9 +588,9 @@ mod tests {
                     );
                 }
             }
-            // In the eigenbasis of YᵀY (the AVX-512 kernel's diagonal form),
-            // the same steps give the portable solution turned by Q.
-            if CgKernel::best(f) == CgKernel::Avx512Rows {
+            // In the eigenbasis of YᵀY (the register-held bodies' diagonal
+            // form), the same steps give the portable solution turned by Q.
+            for kernel in isas.iter().map(|&isa| CgKernel::on(isa, f)) {
                 let mut yq = Floats::from_slice(&y);
                 let mut spare = Floats::zeroed(yq.len());
                 let mut eigen = rotate_to_eigenbasis(&mut yq, &mut spare, f);
@@ -1180,13 +598,13 @@ mod tests {
                     *w += 0.5;
                 }
                 let mut turned = x0.clone();
-                solve_row_cg(&eigen, &yq, &idx, &conf, f, 3, &mut turned, &mut scratch, CgKernel::Avx512Rows, true);
+                solve_row_cg(&eigen, &yq, &idx, &conf, f, 3, &mut turned, &mut scratch, kernel, true);
                 let want = crate::linalg::matmul(&portable, &eigen[f..], 1, f, f);
                 let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
                 for d in 0..f {
                     assert!(
                         (want[d] - turned[d]).abs() < 1e-4 * scale,
-                        "f {f} eigenbasis {d}: {} vs {}",
+                        "f {f} {kernel:?} eigenbasis {d}: {} vs {}",
                         want[d],
                         turned[d]
                     );
@@ -1260,7 +678,7 @@ mod tests {
                 }
                 out
             };
-            let portable = pass(false, CgKernel::Portable);
+            let portable = pass(false, CgKernel::PLAIN);
             let fast = pass(false, CgKernel::best(f));
             let res = pass(true, CgKernel::best(f));
             let (mut want, mut want_res) = (vec![0f64; m.cols() * f], vec![0f64; m.cols() * f]);
@@ -1340,7 +758,7 @@ mod tests {
         }
         // Where a kernel exists for the count, or none for any, nothing is padded.
         assert_eq!(padded_factors(64), 64);
-        if crate::simd::has_avx2_fma() {
+        if crate::kernels::Isa::avx2().is_some() {
             assert_eq!(padded_factors(10), 16);
         }
     }

@@ -3,6 +3,8 @@
 //! `main` is only the error boundary: parse, run, print the error chain
 //! once, map to an exit code (a closed pipe is success).
 
+#![deny(unsafe_code)]
+
 mod cli;
 
 /// mimalloc (Leijen, Zorn & de Moura 2019), tuned in [`tune_allocator`].
@@ -17,7 +19,9 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// and freed memory kept for the next blocks instead of handed back: a run
 /// allocates its big buffers stage after stage, and pages first touched
 /// cost a fault each (BENCHMARKS.md, "Allocator"). `MIMALLOC_*` variables
-/// set by the user win.
+/// set by the user win. The one `unsafe` block outside the core's
+/// `kernels` module: `libmimalloc-sys` offers the options only as C.
+#[allow(unsafe_code)]
 fn tune_allocator() {
     use libmimalloc_sys::{mi_option_large_os_pages, mi_option_set};
     for (var, option, value) in [

@@ -268,22 +268,15 @@ fn sync_dir(dir: &Path) {
 /// Swaps two folders' names atomically.
 #[cfg(target_os = "linux")]
 fn exchange(a: &Path, b: &Path) -> Result<()> {
-    use std::ffi::CString;
-    use std::os::unix::ffi::OsStrExt;
-    let ca = CString::new(a.as_os_str().as_bytes()).context("a path with a NUL byte")?;
-    let cb = CString::new(b.as_os_str().as_bytes()).context("a path with a NUL byte")?;
-    // SAFETY: both paths are NUL-terminated strings that outlive the call;
-    // renameat2 reads them and touches no other memory.
-    let rc =
-        unsafe { libc::renameat2(libc::AT_FDCWD, ca.as_ptr(), libc::AT_FDCWD, cb.as_ptr(), libc::RENAME_EXCHANGE) };
-    if rc == 0 {
-        return Ok(());
-    }
-    let e = std::io::Error::last_os_error();
-    match e.raw_os_error() {
+    use nix::errno::Errno;
+    use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
+    match renameat2(AT_FDCWD, a, AT_FDCWD, b, RenameFlags::RENAME_EXCHANGE) {
+        Ok(()) => Ok(()),
         // A file system or kernel without the exchange.
-        Some(libc::EINVAL) | Some(libc::ENOSYS) => exchange_by_renames(a, b),
-        _ => Err(e).with_context(|| format!("swapping the new outputs into {}", b.display())),
+        Err(Errno::EINVAL | Errno::ENOSYS) => exchange_by_renames(a, b),
+        Err(e) => {
+            Err(std::io::Error::from(e)).with_context(|| format!("swapping the new outputs into {}", b.display()))
+        }
     }
 }
 

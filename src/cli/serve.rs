@@ -87,16 +87,12 @@ pub fn run(a: ServeArgs) -> Result<()> {
 fn raise_file_limit(connections: usize) {
     #[cfg(target_os = "linux")]
     {
-        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-        // SAFETY: `lim` is a valid rlimit that getrlimit fills and
-        // setrlimit reads; neither keeps the pointer.
-        unsafe {
-            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
-                let want = (connections as libc::rlim_t).saturating_add(256).min(lim.rlim_max);
-                if lim.rlim_cur < want {
-                    lim.rlim_cur = want;
-                    libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-                }
+        use nix::sys::resource::{getrlimit, setrlimit, Resource};
+        if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+            let want = (connections as u64).saturating_add(256).min(hard);
+            if soft < want {
+                // Best effort: the connection limit still holds without it.
+                let _ = setrlimit(Resource::RLIMIT_NOFILE, want, hard);
             }
         }
     }

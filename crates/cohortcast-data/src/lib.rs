@@ -6,6 +6,7 @@
 //! and the files a run leaves behind ([`files`], [`stages`]), each written
 //! under a temporary name and renamed when complete.
 
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod error;

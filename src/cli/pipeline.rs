@@ -5,6 +5,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use cohortcast_app::model::{CohortHours, PEAK_HOURS};
 use cohortcast_core::als::{AlsModel, AlsParams};
 use cohortcast_core::ctr::{ctr_by_group, evaluate_expected, reach_curve, Clicks, Expected};
 use cohortcast_core::grouping::{limit_reach, BatchScores, Grouping};
@@ -18,7 +19,6 @@ use cohortcast_data::files::{write_dir_atomic, write_lines};
 use cohortcast_data::ingest::{ingest, IngestOptions, Ingested};
 use cohortcast_data::inputs::InputPaths;
 use cohortcast_data::stages::{load_ingested, load_model, save_ingested, save_model, ModelParams, StoredModel};
-use cohortcast_server::model::{CohortHours, PEAK_HOURS};
 use rayon::prelude::*;
 
 use super::evaluation::{read_pushes, truth_pass, Evaluation, REACHES};
@@ -216,7 +216,7 @@ fn write_groups(
         }
         taste[g * k + model.labels[u] as usize] += 1;
     }
-    let top = cohortcast_server::model::cohort_top_artists(&ing.plays, &labels, groups + 1, &model.artists);
+    let top = cohortcast_app::model::cohort_top_artists(&ing.plays, &labels, groups + 1, &model.artists);
     let shares = |v: Vec<(String, f64)>| v.iter().map(|(id, s)| format!("{id}:{s:.3}")).collect::<Vec<_>>().join(" ");
     write_lines(
         &out.join("groups.csv"),
@@ -541,9 +541,9 @@ fn target_and_evaluate(
 /// reads back summary.json and ctr.csv).
 fn write_report(out: &Path, ing: &Ingested, model: &StoredModel, hours: Option<&CohortHours>) -> Result<()> {
     let k = model.cohorts.k();
-    let top = cohortcast_server::model::cohort_top_artists(&ing.plays, &model.labels, k, &model.artists);
+    let top = cohortcast_app::model::cohort_top_artists(&ing.plays, &model.labels, k, &model.artists);
     let sizes = cohortcast_core::kmeans::cohort_sizes(&model.labels, k);
-    let page = cohortcast_server::dashboard::render_run("cohortcast run", model, &sizes, &top, hours, out);
+    let page = cohortcast_app::dashboard::render_run("cohortcast run", model, &sizes, &top, hours, out);
     cohortcast_data::files::write_atomic(&out.join("report.html"), |w| w.write_all(page.as_bytes()))?;
     Ok(())
 }

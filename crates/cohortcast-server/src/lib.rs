@@ -23,18 +23,19 @@
 #![warn(missing_docs)]
 
 mod api;
-pub mod dashboard;
 mod listen;
 mod metrics;
-pub mod model;
 mod openapi;
+
+// The served model and the report page belong to the application crate.
+use cohortcast_app::{dashboard, model};
 
 pub use api::{
     app, ApiError, AppState, Config, PlayIn, PlaysRequest, ReleaseRequest, BODY_LIMIT, MAX_PLAYS, MAX_UPDATED_USERS,
     PAGE,
 };
+pub use cohortcast_app::{LoadError, Served};
 pub use listen::Limits;
-pub use model::{LoadError, Served};
 
 /// Serves the API on `listener` within `limits` until `shutdown`
 /// completes.

@@ -31,11 +31,16 @@ mod openapi;
 use cohortcast_app::{dashboard, model};
 
 pub use api::{
-    app, ApiError, AppState, Config, PlayIn, PlaysRequest, ReleaseRequest, BODY_LIMIT, MAX_PLAYS, MAX_UPDATED_USERS,
-    PAGE,
+    ApiError, AppState, Config, PlayIn, PlaysRequest, ReleaseRequest, BODY_LIMIT, MAX_PLAYS, MAX_UPDATED_USERS, PAGE,
 };
 pub use cohortcast_app::{LoadError, Served};
 pub use listen::Limits;
+
+/// The API, without a socket (tests call it directly), with its OpenAPI
+/// document at `/openapi.json`.
+pub fn app(state: std::sync::Arc<AppState>) -> axum::Router {
+    api::app(state, openapi::document())
+}
 
 /// Serves the API on `listener` within `limits` until `shutdown`
 /// completes.

@@ -304,6 +304,21 @@ async fn bad_requests_name_the_problem_and_mutations_need_the_token() {
     let (s, doc) = call(&st, "GET", "/openapi.json", None, None).await;
     assert_eq!(s, StatusCode::OK);
     assert!(doc["paths"]["/v1/releases"]["post"].is_object());
+    // Derived from the handlers and the request types: every status a
+    // route answers, and the bounds the handlers enforce.
+    for (path, method) in
+        [("/v1/releases", "post"), ("/v1/users/{user_id}/plays", "post"), ("/v1/model/reload", "post")]
+    {
+        let op = &doc["paths"][path][method];
+        assert!(op["responses"]["401"].is_object() && op["responses"]["403"].is_object(), "{path}");
+        assert_eq!(op["security"][0]["bearer"], serde_json::json!([]), "{path}");
+    }
+    let release = &doc["components"]["schemas"]["Release"];
+    assert_eq!(release["additionalProperties"], false);
+    assert_eq!(release["properties"]["max_users"]["maximum"], 9007199254740991u64);
+    let play = &doc["components"]["schemas"]["PlayIn"];
+    assert_eq!(play["properties"]["timestamp"]["maximum"], 253402300799u64);
+    assert_eq!(doc["components"]["schemas"]["PlaysRequest"]["properties"]["plays"]["maxItems"], 10000);
 }
 
 #[tokio::test]

@@ -19,8 +19,9 @@ use serde_json::json;
 use crate::metrics::ModelGauges;
 use crate::model::{ArtistShare, HoursView, Served};
 
-mod releases;
+pub(crate) mod releases;
 mod state;
+mod whole;
 
 pub use releases::ReleaseRequest;
 use releases::{release, release_users};
@@ -28,7 +29,8 @@ use state::{blocking, err, guard, json_body, Update};
 pub use state::{ApiError, AppState, Config, BODY_LIMIT, MAX_PLAYS, MAX_UPDATED_USERS, PAGE};
 
 /// The API, without a socket (tests call it directly).
-pub fn app(state: Arc<AppState>) -> Router {
+pub fn app(state: Arc<AppState>, document: serde_json::Value) -> Router {
+    let document = Arc::new(document);
     Router::new()
         .route("/", get(dashboard))
         .route("/healthz", get(healthz))
@@ -40,7 +42,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/v1/releases", post(release))
         .route("/v1/releases/{notification_id}/users", get(release_users))
         .route("/v1/model/reload", post(reload))
-        .route("/openapi.json", get(openapi))
+        .route("/openapi.json", get(move || async move { Json(document.as_ref().clone()) }))
         .route_layer(middleware::from_fn_with_state(state.clone(), guard))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
@@ -52,13 +54,19 @@ async fn dashboard(State(st): State<Arc<AppState>>) -> Result<axum::response::Ht
     Ok(axum::response::Html(page))
 }
 
-async fn healthz(State(st): State<Arc<AppState>>) -> Json<serde_json::Value> {
+/// Liveness, with the model's size.
+#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "Up", body = serde_json::Value)))]
+
+pub(crate) async fn healthz(State(st): State<Arc<AppState>>) -> Json<serde_json::Value> {
     let m = st.model();
     let (users, _) = st.live_sizes(&m);
     Json(json!({ "status": "ok", "users": users, "cohorts": m.k() }))
 }
 
-async fn metrics(State(st): State<Arc<AppState>>) -> impl IntoResponse {
+/// Metrics for Prometheus.
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "The OpenMetrics text exposition")))]
+
+pub(crate) async fn metrics(State(st): State<Arc<AppState>>) -> impl IntoResponse {
     let m = st.model();
     let age = SystemTime::now().duration_since(m.loaded_at).map(|d| d.as_secs_f64()).unwrap_or(0.0);
     let (users, _) = st.live_sizes(&m);
@@ -67,7 +75,7 @@ async fn metrics(State(st): State<Arc<AppState>>) -> impl IntoResponse {
 }
 
 #[derive(Serialize)]
-struct CohortView {
+pub(crate) struct CohortView {
     id: usize,
     size: usize,
     top_artists: Vec<ArtistShare>,
@@ -87,14 +95,28 @@ fn cohort_view(m: &Served, sizes: &[usize], c: usize, sample: bool) -> CohortVie
     }
 }
 
-async fn cohorts(State(st): State<Arc<AppState>>) -> Json<serde_json::Value> {
+/// Every cohort: size, top artists with play shares, and active hours
+/// (members who play at each hour of the day, the peak hours first).
+#[utoipa::path(get, path = "/v1/cohorts", responses((status = 200, description = "The cohorts", body = serde_json::Value)))]
+
+pub(crate) async fn cohorts(State(st): State<Arc<AppState>>) -> Json<serde_json::Value> {
     let m = st.model();
     let (_, sizes) = st.live_sizes(&m);
     let list: Vec<CohortView> = (0..m.k()).map(|c| cohort_view(&m, &sizes, c, false)).collect();
     Json(json!({ "cohorts": list }))
 }
 
-async fn cohort(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Json<CohortView>, ApiError> {
+/// One cohort, with a sample of members.
+#[utoipa::path(get, path = "/v1/cohorts/{id}",
+    params(("id" = u64, Path, minimum = 0, maximum = 4294967295_u64, description = "The cohort's number")),
+    responses((status = 200, description = "The cohort", body = serde_json::Value),
+              (status = 400, description = "An error", body = crate::openapi::ErrorBody),
+              (status = 404, description = "An error", body = crate::openapi::ErrorBody)))]
+
+pub(crate) async fn cohort(
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<CohortView>, ApiError> {
     let m = st.model();
     let c: usize = id.parse().map_err(|_| err(StatusCode::BAD_REQUEST, format!("cohort `{id}` is not a number")))?;
     if c >= m.k() {
@@ -104,7 +126,16 @@ async fn cohort(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Resu
     Ok(Json(cohort_view(&m, &sizes, c, true)))
 }
 
-async fn user(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+/// A user's cohort, top artists and the hours of the day they play at.
+#[utoipa::path(get, path = "/v1/users/{user_id}",
+    params(("user_id" = String, Path, description = "32 hex digits")),
+    responses((status = 200, description = "The user", body = serde_json::Value),
+              (status = 404, description = "An error", body = crate::openapi::ErrorBody)))]
+
+pub(crate) async fn user(
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let m = st.model();
     let key = id.to_ascii_lowercase();
     if let Some(up) = st.updates.read().expect("poisoned").get(&key) {
@@ -129,24 +160,44 @@ async fn user(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Result
 }
 
 /// One play of `POST /v1/users/{user_id}/plays`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PlayIn {
-    /// The song, as in the metadata.
+    /// The song, as in the metadata; a song the catalogue does not know
+    /// is counted in `unknown_songs` and skipped.
     pub song_id: String,
-    /// Unix seconds.
+    /// Unix seconds, up to the end of the year 9999.
+    #[schema(minimum = 0, maximum = 253402300799_i64)]
+    #[serde(deserialize_with = "whole::i64")]
     pub timestamp: i64,
 }
 
 /// `POST /v1/users/{user_id}/plays`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PlaysRequest {
-    /// New plays, at most [`MAX_PLAYS`].
+    /// New plays, 1 to 10 000 ([`MAX_PLAYS`]).
+    #[schema(min_items = 1, max_items = 10000)]
     pub plays: Vec<PlayIn>,
 }
 
-async fn add_plays(
+/// New plays of a user (new users too): the factors are folded in from the
+/// fixed artist factors and the user moves to the nearest cohort; reads
+/// see it at once.
+#[utoipa::path(post, path = "/v1/users/{user_id}/plays", security(("bearer" = [])),
+    params(("user_id" = String, Path, pattern = "^[0-9a-fA-F]{32}$", description = "32 hex digits")),
+    request_body = PlaysRequest,
+    responses((status = 200, description = "The user's cohort now (unchanged when no song was known)", body = serde_json::Value),
+              (status = 400, description = "An error", body = crate::openapi::ErrorBody),
+              (status = 401, description = "An error", body = crate::openapi::ErrorBody),
+              (status = 403, description = "An error", body = crate::openapi::ErrorBody),
+              (status = 409, description = "An error", body = crate::openapi::ErrorBody),
+              (status = 413, description = "An error", body = crate::openapi::ErrorBody),
+              (status = 415, description = "An error", body = crate::openapi::ErrorBody),
+              (status = 422, description = "An error", body = crate::openapi::ErrorBody),
+              (status = 503, description = "An error", body = crate::openapi::ErrorBody)))]
+
+pub(crate) async fn add_plays(
     State(st): State<Arc<AppState>>,
     Path(id): Path<String>,
     body: Result<Json<PlaysRequest>, JsonRejection>,
@@ -241,7 +292,15 @@ async fn add_plays(
     })))
 }
 
-async fn reload(State(st): State<Arc<AppState>>) -> Result<Json<serde_json::Value>, ApiError> {
+/// Load the model folder again, atomically; requests in flight finish on
+/// the old model.
+#[utoipa::path(post, path = "/v1/model/reload", security(("bearer" = [])),
+    responses((status = 200, description = "Reloaded", body = serde_json::Value),
+              (status = 401, description = "An error", body = crate::openapi::ErrorBody),
+              (status = 403, description = "An error", body = crate::openapi::ErrorBody),
+              (status = 422, description = "An error", body = crate::openapi::ErrorBody)))]
+
+pub(crate) async fn reload(State(st): State<Arc<AppState>>) -> Result<Json<serde_json::Value>, ApiError> {
     let (model_dir, ingest_dir) = (st.config.model_dir.clone(), st.config.ingest_dir.clone());
     let loaded = blocking("the reload", move || Served::load(&model_dir, &ingest_dir)).await?.map_err(|e| {
         err(StatusCode::UNPROCESSABLE_ENTITY, format!("the model was not reloaded, the old one serves on: {e}"))
@@ -254,8 +313,4 @@ async fn reload(State(st): State<Arc<AppState>>) -> Result<Json<serde_json::Valu
     st.updates.write().expect("poisoned").clear();
     st.releases.lock().expect("poisoned").clear();
     Ok(Json(json!({ "reloaded": true, "users": users, "cohorts": k })))
-}
-
-async fn openapi() -> Json<serde_json::Value> {
-    Json(crate::openapi::document())
 }

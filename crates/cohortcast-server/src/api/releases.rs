@@ -17,26 +17,35 @@ use crate::model::{rank, RankedCohort, Served};
 use super::state::{blocking, err, json_body, ApiError, AppState, KEPT_RELEASES, MAX_ARTISTS, PAGE};
 
 /// `POST /v1/releases`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = Release)]
 pub struct ReleaseRequest {
     /// The notification to push.
+    #[schema(pattern = "[^ \\t\\n\\f\\r]")]
     pub notification_id: String,
-    /// The artists it names.
+    /// The artists it names: repeats count once; at most 100 distinct;
+    /// artists nobody has played are listed in `unknown_artists`, and a
+    /// release of only those pushes nobody.
+    #[schema(min_items = 1)]
     pub artist_ids: Vec<String>,
     /// Most users to push.
+    #[schema(minimum = 0, maximum = 9007199254740991_u64)]
+    #[serde(default, deserialize_with = "super::whole::opt_usize")]
     pub max_users: Option<usize>,
     /// Cohorts (or, grouped by user, users) below this expected CTR are
     /// not pushed.
+    #[schema(minimum = 0, maximum = 1)]
     pub min_expected_ctr: Option<f64>,
     /// `taste` (the default: whole taste cohorts, ranked by their mean
     /// score) or `user` (each user by their own score; `release`, grouping
     /// for a batch, is the same for one notification).
+    #[schema(schema_with = crate::openapi::grouping_schema)]
     pub grouping: Option<Grouping>,
 }
 
 #[derive(Serialize)]
-pub(super) struct ReleaseAnswer {
+pub(crate) struct ReleaseAnswer {
     notification_id: String,
     known_artists: Vec<String>,
     unknown_artists: Vec<String>,
@@ -48,7 +57,20 @@ pub(super) struct ReleaseAnswer {
     next: Option<String>,
 }
 
-pub(super) async fn release(
+/// Decide whom to push a new release: cohorts ranked by expected CTR,
+/// those pushed under the limits, expected clicks, the first page of user
+/// ids.
+#[utoipa::path(post, path = "/v1/releases", security(("bearer" = [])),
+    request_body = ReleaseRequest,
+    responses((status = 200, description = "The decision", body = serde_json::Value),
+              (status = 400, description = "An error", body = crate::openapi::ErrorBody),
+              (status = 401, description = "An error", body = crate::openapi::ErrorBody),
+              (status = 403, description = "An error", body = crate::openapi::ErrorBody),
+              (status = 413, description = "An error", body = crate::openapi::ErrorBody),
+              (status = 415, description = "An error", body = crate::openapi::ErrorBody),
+              (status = 422, description = "An error", body = crate::openapi::ErrorBody)))]
+
+pub(crate) async fn release(
     State(st): State<Arc<AppState>>,
     body: Result<Json<ReleaseRequest>, JsonRejection>,
 ) -> Result<Json<ReleaseAnswer>, ApiError> {
@@ -235,7 +257,15 @@ fn encode(s: &str) -> String {
         .collect()
 }
 
-pub(super) async fn release_users(
+/// A page of a recent decision's pushed user ids.
+#[utoipa::path(get, path = "/v1/releases/{notification_id}/users",
+    params(("notification_id" = String, Path, description = "A recent release's notification"),
+           ("page" = Option<u64>, Query, minimum = 0, maximum = 4294967295_u64, description = "The page, from 0")),
+    responses((status = 200, description = "The page", body = serde_json::Value),
+              (status = 400, description = "An error", body = crate::openapi::ErrorBody),
+              (status = 404, description = "An error", body = crate::openapi::ErrorBody)))]
+
+pub(crate) async fn release_users(
     State(st): State<Arc<AppState>>,
     Path(id): Path<String>,
     Query(q): Query<BTreeMap<String, String>>,

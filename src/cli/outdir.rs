@@ -54,6 +54,15 @@ fn is_ours(name: &str) -> bool {
     OUTPUTS.contains(&name) || name == MARKER || (name.starts_with('.') && name.contains(".tmp-"))
 }
 
+/// The folder a staging folder becomes when it is swapped in
+/// (`.OUT.cohortcast-new-PID` beside `OUT` is `OUT`); `None` for any other
+/// folder.
+pub fn destination(staging: &Path) -> Option<PathBuf> {
+    let name = staging.file_name()?.to_str()?;
+    let (out, pid) = name.strip_prefix('.')?.rsplit_once(".cohortcast-new-")?;
+    (!out.is_empty() && !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit())).then(|| staging.with_file_name(out))
+}
+
 /// An output folder being written: the lock, and the staging folder the
 /// command writes into. Dropped without [`Staged::commit`], the staging
 /// folder is removed and `OUT` is untouched.
@@ -300,6 +309,20 @@ fn exchange_by_renames(a: &Path, b: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_staging_folder_names_its_destination_and_nothing_else_does() {
+        let p = Path::new("/data/.out.v2.cohortcast-new-4242");
+        assert_eq!(destination(p), Some(PathBuf::from("/data/out.v2")));
+        let dir = tempfile::tempdir().unwrap();
+        let s = Staged::begin(&dir.path().join("run"), false).unwrap();
+        assert_eq!(destination(s.path()).as_deref(), Some(s.out()));
+        for other in
+            ["/data/out", "/data/.out.cohortcast-new-", "/data/.out.cohortcast-new-12a", "/data/..cohortcast-new-1"]
+        {
+            assert_eq!(destination(Path::new(other)), None, "{other}");
+        }
+    }
 
     fn write(p: &Path, s: &str) {
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();

@@ -436,8 +436,13 @@ pub fn run_all(
     let total = Instant::now();
     let mut t = Timings::default();
     let start = Instant::now();
-    let ing = read_inputs(paths, opts)?;
+    let mut ing = read_inputs(paths, opts)?;
     t.ingest = start.elapsed().as_secs_f64();
+    // Inputs read from the staging folder (the demo's generated data) are
+    // reported where they will be.
+    if let Some(dest) = super::outdir::destination(out) {
+        ing.report.rebase(out, &dest);
+    }
     if ing.users.len() < km.n_clusters {
         bail!(
             "only {} users have usable plays, fewer than --cohorts {}; lower --cohorts",

@@ -429,3 +429,27 @@ fn synth_is_repeatable_and_seed_dependent() {
     assert_eq!(a, b);
     assert_ne!(a, c);
 }
+
+#[test]
+fn demo_reports_its_generated_inputs_where_they_end_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("demo");
+    let o = ok(&["demo", "--out", out.to_str().unwrap(), "--users", "3000", "--cohorts", "8", "--seed", "5"]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("outputs in"));
+    let report = std::fs::read_to_string(out.join("ingest/report.json")).unwrap();
+    let summary = std::fs::read_to_string(out.join("summary.json")).unwrap();
+    assert!(!report.contains(".cohortcast-new-") && !summary.contains(".cohortcast-new-"), "{summary}");
+    let v: serde_json::Value = serde_json::from_str(&report).unwrap();
+    let files: Vec<&str> = v["inputs"]
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|i| i["examples"].as_array().unwrap())
+        .map(|e| e["file"].as_str().unwrap())
+        .collect();
+    // The generator writes some bad rows, so there are examples to name.
+    assert!(!files.is_empty(), "{report}");
+    for f in files {
+        assert!(Path::new(f).starts_with(out.join("data")) && Path::new(f).exists(), "{f}");
+    }
+}

@@ -60,6 +60,19 @@ pub struct IngestReport {
     pub utc_offset_minutes: i32,
 }
 
+impl IngestReport {
+    /// Names the files of the reject examples under `to` where they were
+    /// read under `from`: a command that reads inputs from its staging
+    /// folder reports where they will be once the folder is swapped in.
+    pub fn rebase(&mut self, from: &std::path::Path, to: &std::path::Path) {
+        for example in self.inputs.values_mut().flat_map(|i| i.examples.iter_mut()) {
+            if let Ok(rest) = example.file.strip_prefix(from) {
+                example.file = to.join(rest);
+            }
+        }
+    }
+}
+
 /// How the engine ran the clickstream query: its parallelism, its memory
 /// pool and what its operators spilled to disk.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -46,6 +46,10 @@ pub const OUTPUTS: &[&str] = &[
     "target.txt",
 ];
 
+/// What follows `.OUT` in the name of `OUT`'s staging folders, before the
+/// writer's process id.
+const STAGING: &str = ".cohortcast-new-";
+
 /// Inside a staging folder while it holds new outputs.
 const MARKER: &str = ".cohortcast-staging";
 
@@ -59,7 +63,7 @@ fn is_ours(name: &str) -> bool {
 /// folder.
 pub fn destination(staging: &Path) -> Option<PathBuf> {
     let name = staging.file_name()?.to_str()?;
-    let (out, pid) = name.strip_prefix('.')?.rsplit_once(".cohortcast-new-")?;
+    let (out, pid) = name.strip_prefix('.')?.rsplit_once(STAGING)?;
     (!out.is_empty() && !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit())).then(|| staging.with_file_name(out))
 }
 
@@ -84,7 +88,7 @@ impl Staged {
         std::fs::create_dir_all(&parent).with_context(|| format!("creating {}", parent.display()))?;
         let lock = lock(&parent.join(format!(".{name}.cohortcast-lock")), &out)?;
         recover(&out, &parent, &name)?;
-        let staging = parent.join(format!(".{name}.cohortcast-new-{}", std::process::id()));
+        let staging = parent.join(format!(".{name}{STAGING}{}", std::process::id()));
         std::fs::create_dir(&staging).with_context(|| format!("creating the staging folder {}", staging.display()))?;
         let staged = Staged { out: out.clone(), staging, _lock: lock, committed: false };
         File::create(staged.staging.join(MARKER))
@@ -202,7 +206,7 @@ fn read_dir(dir: &Path) -> Result<Vec<std::fs::DirEntry>> {
 /// Finishes or discards what a killed command left beside `out`. Runs
 /// under the lock, so no sibling belongs to a live command.
 fn recover(out: &Path, parent: &Path, name: &str) -> Result<()> {
-    let prefix = format!(".{name}.cohortcast-new-");
+    let prefix = format!(".{name}{STAGING}");
     for e in read_dir(parent)? {
         let n = e.file_name().to_string_lossy().into_owned();
         if !n.starts_with(&prefix) || !e.path().is_dir() {

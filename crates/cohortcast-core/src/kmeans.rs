@@ -906,7 +906,6 @@ fn yinyang(
     let mut iterations = 0;
     let mut first = true;
     let isa = Isa::best();
-    let fdot = |a: &[f32], b: &[f32]| isa.dot(a, b);
     let mut moves = Moves::none(k, gn);
     // Full passes while many rows move; then bounds, set by one pass that
     // searches every group of every row.
@@ -965,7 +964,7 @@ fn yinyang(
                             let (mut bj, mut bd) = (a, u);
                             if !search_all {
                                 let ai = a as usize;
-                                bd = dist(cn[ai] - 2.0 * fdot(xr, &centroids[ai * dim..(ai + 1) * dim]));
+                                bd = dist(cn[ai] - 2.0 * isa.dot(xr, &centroids[ai * dim..(ai + 1) * dim]));
                                 up[i] = bd;
                                 if bd <= skip {
                                     continue;

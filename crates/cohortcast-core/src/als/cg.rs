@@ -40,7 +40,7 @@ impl CgKernel {
     /// SIMD registers and `f` is a multiple of 16 up to 128.
     pub(super) fn on(isa: Isa, f: usize) -> Self {
         let rows = isa != Isa::Portable && f.is_multiple_of(16) && (16..=MAX_ROW_FACTORS).contains(&f);
-        CgKernel { isa, rows: rows && isa.lanes() > 1 }
+        CgKernel { isa, rows }
     }
 
     /// Whether it holds the CG vectors in registers.

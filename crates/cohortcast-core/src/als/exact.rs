@@ -39,7 +39,6 @@ pub(super) fn solve_row_cholesky(yty: &[f32], y: &[f32], idx: &[u32], conf: &[f3
 pub fn loss(x: &[f32], y: &[f32], c: &Csr, f: usize, reg: f32) -> f64 {
     let yty = gram(y, c.cols(), f);
     let isa = Isa::best();
-    let (fdot, faxpy) = (|a: &[f32], b: &[f32]| isa.dot(a, b), |a, x: &[f32], y: &mut [f32]| isa.axpy(a, x, y));
     let per_user: Vec<f64> = x
         .par_chunks(f)
         .enumerate()
@@ -50,12 +49,12 @@ pub fn loss(x: &[f32], y: &[f32], c: &Csr, f: usize, reg: f32) -> f64 {
                 // horizontal sum per row of YᵀY.
                 gx.iter_mut().for_each(|v| *v = 0.0);
                 for d in 0..f {
-                    faxpy(xu[d], &yty[d * f..(d + 1) * f], gx);
+                    isa.axpy(xu[d], &yty[d * f..(d + 1) * f], gx);
                 }
-                let mut s = fdot(xu, gx) as f64;
+                let mut s = isa.dot(xu, gx) as f64;
                 let (idx, val) = c.row(u);
                 for (&i, &cv) in idx.iter().zip(val) {
-                    let pred = fdot(xu, &y[i as usize * f..(i as usize + 1) * f]) as f64;
+                    let pred = isa.dot(xu, &y[i as usize * f..(i as usize + 1) * f]) as f64;
                     s += cv as f64 * (1.0 - pred).powi(2) - pred * pred;
                 }
                 s + reg as f64 * dot(xu, xu) as f64

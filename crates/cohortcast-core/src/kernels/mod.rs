@@ -103,17 +103,6 @@ impl Isa {
         }
     }
 
-    /// Floats a register holds (1 for the portable loops).
-    pub fn lanes(self) -> usize {
-        match self {
-            Isa::Portable => 1,
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2(_) => 8,
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512(_) => 16,
-        }
-    }
-
     /// Runs `op`'s generic body compiled for this instruction set
     /// (pulp's one-lane `Scalar` for the portable loops).
     #[inline]

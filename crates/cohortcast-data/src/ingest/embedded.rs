@@ -394,7 +394,7 @@ pub(crate) fn parse_pairs(coder: &PairCoder, lines: &ArrayRef) -> datafusion::er
     let mut pairs = Vec::with_capacity(n);
     {
         let mut users = coder.users.lock().expect("a parse panicked");
-        // Plays come in sessions, a user's rows one after another: the last
+        // Plays come in listening sessions, a user's rows one after another: the last
         // user's number is kept, so most rows need no table lookup (the
         // table misses the cache, and the lock serialises the partitions).
         // Otherwise each lookup's slot is prefetched 8 plays before.

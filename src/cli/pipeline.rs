@@ -29,10 +29,16 @@ use super::report::{
 use super::{progress, DemoArgs, PolicyArg, Targeting};
 
 /// Reads and checks the inputs.
-fn read_inputs(paths: &InputPaths, opts: &IngestOptions) -> Result<Ingested> {
+/// Ingests for a command writing `out`. Inputs read from `out`'s staging
+/// folder (the demo's generated data) are reported, and printed, where
+/// they will be once it is swapped in.
+fn read_inputs(paths: &InputPaths, opts: &IngestOptions, out: &Path) -> Result<Ingested> {
     let pb = progress::spinner("ingest");
-    let ing = ingest(paths, opts).context("ingest failed")?;
+    let mut ing = ingest(paths, opts).context("ingest failed")?;
     pb.finish_and_clear();
+    if let Some(dest) = super::outdir::destination(out) {
+        ing.report.rebase(out, &dest);
+    }
     print_ingest(&ing.report);
     Ok(ing)
 }
@@ -360,7 +366,7 @@ fn write_evaluation(out: &Path, notes: &[Notification], ev: &Evaluation) -> Resu
 
 /// `cohortcast ingest`.
 pub fn ingest_stage(paths: &InputPaths, opts: &IngestOptions, out: &Path) -> Result<()> {
-    let ing = read_inputs(paths, opts)?;
+    let ing = read_inputs(paths, opts, out)?;
     save_ingested(&out.join("ingest"), &ing)?;
     Ok(())
 }
@@ -436,13 +442,8 @@ pub fn run_all(
     let total = Instant::now();
     let mut t = Timings::default();
     let start = Instant::now();
-    let mut ing = read_inputs(paths, opts)?;
+    let ing = read_inputs(paths, opts, out)?;
     t.ingest = start.elapsed().as_secs_f64();
-    // Inputs read from the staging folder (the demo's generated data) are
-    // reported where they will be.
-    if let Some(dest) = super::outdir::destination(out) {
-        ing.report.rebase(out, &dest);
-    }
     if ing.users.len() < km.n_clusters {
         bail!(
             "only {} users have usable plays, fewer than --cohorts {}; lower --cohorts",

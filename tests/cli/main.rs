@@ -436,6 +436,10 @@ fn demo_reports_its_generated_inputs_where_they_end_up() {
     let out = dir.path().join("demo");
     let o = ok(&["demo", "--out", out.to_str().unwrap(), "--users", "3000", "--cohorts", "8", "--seed", "5"]);
     assert!(String::from_utf8_lossy(&o.stdout).contains("outputs in"));
+    let printed = String::from_utf8_lossy(&o.stderr);
+    // The printed reject examples name the files where they end up too.
+    assert!(printed.contains(&format!("  {}/clickstream/", out.join("data").display())), "{printed}");
+    assert!(!printed.contains(".cohortcast-new-"), "{printed}");
     let report = std::fs::read_to_string(out.join("ingest/report.json")).unwrap();
     let summary = std::fs::read_to_string(out.join("summary.json")).unwrap();
     assert!(!report.contains(".cohortcast-new-") && !summary.contains(".cohortcast-new-"), "{summary}");
